@@ -1,0 +1,169 @@
+"""Training the framework's own :class:`KLAutoencoder` with Lightning.
+
+Loss per batch (images ``x`` in [-1, 1], ``z ~ q(z|x)`` or its mean)::
+
+    rec  = l1_weight * mean|x_hat - x| + mse_weight * mean (x_hat - x)^2
+    kl   = mean over latent elements of KL(q(z|x) || N(0, I))
+    loss = rec + kl_weight * kl
+
+``x_hat`` is the unclamped decoder output. ``kl_weight`` multiplies the KL
+averaged per latent element (default 1e-6, the SD-VAE order of magnitude: a
+weak pull that keeps the latents bounded without blurring reconstructions).
+Optimiser: AdamW, constant learning rate, no warm-up.
+
+Logged: ``train/rec``, ``train/kl``, ``train/loss`` (every step) and
+``val/rec``, ``val/psnr`` (epoch means; PSNR in dB of the clamped posterior-mean
+reconstruction, images mapped to [0, 1]).
+
+After fitting, ``export_path`` (if set) receives the autoencoder file written
+by :func:`~latent_flow.autoencoders.save_autoencoder`; :meth:`AutoencoderModule.export`
+does the same on demand. Load it with ``load_autoencoder("kl", ckpt_path=...)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import save_autoencoder
+from .kl import KLAutoencoder, diagonal_gaussian_kl
+
+__all__ = ["AutoencoderModule", "psnr"]
+
+
+def psnr(images: Tensor, reference: Tensor) -> Tensor:
+    """Per-image PSNR in dB of images in [-1, 1] (compared in [0, 1]); shape ``(B,)``."""
+    mse = ((images.float() - reference.float()) / 2.0).pow(2).flatten(1).mean(dim=1)
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-12))
+
+
+def _images(batch: Any) -> Tensor:
+    if isinstance(batch, Mapping):
+        if "image" not in batch:
+            raise KeyError(f"AutoencoderModule expects batches with an 'image' key, got keys {sorted(batch)}")
+        return batch["image"]
+    if isinstance(batch, Tensor):
+        return batch
+    raise TypeError(f"AutoencoderModule expects dict batches with key 'image', got {type(batch).__name__}")
+
+
+class AutoencoderModule(pl.LightningModule):
+    """LightningModule that trains a :class:`KLAutoencoder`.
+
+    Args:
+        in_channels, latent_channels, base_channels, channel_mult,
+            num_res_blocks, use_attention: the :class:`KLAutoencoder` config.
+        lr: AdamW learning rate (constant).
+        betas: AdamW betas.
+        weight_decay: AdamW weight decay.
+        l1_weight: weight of the L1 reconstruction term.
+        mse_weight: weight of the MSE reconstruction term.
+        kl_weight: weight of the per-element KL term.
+        sample_posterior: decode a posterior sample during training (True,
+            SD-style) or the posterior mean (False).
+        export_path: where ``on_train_end`` writes the autoencoder file
+            (None: nothing written automatically).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        latent_channels: int = 4,
+        base_channels: int = 32,
+        channel_mult: Sequence[int] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        use_attention: bool = False,
+        lr: float = 1e-3,
+        betas: Sequence[float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        l1_weight: float = 1.0,
+        mse_weight: float = 1.0,
+        kl_weight: float = 1e-6,
+        sample_posterior: bool = True,
+        export_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if min(l1_weight, mse_weight, kl_weight) < 0 or l1_weight + mse_weight <= 0:
+            raise ValueError(
+                f"loss weights must be >= 0 with l1_weight + mse_weight > 0, "
+                f"got l1={l1_weight}, mse={mse_weight}, kl={kl_weight}"
+            )
+        self.save_hyperparameters()
+        self.autoencoder = KLAutoencoder(
+            in_channels=in_channels,
+            latent_channels=latent_channels,
+            base_channels=base_channels,
+            channel_mult=tuple(channel_mult),
+            num_res_blocks=num_res_blocks,
+            use_attention=use_attention,
+        )
+        self.lr = float(lr)
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.weight_decay = float(weight_decay)
+        self.l1_weight = float(l1_weight)
+        self.mse_weight = float(mse_weight)
+        self.kl_weight = float(kl_weight)
+        self.sample_posterior = bool(sample_posterior)
+        self.export_path = None if export_path is None else str(export_path)
+
+    # ------------------------------------------------------------- losses
+    def compute_losses(self, images: Tensor, sample: bool | None = None) -> dict[str, Tensor]:
+        """``{"rec", "kl", "loss", "reconstruction"}`` for a batch of images in [-1, 1]."""
+        sample = self.sample_posterior if sample is None else sample
+        mean, logvar = self.autoencoder.encode_distribution(images)
+        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if sample else mean
+        recon = self.autoencoder.decode_unclamped(z)
+        rec = images.new_zeros(())
+        if self.l1_weight:
+            rec = rec + self.l1_weight * F.l1_loss(recon, images)
+        if self.mse_weight:
+            rec = rec + self.mse_weight * F.mse_loss(recon, images)
+        kl = diagonal_gaussian_kl(mean, logvar).mean()
+        loss = rec + self.kl_weight * kl
+        return {"rec": rec, "kl": kl, "loss": loss, "reconstruction": recon}
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        images = _images(batch)
+        out = self.compute_losses(images)
+        bs = images.shape[0]
+        self.log("train/rec", out["rec"], prog_bar=True, batch_size=bs)
+        self.log("train/kl", out["kl"], batch_size=bs)
+        self.log("train/loss", out["loss"], batch_size=bs)
+        return out["loss"]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        images = _images(batch)
+        out = self.compute_losses(images, sample=False)
+        bs = images.shape[0]
+        self.log("val/rec", out["rec"], batch_size=bs, sync_dist=True)
+        self.log("val/kl", out["kl"], batch_size=bs, sync_dist=True)
+        self.log(
+            "val/psnr",
+            psnr(out["reconstruction"].clamp(-1, 1), images).mean(),
+            prog_bar=True,
+            batch_size=bs,
+            sync_dist=True,
+        )
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            self.autoencoder.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay
+        )
+
+    # ------------------------------------------------------------- export
+    def export(self, path: str | os.PathLike[str]) -> Path:
+        """Write the autoencoder file (config, weights, latent stats if set)."""
+        return save_autoencoder(self.autoencoder, path)
+
+    def on_train_end(self) -> None:
+        if self.export_path is not None and (self._trainer is None or self.trainer.is_global_zero):
+            self.export(self.export_path)

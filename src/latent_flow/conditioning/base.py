@@ -1,0 +1,87 @@
+"""Condition encoders behind one interface.
+
+The LightningModule builds its backbone with
+``in_channels = latent_channels + condition.spatial_channels`` and calls
+``condition.network_inputs(x_t, cond)`` to obtain ``(x_in, label)`` for
+``backbone(x_in, t, label)``.  Guidance uses ``condition.null(cond)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ConditionEncoder", "NoCondition", "LabelCondition", "build_condition"]
+
+Cond = dict[str, Tensor]
+
+
+class ConditionEncoder(nn.Module):
+    """Base class. Subclasses may own trainable parameters (they train with the backbone)."""
+
+    #: number of channels concatenated to the noisy latent
+    spatial_channels: int = 0
+    #: whether the backbone receives class labels
+    uses_label: bool = False
+
+    def from_batch(self, batch: dict[str, Tensor]) -> Cond:
+        """Extract the condition tensors of a (latent) batch."""
+        return {}
+
+    def null(self, cond: Cond) -> Cond:
+        """The unconditional counterpart of ``cond`` (same batch size)."""
+        return {}
+
+    def network_inputs(self, x_t: Tensor, cond: Cond) -> tuple[Tensor, Tensor | None]:
+        """Return ``(x_in, label)`` for ``backbone(x_in, t, label)``."""
+        return x_t, None
+
+    def extra_repr(self) -> str:
+        return f"spatial_channels={self.spatial_channels}, uses_label={self.uses_label}"
+
+
+class NoCondition(ConditionEncoder):
+    """Unconditional generation."""
+
+
+class LabelCondition(ConditionEncoder):
+    """Class-label conditioning; the null label is ``num_classes`` (DiT convention).
+
+    Label dropout for classifier-free guidance happens inside the backbone.
+    """
+
+    uses_label = True
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(
+                f"condition=label needs a dataset with class labels, got num_classes={num_classes}; "
+                "use condition=none for unconditional training"
+            )
+        self.num_classes = int(num_classes)
+
+    def from_batch(self, batch: dict[str, Tensor]) -> Cond:
+        if "label" not in batch:
+            raise KeyError("condition=label: the batch has no 'label' entry (dataset without labels?)")
+        return {"label": batch["label"].long()}
+
+    def null(self, cond: Cond) -> Cond:
+        label = cond["label"]
+        return {"label": torch.full_like(label, self.num_classes)}
+
+    def network_inputs(self, x_t: Tensor, cond: Cond) -> tuple[Tensor, Tensor | None]:
+        return x_t, cond.get("label")
+
+
+def build_condition(name: str, *, num_classes: int = 0, **options: Any) -> ConditionEncoder:
+    """Build a condition encoder by name (``none`` or ``label``); unknown options raise."""
+    if options:
+        raise ValueError(f"condition '{name}': unknown options {sorted(options)}")
+    if name == "none":
+        return NoCondition()
+    if name == "label":
+        return LabelCondition(num_classes)
+    raise ValueError(f"unknown condition '{name}'; valid: none, label")

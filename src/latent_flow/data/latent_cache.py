@@ -1,0 +1,276 @@
+"""On-disk latent cache: encode a dataset once, train on latents forever after.
+
+Layout of one cache (``<cache_dir>/latents/<name>-<key>/``)::
+
+    meta.json                    written last: complete flag, shapes, stats, provenance
+    shard_00000.latents.npy      float32 (n, V, C, h, w) raw latents, V = 2 with flips
+    shard_00000.labels.npy       int64 (n,)
+    shard_00000.attributes.npy   int64 (n, A)            (when the dataset has attributes)
+
+The key hashes the dataset fingerprint, the autoencoder fingerprint and the flip
+setting, so changing any of them selects a different cache. Shards are written
+atomically (temporary file + rename) and existing shards are skipped, so an
+interrupted encoding resumes where it stopped. Raw (unnormalised) latents are
+stored; the per-channel mean/std measured over the whole cache (all views) are
+in ``meta.json`` and applied when reading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from latent_flow.autoencoders.base import Autoencoder, measure_latent_stats
+
+__all__ = ["LatentCache", "LatentDataset", "cache_key", "CACHE_FORMAT_VERSION"]
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+
+
+def cache_key(dataset_fingerprint: str, autoencoder_fingerprint: str, flip: bool) -> str:
+    """Hash of everything that determines the cached latents."""
+    payload = json.dumps(
+        {"v": CACHE_FORMAT_VERSION, "data": dataset_fingerprint, "ae": autoencoder_fingerprint, "flip": bool(flip)},
+        sort_keys=True,
+    )
+    return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+@dataclass
+class CacheMeta:
+    num_items: int
+    num_views: int
+    latent_shape: tuple[int, int, int]
+    shard_size: int
+    num_shards: int
+    mean: list[float]
+    std: list[float]
+    has_attributes: bool
+    info: dict
+
+
+class LatentCache:
+    """A (possibly not yet built) latent cache of ``dataset`` encoded by ``autoencoder``."""
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        dataset: Dataset,
+        autoencoder: Autoencoder,
+        *,
+        flip: bool = False,
+        name: str | None = None,
+        shard_size: int = 8192,
+        batch_size: int = 256,
+        num_workers: int = 0,
+    ) -> None:
+        if not hasattr(dataset, "fingerprint"):
+            raise TypeError(
+                f"{type(dataset).__name__} has no fingerprint(): the latent cache needs one to key its content"
+            )
+        self.dataset = dataset
+        self.autoencoder = autoencoder
+        self.flip = bool(flip)
+        self.shard_size = int(shard_size)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.key = cache_key(dataset.fingerprint(), autoencoder.fingerprint(), self.flip)
+        name = name or type(dataset).__name__.lower()
+        self.root = Path(cache_dir) / "latents" / f"{name}-{self.key}"
+
+    # ------------------------------------------------------------------ state
+    @property
+    def meta_path(self) -> Path:
+        return self.root / "meta.json"
+
+    def is_complete(self) -> bool:
+        if not self.meta_path.exists():
+            return False
+        meta = json.loads(self.meta_path.read_text())
+        return bool(meta.get("complete")) and meta.get("format_version") == CACHE_FORMAT_VERSION
+
+    def _shard_paths(self, shard: int) -> dict[str, Path]:
+        stem = self.root / f"shard_{shard:05d}"
+        return {
+            "latents": stem.with_name(stem.name + ".latents.npy"),
+            "labels": stem.with_name(stem.name + ".labels.npy"),
+            "attributes": stem.with_name(stem.name + ".attributes.npy"),
+        }
+
+    @property
+    def num_shards(self) -> int:
+        return (len(self.dataset) + self.shard_size - 1) // self.shard_size
+
+    def shards_done(self) -> list[int]:
+        return [s for s in range(self.num_shards) if self._shard_paths(s)["labels"].exists()]
+
+    # ------------------------------------------------------------------ building
+    @torch.no_grad()
+    def encode_batch(self, images: Tensor) -> Tensor:
+        """Raw latents of a batch, shape (B, V, C, h, w); view 1 is the horizontal flip."""
+        device = self.autoencoder.latent_mean.device
+        images = images.to(device)
+        views = [self.autoencoder.encode_raw(images)]
+        if self.flip:
+            views.append(self.autoencoder.encode_raw(torch.flip(images, dims=[-1])))
+        return torch.stack(views, dim=1).float().cpu()
+
+    def build(self, *, rank: int = 0, world_size: int = 1, progress: bool = True) -> Path:
+        """Encode the shards this rank owns (shard % world_size == rank); rank 0 then writes meta.json.
+
+        Already written shards are skipped, so an interrupted build resumes.
+        """
+        if self.is_complete():
+            return self.root
+        self.root.mkdir(parents=True, exist_ok=True)
+        todo = [s for s in range(self.num_shards) if s % world_size == rank and s not in set(self.shards_done())]
+        total_items = sum(min(self.shard_size, len(self.dataset) - s * self.shard_size) for s in todo)
+        bar = None
+        if progress and total_items:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total_items, desc=f"encoding latents -> {self.root.name}", unit="img")
+        start = time.time()
+        for shard in todo:
+            lo = shard * self.shard_size
+            hi = min(len(self.dataset), lo + self.shard_size)
+            loader = DataLoader(
+                Subset(self.dataset, range(lo, hi)),
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                shuffle=False,
+            )
+            latents, labels, attributes = [], [], []
+            for batch in loader:
+                latents.append(self.encode_batch(batch["image"]).numpy())
+                labels.append(batch["label"].numpy().astype(np.int64))
+                if "attributes" in batch:
+                    attributes.append(batch["attributes"].numpy().astype(np.int64))
+                if bar is not None:
+                    bar.update(len(batch["label"]))
+            paths = self._shard_paths(shard)
+            _atomic_save(paths["latents"], np.concatenate(latents))
+            if attributes:
+                _atomic_save(paths["attributes"], np.concatenate(attributes))
+            _atomic_save(paths["labels"], np.concatenate(labels))  # written last: marks the shard done
+        if bar is not None:
+            bar.close()
+        if todo:
+            log.info("encoded %d images in %.1fs into %s", total_items, time.time() - start, self.root)
+        if rank == 0 and len(self.shards_done()) == self.num_shards:
+            self._write_meta()
+        return self.root
+
+    def _write_meta(self) -> None:
+        shards = [np.load(self._shard_paths(s)["latents"], mmap_mode="r") for s in range(self.num_shards)]
+        num_views, channels, height, width = shards[0].shape[1:]
+        mean, std = measure_latent_stats(
+            torch.from_numpy(np.asarray(arr)).flatten(0, 1) for arr in shards
+        )
+        meta = {
+            "format_version": CACHE_FORMAT_VERSION,
+            "complete": True,
+            "num_items": int(sum(len(a) for a in shards)),
+            "num_views": int(num_views),
+            "latent_shape": [int(channels), int(height), int(width)],
+            "shard_size": self.shard_size,
+            "num_shards": self.num_shards,
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+            "has_attributes": self._shard_paths(0)["attributes"].exists(),
+            "info": {
+                "dataset": type(self.dataset).__name__,
+                "dataset_fingerprint": self.dataset.fingerprint(),
+                "autoencoder": type(self.autoencoder).__name__,
+                "autoencoder_fingerprint": self.autoencoder.fingerprint(),
+                "flip": self.flip,
+                "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            },
+        }
+        tmp = self.meta_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, self.meta_path)
+
+    # ------------------------------------------------------------------ reading
+    def meta(self) -> CacheMeta:
+        if not self.is_complete():
+            raise FileNotFoundError(
+                f"latent cache {self.root} is missing or incomplete; build it with "
+                "`python -m latent_flow.encode` (or let `latent_flow.train` build it)"
+            )
+        m = json.loads(self.meta_path.read_text())
+        return CacheMeta(
+            num_items=m["num_items"],
+            num_views=m["num_views"],
+            latent_shape=tuple(m["latent_shape"]),
+            shard_size=m["shard_size"],
+            num_shards=m["num_shards"],
+            mean=m["mean"],
+            std=m["std"],
+            has_attributes=m["has_attributes"],
+            info=m["info"],
+        )
+
+    def dataset_view(self, *, random_flip: bool = True, indices: Sequence[int] | None = None) -> "LatentDataset":
+        return LatentDataset(self, random_flip=random_flip, indices=indices)
+
+
+class LatentDataset(Dataset):
+    """Normalised latents read (memory-mapped) from a complete cache.
+
+    Items: ``{"latent": (C, h, w), "label": (), "index": ()}`` (+ ``"attributes"``).
+    With flips cached and ``random_flip=True`` each access picks one of the two views.
+    """
+
+    def __init__(self, cache: LatentCache, *, random_flip: bool = True, indices: Sequence[int] | None = None) -> None:
+        self.meta = cache.meta()
+        self.random_flip = random_flip and self.meta.num_views > 1
+        paths = [cache._shard_paths(s) for s in range(self.meta.num_shards)]
+        self._latents = [np.load(p["latents"], mmap_mode="r") for p in paths]
+        self._labels = np.concatenate([np.load(p["labels"]) for p in paths])
+        self._attributes = (
+            np.concatenate([np.load(p["attributes"]) for p in paths]) if self.meta.has_attributes else None
+        )
+        self.indices = np.arange(self.meta.num_items) if indices is None else np.asarray(indices, dtype=np.int64)
+        shape = (-1, 1, 1)
+        self._mean = torch.tensor(self.meta.mean, dtype=torch.float32).view(shape)
+        self._std = torch.tensor(self.meta.std, dtype=torch.float32).view(shape)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def raw_latent(self, index: int, view: int = 0) -> np.ndarray:
+        shard, offset = divmod(int(index), self.meta.shard_size)
+        return np.asarray(self._latents[shard][offset, view])
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        index = int(self.indices[i])
+        view = int(torch.randint(self.meta.num_views, ())) if self.random_flip else 0
+        latent = (torch.from_numpy(self.raw_latent(index, view).copy()) - self._mean) / self._std
+        item = {
+            "latent": latent,
+            "label": torch.tensor(self._labels[index], dtype=torch.long),
+            "index": torch.tensor(index, dtype=torch.long),
+        }
+        if self._attributes is not None:
+            item["attributes"] = torch.from_numpy(self._attributes[index].copy())
+        return item

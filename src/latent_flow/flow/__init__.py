@@ -1,0 +1,39 @@
+"""Flow-matching maths: schedulers, affine paths, training-time samplers.
+
+Time convention: ``t`` in [0, 1], **t = 0 is noise, t = 1 is data**;
+``x_t = alpha_t x_data + sigma_t x_noise`` and the regression target is
+``u_t = d_alpha_t x_data + d_sigma_t x_noise``. No ``torch.nn`` here.
+"""
+
+from latent_flow.flow.path import AffinePath, PathSample
+from latent_flow.flow.schedulers import (
+    SCHEDULERS,
+    CondOTScheduler,
+    Scheduler,
+    SchedulerOutput,
+    VPScheduler,
+    build_scheduler,
+)
+from latent_flow.flow.time_sampling import (
+    TIME_SAMPLERS,
+    LogitNormalTimeSampler,
+    TimeSampler,
+    UniformTimeSampler,
+    build_time_sampler,
+)
+
+__all__ = [
+    "AffinePath",
+    "PathSample",
+    "SCHEDULERS",
+    "CondOTScheduler",
+    "Scheduler",
+    "SchedulerOutput",
+    "VPScheduler",
+    "build_scheduler",
+    "TIME_SAMPLERS",
+    "LogitNormalTimeSampler",
+    "TimeSampler",
+    "UniformTimeSampler",
+    "build_time_sampler",
+]

@@ -1,0 +1,81 @@
+"""Shared plumbing of the command-line entry points (config location, trainer, loggers)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = [
+    "CONFIG_DIR",
+    "resolve_precision",
+    "instantiate_callbacks",
+    "instantiate_loggers",
+    "build_trainer",
+    "configure_torch",
+    "save_resolved_config",
+]
+
+log = logging.getLogger(__name__)
+
+#: the Hydra config tree (``conf/`` at the repository root; override with LATENT_FLOW_CONF)
+CONFIG_DIR = str(Path(os.environ.get("LATENT_FLOW_CONF", Path(__file__).resolve().parents[2] / "conf")))
+
+
+def resolve_precision(precision: Any) -> Any:
+    """``"auto"`` -> ``"bf16-mixed"`` on a CUDA GPU with bf16 support, else ``"32-true"``."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def configure_torch(cfg: DictConfig) -> None:
+    if cfg.get("tf32", True) and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list:
+    from hydra.utils import instantiate
+
+    callbacks = []
+    for name, cb_cfg in (cfg or {}).items():
+        if isinstance(cb_cfg, DictConfig) and "_target_" in cb_cfg:
+            callbacks.append(instantiate(cb_cfg, _convert_="object"))
+        else:
+            raise ValueError(f"callbacks.{name} has no _target_; every callback entry must name its class")
+    return callbacks
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list:
+    from hydra.utils import instantiate
+
+    loggers = []
+    for name, lg_cfg in (cfg or {}).items():
+        if isinstance(lg_cfg, DictConfig) and "_target_" in lg_cfg:
+            loggers.append(instantiate(lg_cfg, _convert_="object"))
+        else:
+            raise ValueError(f"logger.{name} has no _target_; every logger entry must name its class")
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, *, callbacks: list, loggers: list):
+    from hydra.utils import instantiate
+
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "auto"))
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, _convert_="object")
+
+
+def save_resolved_config(cfg: DictConfig, output_dir: str | os.PathLike) -> Path:
+    path = Path(output_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return path

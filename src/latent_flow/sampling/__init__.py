@@ -1,0 +1,44 @@
+"""Sampling: ODE solvers, time grids, classifier-free guidance, NFE counting.
+
+Time convention: ``t`` in [0, 1], **t = 0 is noise, t = 1 is data**; solvers
+integrate ``dx/dt = velocity_fn(x, t)`` from t = 0 to t = 1 with ``t`` of
+shape ``(B,)``. NFE = number of velocity (= model) calls.
+"""
+
+from latent_flow.sampling.guidance import GuidedVelocity, ModelFn, classifier_free_guidance
+from latent_flow.sampling.solvers import (
+    SOLVERS,
+    Dopri5Solver,
+    EulerSolver,
+    FixedStepSolver,
+    HeunSolver,
+    MidpointSolver,
+    NFECounter,
+    SampleResult,
+    Solver,
+    VelocityFn,
+    build_solver,
+    expand_time,
+)
+from latent_flow.sampling.time_grids import TIME_GRID_KINDS, shift_time, time_grid
+
+__all__ = [
+    "GuidedVelocity",
+    "ModelFn",
+    "classifier_free_guidance",
+    "SOLVERS",
+    "Dopri5Solver",
+    "EulerSolver",
+    "FixedStepSolver",
+    "HeunSolver",
+    "MidpointSolver",
+    "NFECounter",
+    "SampleResult",
+    "Solver",
+    "VelocityFn",
+    "build_solver",
+    "expand_time",
+    "TIME_GRID_KINDS",
+    "shift_time",
+    "time_grid",
+]

@@ -1,0 +1,312 @@
+"""The LightningModule of latent flow matching.
+
+Time convention (everywhere in latent_flow): ``t = 0`` is noise, ``t = 1`` is data.
+A training batch holds *latents* (read from the latent cache, never encoded here):
+
+    x_data = batch["latent"]            # normalised autoencoder latents (B, C, h, w)
+    x_noise ~ N(0, I);  t ~ time sampler
+    x_t, u_t = path.sample(x_noise, x_data, t)
+    loss = || backbone(concat(x_t, spatial cond), t, label) - u_t ||^2
+
+Sampling integrates ``dx/dt = v(x, t)`` from noise (t=0) to data (t=1) with the EMA
+weights and decodes with the frozen autoencoder, which is *not* a submodule: its
+weights never enter flow checkpoints (it is rebuilt from ``hparams.autoencoder``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from latent_flow.backbones import build_backbone
+from latent_flow.conditioning import build_condition
+from latent_flow.flow.path import AffinePath
+from latent_flow.flow.schedulers import build_scheduler
+from latent_flow.flow.time_sampling import build_time_sampler
+from latent_flow.sampling.guidance import classifier_free_guidance
+from latent_flow.sampling.noise import noise_for_indices
+from latent_flow.sampling.solvers import Solver
+from latent_flow.training.ema import EMA
+from latent_flow.training.lr_schedule import warmup_cosine_factor
+
+__all__ = ["LatentFlowModule", "BackboneMismatchError"]
+
+
+class BackboneMismatchError(RuntimeError):
+    """A checkpoint was written by a different backbone / latent shape than the config asks for."""
+
+
+def _plain(obj: Any) -> Any:
+    """OmegaConf containers -> plain Python (so hparams pickle without omegaconf)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return obj
+
+
+class LatentFlowModule(L.LightningModule):
+    """Conditional flow matching on autoencoder latents.
+
+    Args:
+        backbone: ``{"name": "DiT-T/2", **preset overrides}``; input size, channels and
+            classes are derived from ``latent_shape``, ``condition`` and ``num_classes``.
+        condition: ``{"name": "label" | "none", "label_dropout": p}``.
+        path: ``{"scheduler": {"name": "condot", ...}, "time_sampler": {"name": "uniform", ...}}``.
+        optim: AdamW and schedule settings (lr, weight_decay, betas, eps, warmup_steps,
+            cosine, min_lr_ratio, fused).
+        ema: ``{"decay": 0.9999, "warmup": True}`` or ``None`` to disable (not recommended).
+        latent_shape: ``(C, h, w)`` of the normalised latents.
+        num_classes: number of class labels of the dataset (0 = none).
+        latent_stats: ``{"mean": [...], "std": [...]}`` measured on the data (stored for decoding).
+        autoencoder: the autoencoder config used to decode samples (rebuilt on demand).
+        compile: ``torch.compile`` the backbone for training and sampling.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: dict,
+        condition: dict,
+        path: dict,
+        optim: dict,
+        ema: dict | None,
+        latent_shape: Sequence[int],
+        num_classes: int = 0,
+        latent_stats: dict | None = None,
+        autoencoder: dict | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        backbone, condition, path, optim, ema = map(_plain, (backbone, condition, path, optim, ema))
+        latent_shape = list(_plain(latent_shape))
+        self.save_hyperparameters(
+            {
+                "backbone": backbone,
+                "condition": condition,
+                "path": path,
+                "optim": optim,
+                "ema": ema,
+                "latent_shape": latent_shape,
+                "num_classes": int(num_classes),
+                "latent_stats": _plain(latent_stats),
+                "autoencoder": _plain(autoencoder),
+                "compile": bool(compile),
+            }
+        )
+        cond_opts = dict(condition)
+        cond_name = cond_opts.pop("name")
+        label_dropout = float(cond_opts.pop("label_dropout", 0.0))
+        self.condition = build_condition(cond_name, num_classes=int(num_classes), **cond_opts)
+
+        channels, height, width = latent_shape
+        if height != width:
+            raise ValueError(f"latent_shape must be square for the current backbones, got {latent_shape}")
+        bb_opts = dict(backbone)
+        bb_name = bb_opts.pop("name")
+        self.backbone = build_backbone(
+            bb_name,
+            input_size=height,
+            in_channels=channels + self.condition.spatial_channels,
+            out_channels=channels,
+            num_classes=int(num_classes) if self.condition.uses_label else 0,
+            class_dropout_prob=label_dropout if self.condition.uses_label else 0.0,
+            **bb_opts,
+        )
+        self.ema = EMA(self.backbone, **ema) if ema else None
+
+        sched_opts = dict(path["scheduler"])
+        self.path = AffinePath(build_scheduler(sched_opts.pop("name"), **sched_opts))
+        ts_opts = dict(path.get("time_sampler", {"name": "uniform"}))
+        self.time_sampler = build_time_sampler(ts_opts.pop("name"), **ts_opts)
+
+        self._autoencoder = None  # not a submodule: never saved in flow checkpoints
+        self._compiled: dict[str, Any] = {}
+        self._fit_start_time: float | None = None
+
+    # ------------------------------------------------------------------ networks
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return tuple(self.hparams.latent_shape)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.hparams.num_classes)
+
+    def _network(self, use_ema: bool) -> torch.nn.Module:
+        if use_ema and self.ema is not None:
+            return self.ema.module
+        return self.backbone
+
+    def _callable(self, use_ema: bool):
+        net = self._network(use_ema)
+        if not self.hparams.compile:
+            return net
+        key = "ema" if (use_ema and self.ema is not None) else "raw"
+        if key not in self._compiled:
+            self._compiled[key] = torch.compile(net)
+        return self._compiled[key]
+
+    def velocity(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor], *, use_ema: bool = False) -> Tensor:
+        """``v(x_t, t | cond)``: the one network call that training, guidance and solvers share."""
+        x_in, label = self.condition.network_inputs(x_t, cond)
+        return self._callable(use_ema)(x_in, t, label)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
+        return self.velocity(x_t, t, cond or {})
+
+    def velocity_fn(self, cond: dict[str, Tensor], *, cfg_scale: float = 1.0, use_ema: bool = True):
+        """A ``velocity_fn(x, t)`` for the solvers, with classifier-free guidance when ``cfg_scale != 1``."""
+        model_fn = lambda x, t, c: self.velocity(x, t, c, use_ema=use_ema)  # noqa: E731
+        if cfg_scale != 1.0 and not (self.condition.uses_label or self.condition.spatial_channels):
+            raise ValueError(f"cfg_scale={cfg_scale} needs a conditional model (condition=none was trained)")
+        return classifier_free_guidance(model_fn, cond, self.condition.null(cond), cfg_scale)
+
+    # ------------------------------------------------------------------ autoencoder
+    @property
+    def autoencoder(self):
+        """The frozen autoencoder (built from ``hparams.autoencoder`` on first use)."""
+        if self._autoencoder is None:
+            if self.hparams.autoencoder is None:
+                raise RuntimeError("this checkpoint records no autoencoder config; cannot decode latents")
+            from latent_flow.autoencoders import load_autoencoder
+
+            ae = load_autoencoder(**self.hparams.autoencoder)
+            stats = self.hparams.latent_stats
+            if stats is not None:
+                ae.set_latent_stats(torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
+            self._autoencoder = ae
+        if self._autoencoder.latent_mean.device != self.device:
+            self._autoencoder.to(self.device)
+        return self._autoencoder
+
+    def set_autoencoder(self, ae) -> None:
+        """Use an already built (frozen) autoencoder instead of rebuilding it from the config."""
+        self._autoencoder = ae
+
+    # ------------------------------------------------------------------ training
+    def _loss(self, batch: dict[str, Tensor], *, use_ema: bool, generator: torch.Generator | None = None) -> Tensor:
+        x_data = batch["latent"]
+        batch_size = x_data.shape[0]
+        if generator is None:
+            x_noise = torch.randn_like(x_data)
+            t = self.time_sampler(batch_size, x_data.device)
+        else:
+            x_noise = torch.randn(x_data.shape, generator=generator, dtype=x_data.dtype).to(x_data.device)
+            t = self.time_sampler(batch_size, "cpu", generator=generator).to(x_data.device)
+        sample = self.path.sample(x_noise, x_data, t)
+        cond = self.condition.from_batch(batch)
+        pred = self.velocity(sample.x_t, sample.t, cond, use_ema=use_ema)
+        return F.mse_loss(pred.float(), sample.target.float())
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self._loss(batch, use_ema=False)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        opt = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
+        if opt is not None:
+            self.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.backbone)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        # fixed noise and times per batch: comparable numbers from one validation to the next
+        gen = torch.Generator().manual_seed(10_000 + batch_idx)
+        loss = self._loss(batch, use_ema=False, generator=gen)
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True)
+        if self.ema is not None:
+            gen = torch.Generator().manual_seed(10_000 + batch_idx)
+            self.log("val/loss_ema", self._loss(batch, use_ema=True, generator=gen), on_epoch=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        o = dict(self.hparams.optim)
+        params = [p for p in self.parameters() if p.requires_grad]
+        fused = o.get("fused")
+        kwargs = {}
+        if fused is not None:
+            kwargs["fused"] = bool(fused)
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=float(o["lr"]),
+            weight_decay=float(o.get("weight_decay", 0.0)),
+            betas=tuple(o.get("betas", (0.9, 0.999))),
+            eps=float(o.get("eps", 1e-8)),
+            **kwargs,
+        )
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        warmup = int(o.get("warmup_steps", 0))
+        cosine = bool(o.get("cosine", False))
+        min_ratio = float(o.get("min_lr_ratio", 0.0))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_cosine_factor(
+                step, warmup_steps=warmup, total_steps=total, cosine=cosine, min_lr_ratio=min_ratio
+            ),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters", {})
+        for key in ("backbone", "latent_shape", "condition", "num_classes"):
+            if key in saved and _plain(saved[key]) != _plain(self.hparams[key]):
+                raise BackboneMismatchError(
+                    f"checkpoint was written with {key}={saved[key]!r}, but the config asks for "
+                    f"{key}={self.hparams[key]!r}; use the matching config (e.g. backbone=...) or another ckpt_path"
+                )
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample_latents(
+        self,
+        solver: Solver,
+        *,
+        indices: Sequence[int],
+        labels: Tensor | None = None,
+        cfg_scale: float = 1.0,
+        seed: int = 0,
+        use_ema: bool = True,
+    ):
+        """Sample latents for the given sample indices (noise seeded per index).
+
+        Returns the solver's ``SampleResult`` (``.x`` latents, ``.nfe`` model calls).
+        """
+        x_init = noise_for_indices(indices, self.latent_shape, seed=seed, device=self.device)
+        cond: dict[str, Tensor] = {}
+        if self.condition.uses_label:
+            if labels is None:
+                raise ValueError("this model is label-conditional: pass labels (or use the null class)")
+            cond["label"] = labels.to(self.device).long()
+        elif labels is not None:
+            raise ValueError("this model was trained without labels (condition=none); do not pass labels")
+        was_training = self.training
+        self.eval()
+        try:
+            return solver.sample(self.velocity_fn(cond, cfg_scale=cfg_scale, use_ema=use_ema), x_init)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents -> images in [-1, 1] with the frozen autoencoder (in float32)."""
+        return self.autoencoder.decode(latents.float()).clamp(-1, 1)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def on_fit_start(self) -> None:
+        self._fit_start_time = time.time()
+
+    def fit_seconds(self) -> float | None:
+        return None if self._fit_start_time is None else time.time() - self._fit_start_time
