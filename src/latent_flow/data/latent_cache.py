@@ -184,7 +184,7 @@ class LatentCache:
         shards = [np.load(self._shard_paths(s)["latents"], mmap_mode="r") for s in range(self.num_shards)]
         num_views, channels, height, width = shards[0].shape[1:]
         mean, std = measure_latent_stats(
-            torch.from_numpy(np.asarray(arr)).flatten(0, 1) for arr in shards
+            torch.from_numpy(np.array(arr)).flatten(0, 1) for arr in shards
         )
         meta = {
             "format_version": CACHE_FORMAT_VERSION,

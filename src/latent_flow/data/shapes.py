@@ -130,8 +130,8 @@ COUNT_NAMES: tuple[str, ...] = ("1", "2", "3")
 ATTRIBUTE_NAMES: tuple[str, ...] = ("shape", "color", "size", "hpos", "count")
 
 _COLOR_JITTER = 0.05  # per channel, per image
-_NUM_RANDOM_LAYOUTS = 64
-_NUM_TEMPLATE_LAYOUTS = 64
+_NUM_RANDOM_LAYOUTS = 32
+_NUM_TEMPLATE_LAYOUTS = 32
 _MAX_ATTRIBUTE_DRAWS = 100_000
 
 
@@ -276,34 +276,41 @@ def _random_layout(n: int, size: float, hpos: int, rng: np.random.Generator) -> 
         return np.array([[a + (b - a) * u[0], lo + (hi - lo) * u[1]]])
 
     sep = size + OBJECT_GAP
-    k1, k2 = _NUM_RANDOM_LAYOUTS, _NUM_TEMPLATE_LAYOUTS
-    uniform = lo + (hi - lo) * rng.random((k1, n, 2))
+    pair_i, pair_j = ([0], [1]) if n == 2 else ([0, 0, 1], [1, 2, 2])
+
+    def select(cand: np.ndarray) -> np.ndarray | None:
+        # cand (K, n, 2): first candidate that is separated, inside, and can be translated into the bin
+        sep_ok = np.abs(cand[:, pair_i] - cand[:, pair_j]).max(axis=2).min(axis=1) >= sep - 1e-9
+        xs = cand[:, :, 0]
+        x_min, x_max, mean = xs.min(axis=1), xs.max(axis=1), xs.mean(axis=1)
+        reach_lo = np.maximum(mean - (x_min - lo), t0)
+        reach_hi = np.minimum(mean + (hi - x_max), t1)
+        ys = cand[:, :, 1]
+        ok = sep_ok & (reach_lo <= reach_hi) & (x_min >= lo - 1e-9) & (x_max <= hi + 1e-9)
+        ok &= (ys.min(axis=1) >= lo - 1e-9) & (ys.max(axis=1) <= hi + 1e-9)
+        good = np.flatnonzero(ok)
+        if not good.size:
+            return None
+        i = good[0]
+        centers = cand[i].copy()
+        centers[:, 0] += reach_lo[i] + (reach_hi[i] - reach_lo[i]) * rng.random() - mean[i]
+        return centers
+
+    # 1) uniform random candidates
+    centers = select(lo + (hi - lo) * rng.random((_NUM_RANDOM_LAYOUTS, n, 2)))
+    if centers is not None:
+        return centers
+    # 2) row / column templates, with the always-feasible fallback last
+    k2 = _NUM_TEMPLATE_LAYOUTS
     rel = np.concatenate([_template_offsets(n, size, rng.random((k2, 9))), _fallback_offsets(n, size, hpos)[None]])
     rel = rel - rel.min(axis=1, keepdims=True)
     span_y = rel[:, :, 1].max(axis=1)
     y_shift = lo + np.maximum(hi - lo - span_y, 0.0) * rng.random(k2 + 1)
-    templates = rel + np.stack([np.full(k2 + 1, lo), y_shift], axis=1)[:, None, :]
-    cand = np.concatenate([uniform, templates])  # (K, n, 2)
-
-    diff = np.abs(cand[:, :, None, :] - cand[:, None, :, :]).max(axis=-1)  # Chebyshev (K, n, n)
-    diff[:, np.arange(n), np.arange(n)] = np.inf
-    xs = cand[..., 0]
-    mean = xs.mean(axis=1)
-    reach_lo = np.maximum(mean - (xs.min(axis=1) - lo), t0)
-    reach_hi = np.minimum(mean + (hi - xs.max(axis=1)), t1)
-    ok = (
-        (diff.min(axis=(1, 2)) >= sep - 1e-9)
-        & (reach_lo <= reach_hi)
-        & (cand.max(axis=(1, 2)) <= hi + 1e-9)
-        & (cand.min(axis=(1, 2)) >= lo - 1e-9)
-    )
-    good = np.flatnonzero(ok)
-    if not good.size:  # pragma: no cover - the fallback layout is always feasible
+    rel[:, :, 0] += lo
+    rel[:, :, 1] += y_shift[:, None]
+    centers = select(rel)
+    if centers is None:  # pragma: no cover - the fallback layout is always feasible
         raise RuntimeError(f"no layout found for count={n}, size={size:.3f}, hpos={HPOS_NAMES[hpos]}")
-    i = good[0]
-    centers = cand[i].copy()
-    target = reach_lo[i] + (reach_hi[i] - reach_lo[i]) * rng.random()
-    centers[:, 0] += target - mean[i]
     return centers
 
 
@@ -383,8 +390,8 @@ class ShapesDataset(Dataset):
         self.resolution = _check_int("resolution", resolution, 16)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed must be an int, got {seed!r}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
+        if not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {seed}")
         self.seed = int(seed)
         self.min_objects = _check_int("min_objects", min_objects, 1, 3)
         self.max_objects = _check_int("max_objects", max_objects, 1, 3)
@@ -494,7 +501,7 @@ class ShapesDataset(Dataset):
         return self._layout(self._check_index(index))[0]
 
     def _layout(self, index: int) -> tuple[ShapesLayout, np.random.Generator]:
-        rng = np.random.Generator(np.random.Philox(key=[index, self.seed * 1_000_003 + RENDER_VERSION]))
+        rng = np.random.Generator(np.random.Philox(key=[index, self.seed]))
         dims = np.array(self._allowed.shape)
         low = np.array([0, 0, 0, 0, self.min_objects - 1])
         span = dims - low

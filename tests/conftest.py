@@ -1,0 +1,60 @@
+"""Shared fixtures: Hydra composition into a temporary run directory, small thread counts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def compose(config_name: str, overrides: list[str], run_dir: Path):
+    """Compose ``conf/<config_name>.yaml`` like the CLI does, with run and cache dirs under ``run_dir``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from latent_flow.runtime import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        HydraConfig().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run_dir / "run")
+            cfg.paths.cache_dir = str(run_dir / "cache")
+            cfg.hydra.runtime.output_dir = str(run_dir / "run")
+    return cfg
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    def _compose(config_name: str, overrides: list[str] | None = None, run_dir: Path | None = None):
+        return compose(config_name, list(overrides or []), run_dir or tmp_path)
+
+    return _compose
+
+
+#: overrides that make a full training run take seconds on a CPU
+TINY_TRAIN = [
+    "data.dataset.num_samples=256",
+    "data.batch_size=32",
+    "backbone=dit_xs2",
+    "autoencoder.training.max_steps=4",
+    "autoencoder.training.batch_size=32",
+    "trainer.max_steps=6",
+    "trainer.val_check_interval=3",
+    "trainer.limit_val_batches=1",
+    "trainer.accelerator=cpu",
+    "samples.per_class=1",
+    "sampler.steps=2",
+    "callbacks.progress_bar.refresh_rate=0",
+    "optim.warmup_steps=2",
+]
