@@ -19,18 +19,20 @@ def compose(config_name: str, overrides: list[str], run_dir: Path):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
+
     from omegaconf import open_dict
 
     from latent_flow.runtime import CONFIG_DIR
 
     GlobalHydra.instance().clear()
+    paths = [f"paths.output_dir={run_dir / 'run'}", f"paths.cache_dir={run_dir / 'cache'}"]
+    if config_name == "sample":
+        paths = paths[:1]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        cfg = hydra_compose(config_name=config_name, overrides=paths + overrides, return_hydra_config=True)
         HydraConfig().set_config(cfg)
         with open_dict(cfg):
-            cfg.paths.output_dir = str(run_dir / "run")
-            cfg.paths.cache_dir = str(run_dir / "cache")
-            cfg.hydra.runtime.output_dir = str(run_dir / "run")
+            del cfg.hydra  # the app's config does not carry the hydra node
     return cfg
 
 

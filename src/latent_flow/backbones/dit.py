@@ -16,8 +16,9 @@ concatenated to the latent by the caller and only the latent velocity is predict
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -180,18 +180,22 @@ class LatentFlowModule(L.LightningModule):
                 raise RuntimeError("this checkpoint records no autoencoder config; cannot decode latents")
             from latent_flow.autoencoders import load_autoencoder
 
-            ae = load_autoencoder(**self.hparams.autoencoder)
+            ae = load_autoencoder(dict(self.hparams.autoencoder))
             stats = self.hparams.latent_stats
             if stats is not None:
                 ae.set_latent_stats(torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
-            self._autoencoder = ae
+            self.set_autoencoder(ae)
         if self._autoencoder.latent_mean.device != self.device:
             self._autoencoder.to(self.device)
         return self._autoencoder
 
     def set_autoencoder(self, ae) -> None:
-        """Use an already built (frozen) autoencoder instead of rebuilding it from the config."""
-        self._autoencoder = ae
+        """Use an already built (frozen) autoencoder instead of rebuilding it from the config.
+
+        Stored outside ``nn.Module``'s registry on purpose: it is not a submodule, so its
+        weights never enter ``state_dict()`` (flow checkpoints) nor the optimizer.
+        """
+        self.__dict__["_autoencoder"] = ae
 
     # ------------------------------------------------------------------ training
     def _loss(self, batch: dict[str, Tensor], *, use_ema: bool, generator: torch.Generator | None = None) -> Tensor:
@@ -218,7 +222,9 @@ class LatentFlowModule(L.LightningModule):
             self.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # EMA right after each optimizer step, before any callback (e.g. a checkpoint) sees the step
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update(self.backbone)
 

@@ -1,0 +1,274 @@
+"""A folder of the user's own images, optionally split into class sub-folders.
+
+Layouts accepted::
+
+    root/cat/001.png, root/dog/xyz.jpg, ...   -> classes ["cat", "dog"] (sorted names -> labels 0, 1, ...)
+    root/001.png, root/002.png, ...           -> a single class 0 (named after the root folder)
+
+Files are found recursively inside each class folder; hidden files and folders (``.name``) are
+ignored. Every image is converted to RGB (grayscale, palette, 16-bit and CMYK images converted;
+transparency composited on white; EXIF orientation applied), resized so that its shorter side is
+``resolution`` (bicubic, antialiased) and centre-cropped to ``resolution x resolution`` (or resized
+to the square directly with ``center_crop=False``).
+
+At construction, :meth:`ImageFolderDataset.scan` opens the header of every file and skips the
+unreadable ones (counted in ``skipped_files``, reported with ``warnings.warn``). A file whose
+header is fine but whose pixel data is broken (e.g. truncated) can only be detected when it is
+decoded: ``__getitem__`` then raises a ``RuntimeError`` naming the file.
+
+Items: ``{"image": (3, R, R) float in [-1, 1], "label": long (), "index": long ()}`` (no time
+variable here; the flow convention t = 0 noise, t = 1 data is applied downstream).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["DEFAULT_EXTENSIONS", "ImageFolderDataset"]
+
+DEFAULT_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+_NUM_NAMED_SKIPPED = 5  # file names listed in the warning
+
+# Pillow >= 9.1 has Image.Resampling; older versions expose the constant on Image
+_BICUBIC = getattr(getattr(Image, "Resampling", Image), "BICUBIC")
+
+
+def _normalise_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(extensions, str):
+        extensions = (extensions,)
+    out = []
+    for ext in extensions:
+        if not isinstance(ext, str) or not ext.strip("."):
+            raise ValueError(f"invalid file extension {ext!r}; expected e.g. '.png'")
+        ext = ext.lower()
+        out.append(ext if ext.startswith(".") else "." + ext)
+    if not out:
+        raise ValueError("extensions must not be empty")
+    return tuple(dict.fromkeys(out))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL image to RGB; transparency is composited on white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" or image.mode == "PA":
+        image = image.convert("RGBA")  # keeps palette transparency
+    elif image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        scale = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(array / scale * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        scale = 1.0 if array.max(initial=0) <= 1.0 else 255.0
+        image = Image.fromarray(np.clip(array / scale * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+class ImageFolderDataset(Dataset):
+    """Images from ``root`` (class sub-folders -> labels), square ``resolution`` crops in [-1, 1].
+
+    Args:
+        root: folder of images, or of class sub-folders of images.
+        resolution: output side in pixels.
+        extensions: file name endings to include (case-insensitive).
+        center_crop: resize the shorter side to ``resolution`` then centre-crop (default); if
+            False, resize the whole image to ``resolution x resolution`` (aspect not kept).
+
+    Attributes: ``class_names``, ``num_classes``, ``samples`` (list of (path, label)),
+    ``skipped_files`` (unreadable files, skipped), ``num_resized`` (readable images whose size
+    is not ``resolution x resolution``).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        resolution: int,
+        extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+        center_crop: bool = True,
+    ) -> None:
+        if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
+            raise TypeError(f"resolution must be an int, got {resolution!r}")
+        if resolution < 1:
+            raise ValueError(f"resolution must be >= 1, got {resolution}")
+        self.root = Path(root).expanduser()
+        self.resolution = int(resolution)
+        self.extensions = _normalise_extensions(extensions)
+        self.center_crop = bool(center_crop)
+        if not self.root.exists():
+            raise FileNotFoundError(
+                f"image folder '{self.root}' does not exist: expected a folder of images or of class sub-folders"
+            )
+        if not self.root.is_dir():
+            raise NotADirectoryError(
+                f"'{self.root}' is not a folder: expected a folder of images or of class sub-folders"
+            )
+        self.class_names, candidates = self._discover()
+        self.num_classes = len(self.class_names)
+        self.samples: list[tuple[Path, int]] = []
+        self.skipped_files: list[Path] = []
+        self.num_resized = 0
+        self._fingerprint = ""
+        self.scan(candidates)
+
+    # ---------------------------------------------------------------- discovery and scan
+    def _is_image(self, path: Path) -> bool:
+        return path.suffix.lower() in self.extensions and not path.name.startswith(".")
+
+    def _files_under(self, folder: Path) -> list[Path]:
+        files = []
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            files.extend(Path(dirpath) / name for name in sorted(filenames) if self._is_image(Path(name)))
+        return files
+
+    def _no_images_error(self) -> ValueError:
+        return ValueError(
+            f"no images found in '{self.root}' (looked for files ending in {', '.join(self.extensions)}, "
+            "directly in the folder or in class sub-folders)"
+        )
+
+    def _discover(self) -> tuple[list[str], list[tuple[Path, int]]]:
+        subdirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        per_class = [(d.name, self._files_under(d)) for d in subdirs]
+        per_class = [(name, files) for name, files in per_class if files]
+        top_level = sorted(p for p in self.root.iterdir() if p.is_file() and self._is_image(p))
+        if per_class:
+            if top_level:
+                warnings.warn(
+                    f"ImageFolderDataset: '{self.root}' has class sub-folders and also {len(top_level)} image(s) "
+                    "directly inside it; those top-level images are ignored",
+                    stacklevel=3,
+                )
+            names = [name for name, _ in per_class]
+            candidates = [(path, label) for label, (_, files) in enumerate(per_class) for path in files]
+            return names, candidates
+        if not top_level:
+            raise self._no_images_error()
+        return [self.root.resolve().name or "images"], [(path, 0) for path in top_level]
+
+    def scan(self, candidates: list[tuple[Path, int]] | None = None) -> None:
+        """Open each file's header; keep the readable ones, record and report the others.
+
+        Called at construction; calling it again re-scans the folder (e.g. after files changed).
+        """
+        if candidates is None:
+            self.class_names, candidates = self._discover()
+            self.num_classes = len(self.class_names)
+        samples, skipped, records = [], [], []
+        num_resized = 0
+        for path, label in candidates:
+            rel = path.relative_to(self.root).as_posix()
+            try:
+                stat = path.stat()
+            except OSError:
+                skipped.append(path)
+                records.append((rel, -1, -1, "skipped"))
+                continue
+            try:
+                with Image.open(path) as image:  # reads the header only
+                    size = image.size
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+                skipped.append(path)
+                records.append((rel, stat.st_size, stat.st_mtime_ns, "skipped"))
+                continue
+            samples.append((path, label))
+            records.append((rel, stat.st_size, stat.st_mtime_ns, label))
+            if size != (self.resolution, self.resolution):
+                num_resized += 1
+        self.samples = samples
+        self.skipped_files = skipped
+        self.num_resized = num_resized
+        if skipped:
+            names = ", ".join(p.relative_to(self.root).as_posix() for p in skipped[:_NUM_NAMED_SKIPPED])
+            more = f" and {len(skipped) - _NUM_NAMED_SKIPPED} more" if len(skipped) > _NUM_NAMED_SKIPPED else ""
+            warnings.warn(
+                f"ImageFolderDataset: skipped {len(skipped)} unreadable file(s) in '{self.root}': {names}{more}",
+                stacklevel=3,
+            )
+        if not samples:
+            raise ValueError(
+                f"no readable images in '{self.root}': all {len(skipped)} file(s) ending in "
+                f"{', '.join(self.extensions)} failed to open"
+            )
+        config = {
+            "class": type(self).__name__,
+            "root": str(self.root.resolve()),
+            "files": sorted(records, key=lambda r: r[0]),
+            "resolution": self.resolution,
+            "center_crop": self.center_crop,
+            "class_names": self.class_names,
+        }
+        self._fingerprint = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+    def fingerprint(self) -> str:
+        """sha1 of the root path, the files (relative path, size, mtime), resolution and crop flag."""
+        return self._fingerprint
+
+    # ---------------------------------------------------------------- items
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(root='{self.root}', resolution={self.resolution}, {len(self)} images, "
+            f"{self.num_classes} classes, {len(self.skipped_files)} skipped, {self.num_resized} resized)"
+        )
+
+    def load_image(self, index: int) -> Image.Image:
+        """Decode item ``index`` as an RGB ``resolution x resolution`` PIL image."""
+        path = self.samples[index][0]
+        try:
+            with Image.open(path) as image:
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                image = _to_rgb(image)
+        except Exception as error:  # noqa: BLE001 - re-raised with the file name
+            raise RuntimeError(f"failed to decode image file '{path}': {error}") from error
+        return self._resize(image)
+
+    def _resize(self, image: Image.Image) -> Image.Image:
+        res = self.resolution
+        width, height = image.size
+        if (width, height) == (res, res):
+            return image
+        if not self.center_crop:
+            return image.resize((res, res), _BICUBIC)
+        scale = res / min(width, height)
+        new_w, new_h = max(res, round(width * scale)), max(res, round(height * scale))
+        image = image.resize((new_w, new_h), _BICUBIC)  # Pillow's resize antialiases when shrinking
+        left, top = (new_w - res) // 2, (new_h - res) // 2
+        return image.crop((left, top, left + res, top + res))
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        index = operator.index(index)
+        if index < 0:
+            index += len(self.samples)
+        if not 0 <= index < len(self.samples):
+            raise IndexError(f"index {index} out of range for {type(self).__name__} of length {len(self.samples)}")
+        image = np.asarray(self.load_image(index), dtype=np.uint8)
+        image_f = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
+        return {
+            "image": torch.from_numpy(image_f),
+            "label": torch.tensor(self.samples[index][1], dtype=torch.long),
+            "index": torch.tensor(index, dtype=torch.long),
+        }
