@@ -256,6 +256,11 @@ class LatentFlowModule(L.LightningModule):
         warmup = int(o.get("warmup_steps", 0))
         cosine = bool(o.get("cosine", False))
         min_ratio = float(o.get("min_lr_ratio", 0.0))
+        if cosine and (total is None or total <= warmup):
+            raise ValueError(
+                f"optim.cosine=true needs trainer.max_steps > optim.warmup_steps, got max_steps={total}, "
+                f"warmup_steps={warmup}; set trainer.max_steps or optim.cosine=false"
+            )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda step: warmup_cosine_factor(
