@@ -25,13 +25,14 @@ log = logging.getLogger(__name__)
 
 
 def parse_labels(label, num_samples: int, num_classes: int, uses_label: bool) -> torch.Tensor | None:
-    """``label``: None (cycle over classes), an int, or a list (repeated to ``num_samples``)."""
+    """``label``: None (every class, in equal consecutive blocks), an int, or a list (repeated to ``num_samples``)."""
     if not uses_label:
         if label is not None:
             raise ValueError("label=... given, but this checkpoint was trained without labels (condition=none)")
         return None
-    if label is None:
-        return torch.arange(num_samples) % num_classes
+    if label is None:  # consecutive blocks per class: a grid with one row per class
+        per_class = -(-num_samples // num_classes)
+        return torch.arange(num_samples) // per_class
     values = [int(v) for v in (label if isinstance(label, (list, tuple)) else [label])]
     for v in values:
         if not 0 <= v <= num_classes:
@@ -84,7 +85,12 @@ def run_sampling(cfg: DictConfig) -> dict:
         log.info("sampled %d/%d (NFE %d per batch)", hi, cfg.num_samples, result.nfe)
     seconds = time.time() - start
     arr = np.concatenate(all_images)
-    nrow = cfg.grid_nrow or (int(np.ceil(np.sqrt(len(arr)))) if labels is None else min(len(arr), 8))
+    if cfg.grid_nrow:
+        nrow = cfg.grid_nrow
+    elif labels is not None and cfg.label is None:
+        nrow = -(-len(arr) // model.num_classes)  # one row per class
+    else:
+        nrow = int(np.ceil(np.sqrt(len(arr))))
     grid = make_grid_image(torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1, nrow, upscale=cfg.grid_upscale)
     save_png(grid, out_dir / "grid.png")
     if cfg.save_npz:

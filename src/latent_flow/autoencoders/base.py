@@ -36,7 +36,7 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -321,6 +321,17 @@ class Autoencoder(nn.Module, ABC):
 _AE = TypeVar("_AE", bound=Autoencoder)
 
 
+def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain dict from a mapping (OmegaConf DictConfig resolved to containers)."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return dict(cfg)
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -430,6 +441,7 @@ def build_autoencoder(cfg: Mapping[str, Any]) -> Autoencoder:
 
     Unknown names or options raise ValueError.
     """
+    cfg = _plain(cfg)
     if "name" not in cfg:
         raise ValueError(f"autoencoder config needs a 'name' (one of {autoencoder_names()}), got keys {sorted(cfg)}")
     options = {k: v for k, v in cfg.items() if k != "name"}
@@ -463,7 +475,7 @@ def load_autoencoder(
         FileNotFoundError: ``ckpt_path`` does not exist.
     """
     if isinstance(cfg_or_name, Mapping):
-        cfg = dict(cfg_or_name)
+        cfg = _plain(cfg_or_name)
         if options:
             cfg.update(options)
         if "name" not in cfg:
@@ -512,7 +524,7 @@ def save_autoencoder(ae: Autoencoder, path: str | os.PathLike[str]) -> Path:
 
 
 def _normalise(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         return tuple(_normalise(v) for v in value)
     return value
 
@@ -573,6 +585,7 @@ def load_autoencoder_checkpoint(
         raise ValueError(f"{str(path)!r} holds an unknown autoencoder class {class_name!r}; known: {sorted(classes)}")
 
     config = dict(payload["config"])
+    options = _plain(options)
     mismatched = {
         k: (v, config[k])
         for k, v in options.items()

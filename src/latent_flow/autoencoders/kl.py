@@ -10,6 +10,7 @@ Encoder::
         Downsample (conv3x3, stride 2)                    # every level except the last
     mid: ResBlock [+ self-attention + ResBlock if use_attention]
     GroupNorm, SiLU, conv3x3(-> 2 * latent_channels)     # posterior mean and log-variance
+                                                         # (log-variance bias starts at LOGVAR_INIT = -8)
 
 Decoder (mirror)::
 
@@ -21,7 +22,12 @@ Decoder (mirror)::
 
 **Downsampling factor = 2 ** (len(channel_mult) - 1)**: one stride-2 step
 between consecutive levels, so ``channel_mult=(1, 2, 2)`` maps 32x32 RGB to
-8x8 latents (factor 4, the default) and ``(1, 2)`` gives factor 2. (This is one fewer than
+8x8 latents (factor 4, the default) and ``(1, 2)`` gives factor 2.
+
+Defaults (``base_channels=16, channel_mult=(1, 2, 2)``, 0.15 M parameters) were
+chosen for the CPU quick start: on the 32x32 shapes data, batch 64, AdamW
+lr 1e-3, 2 CPU threads, they reach ~25 dB PSNR in 45 s and ~28 dB in 2 min;
+``base_channels=32`` learns about as much per step at twice the cost. (This is one fewer than
 the ``2 ** len(channel_mult)`` sketched in an early version of
 docs/interfaces.md; ``downsample_factor`` is the one source of truth.)
 
@@ -45,6 +51,11 @@ __all__ = ["KLAutoencoder", "diagonal_gaussian_kl", "load_kl_autoencoder"]
 
 LOGVAR_MIN = -30.0
 LOGVAR_MAX = 20.0
+#: Initial bias of the log-variance outputs (posterior std ~0.02 at init), so
+#: that sampling the posterior does not drown the small initial latents in unit
+#: noise; with the default SD-sized KL weight this cut the number of steps to a
+#: given PSNR by about 2x in the quick-start measurements.
+LOGVAR_INIT = -8.0
 
 
 def _groups(channels: int) -> int:
@@ -145,7 +156,7 @@ class KLAutoencoder(Autoencoder):
         self,
         in_channels: int = 3,
         latent_channels: int = 4,
-        base_channels: int = 32,
+        base_channels: int = 16,
         channel_mult: Sequence[int] = (1, 2, 2),
         num_res_blocks: int = 1,
         use_attention: bool = False,
@@ -181,7 +192,10 @@ class KLAutoencoder(Autoencoder):
             if i != last:
                 enc.append(Downsample(cur))
         enc.append(_mid_block(cur, self.use_attention))
-        enc += [_norm(cur), nn.SiLU(), nn.Conv2d(cur, 2 * self.latent_channels, 3, padding=1)]
+        conv_moments = nn.Conv2d(cur, 2 * self.latent_channels, 3, padding=1)
+        with torch.no_grad():
+            conv_moments.bias[self.latent_channels :].fill_(LOGVAR_INIT)  # type: ignore[index]
+        enc += [_norm(cur), nn.SiLU(), conv_moments]
         self.encoder = nn.Sequential(*enc)
 
         # decoder

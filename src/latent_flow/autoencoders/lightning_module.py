@@ -60,7 +60,9 @@ class AutoencoderModule(pl.LightningModule):
     Args:
         in_channels, latent_channels, base_channels, channel_mult,
             num_res_blocks, use_attention: the :class:`KLAutoencoder` config.
-        lr: AdamW learning rate (constant).
+        lr: AdamW learning rate (constant). 1e-3 reached a given PSNR in fewer
+            steps than 2e-4 / 5e-4 (and 2e-3+ stalled on plateaus) in the
+            quick-start measurements.
         betas: AdamW betas.
         weight_decay: AdamW weight decay.
         l1_weight: weight of the L1 reconstruction term.
@@ -76,12 +78,12 @@ class AutoencoderModule(pl.LightningModule):
         self,
         in_channels: int = 3,
         latent_channels: int = 4,
-        base_channels: int = 32,
+        base_channels: int = 16,
         channel_mult: Sequence[int] = (1, 2, 2),
         num_res_blocks: int = 1,
         use_attention: bool = False,
         lr: float = 1e-3,
-        betas: Sequence[float] = (0.9, 0.99),
+        betas: Sequence[float] = (0.9, 0.999),
         weight_decay: float = 0.0,
         l1_weight: float = 1.0,
         mse_weight: float = 1.0,
@@ -97,7 +99,11 @@ class AutoencoderModule(pl.LightningModule):
                 f"loss weights must be >= 0 with l1_weight + mse_weight > 0, "
                 f"got l1={l1_weight}, mse={mse_weight}, kl={kl_weight}"
             )
-        self.save_hyperparameters()
+        # Plain types only, so that Lightning checkpoints load with weights_only=True.
+        self.save_hyperparameters(ignore=["export_path"])
+        self.hparams["export_path"] = None if export_path is None else str(export_path)
+        self.hparams["channel_mult"] = [int(m) for m in channel_mult]
+        self.hparams["betas"] = [float(b) for b in betas]
         self.autoencoder = KLAutoencoder(
             in_channels=in_channels,
             latent_channels=latent_channels,
