@@ -20,6 +20,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from latent_flow.autoencoders import load_autoencoder
@@ -91,6 +92,7 @@ def train_autoencoder(
         "log_every_n_steps": 10,
         "enable_checkpointing": False,
         "logger": loggers if loggers else False,
+        "callbacks": [TQDMProgressBar(refresh_rate=20)],
     }
     trainer_kwargs.update(trainer_overrides or {})
     start = time.time()
