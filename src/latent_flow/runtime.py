@@ -42,28 +42,24 @@ def configure_torch(cfg: DictConfig) -> None:
         torch.set_float32_matmul_precision("high")
 
 
-def instantiate_callbacks(cfg: DictConfig | None) -> list:
+def _instantiate_entries(cfg: DictConfig | None, group: str) -> list:
+    """Instantiate every entry of a ``callbacks`` / ``logger`` group (each must name its ``_target_``)."""
     from hydra.utils import instantiate
 
-    callbacks = []
-    for name, cb_cfg in (cfg or {}).items():
-        if isinstance(cb_cfg, DictConfig) and "_target_" in cb_cfg:
-            callbacks.append(instantiate(cb_cfg, _convert_="object"))
-        else:
-            raise ValueError(f"callbacks.{name} has no _target_; every callback entry must name its class")
-    return callbacks
+    objects = []
+    for name, entry in (cfg or {}).items():
+        if not (isinstance(entry, DictConfig) and "_target_" in entry):
+            raise ValueError(f"{group}.{name} has no _target_; every {group} entry must name its class")
+        objects.append(instantiate(entry, _convert_="object"))
+    return objects
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list:
+    return _instantiate_entries(cfg, "callbacks")
 
 
 def instantiate_loggers(cfg: DictConfig | None) -> list:
-    from hydra.utils import instantiate
-
-    loggers = []
-    for name, lg_cfg in (cfg or {}).items():
-        if isinstance(lg_cfg, DictConfig) and "_target_" in lg_cfg:
-            loggers.append(instantiate(lg_cfg, _convert_="object"))
-        else:
-            raise ValueError(f"logger.{name} has no _target_; every logger entry must name its class")
-    return loggers
+    return _instantiate_entries(cfg, "logger")
 
 
 def build_trainer(cfg: DictConfig, *, callbacks: list, loggers: list):
