@@ -1,6 +1,17 @@
-"""Datasets: the built-in procedural shapes dataset and folders of the user's own images."""
+"""Datasets: the built-in procedural shapes, folders of images, and the paper's datasets
+(CelebA-HQ / FFHQ folders or LMDB, LSUN LMDB, ImageNet class folders, CelebAMask-HQ)."""
 
+from latent_flow.data.celebamask import CelebAMaskHQDataset
 from latent_flow.data.image_folder import ImageFolderDataset
+from latent_flow.data.imagenet import ImageNetDataset, adm_center_crop
+from latent_flow.data.lmdb_dataset import LMDBImageDataset
 from latent_flow.data.shapes import ShapesDataset
 
-__all__ = ["ImageFolderDataset", "ShapesDataset"]
+__all__ = [
+    "CelebAMaskHQDataset",
+    "ImageFolderDataset",
+    "ImageNetDataset",
+    "LMDBImageDataset",
+    "ShapesDataset",
+    "adm_center_crop",
+]
