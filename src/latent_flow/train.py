@@ -97,7 +97,7 @@ def run_training(cfg: DictConfig) -> dict:
         num_classes=datamodule.num_classes,
         latent_stats=stats,
         autoencoder=ae_spec,
-        compile=cfg.compile,
+        compile=cfg.compile, seed=cfg.seed,
     )
     model.set_autoencoder(autoencoder)
     num_params = sum(p.numel() for p in model.backbone.parameters())

@@ -48,14 +48,59 @@ def test_experiments_exist():
     assert {"shapes_dit", "shapes_unet", "shapes_uncond", "shapes_pixel", "shapes_vp"} <= set(EXPERIMENTS)
 
 
+PAPER_EXPERIMENTS = {
+    # name: (reference FID in the experiment file's header, backbone preset, conditional)
+    "celeba256_dit": ("5.26", "DiT-L/2", False),
+    "ffhq_dit": ("4.55", "DiT-L/2", False),
+    "bedroom_dit": ("4.92", "DiT-L/2", False),
+    "church_dit": ("5.54", "DiT-L/2", False),
+    "imagenet_dit": ("4.46", "DiT-B/2", True),
+    "celeba256_adm": ("5.67", "UNet-L", False),
+    "ffhq_adm": ("6.12", "UNet-L", False),
+    "bedroom_adm": ("7.05", "UNet-L", False),
+    "church_adm": ("7.70", "UNet-L", False),
+    "imagenet_adm": ("8.58", "UNet-L", True),
+    "celeba512_adm": ("6.35", "UNet-L", False),
+}
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_instantiates(experiment, compose_cfg):
-    cfg = compose_cfg("train", [f"+experiment={experiment}", "backbone=dit_xs2"])
-    assert cfg.task_name == experiment
+    full = compose_cfg("train", [f"+experiment={experiment}"])
+    assert full.task_name == experiment
+    overrides = [f"+experiment={experiment}"]
+    if experiment in PAPER_EXPERIMENTS:
+        fid, preset, conditional = PAPER_EXPERIMENTS[experiment]
+        assert full.backbone.name == preset
+        assert full.autoencoder.name == "diffusers_kl" and full.sampler.name == "dopri5"
+        assert full.ema.decay == 0.9999 and full.path.scheduler.sigma_min == 1e-5
+        assert full.condition.name == ("label" if conditional else "none")
+        if conditional:
+            assert full.condition.label_dropout == 0.1 and full.samples.cfg_scale > 1
+        text = (Path(CONFIG_DIR) / "experiment" / f"{experiment}.yaml").read_text()
+        assert f"Reference FID (LFM README, its own protocol): {fid}" in text
+        # instantiate with tiny stand-ins: an untrained factor-8 KL autoencoder on rendered data of the
+        # experiment's resolution and a tiny backbone of the same family
+        tiny = "unet_t" if preset.startswith("UNet") else "dit_xs2"
+        overrides += [
+            "data=shapes",
+            f"data.dataset.resolution={full.data.dataset.resolution}",
+            "autoencoder=kl_shapes",
+            "autoencoder.config.channel_mult=[1,2,2,2]",
+            f"backbone={tiny}",
+        ]
+        if "root:" in text:  # the experiment itself sets a data root
+            overrides.append("~data.dataset.root")
+    else:
+        overrides.append("backbone=dit_xs2")
+    cfg = compose_cfg("train", overrides)
     _, module, latent_shape = _module_from_cfg(cfg)
+    if experiment in PAPER_EXPERIMENTS:
+        assert latent_shape == (4, full.data.dataset.resolution // 8, full.data.dataset.resolution // 8)
     batch = 2
     x = torch.randn(batch, *latent_shape)
     cond = module.condition.from_batch({"label": torch.zeros(batch, dtype=torch.long)})
+    module.eval()
     out = module.velocity(x, torch.rand(batch), cond)
     assert out.shape == x.shape
 

@@ -221,24 +221,26 @@ def _to_ours(diffusers_state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
 def test_diffusers_tiny_by_path_and_same_maths_as_ours(tmp_path):
     torch.manual_seed(0)
     model = diffusers.AutoencoderTiny(latent_channels=4).eval()  # plain TAESD layout, random weights
+    # fp16-representable weights, like the original .pth files, so both loaders see identical values
+    model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
     model.save_pretrained(tmp_path / "tiny")
     ae = load_autoencoder({"name": "diffusers_tiny", "pretrained": str(tmp_path / "tiny")})
     assert isinstance(ae, DiffusersTinyAutoencoder) and not ae.training
+    assert all(not p.requires_grad for p in ae.parameters())
     assert ae.latent_channels == 4 and ae.downsample_factor == 8
-    x = _images(2, 32, seed=5)
+    x = _images(1, 16, seed=5)
     with torch.no_grad():
         raw = ae.encode_raw(x)
         torch.testing.assert_close(raw, model.encode(x).latents)
-        assert raw.shape == (2, 4, 4, 4)
+        assert raw.shape == (1, 4, 2, 2)
         y = ae.decode_raw(raw)
         torch.testing.assert_close(y, model.decode(raw).sample.clamp(-1, 1))
         # our own implementation with the same weights computes the same latents / images
         enc, dec = _to_ours(model.state_dict())
         ours = TinyAutoencoder(_save_pth(enc, tmp_path / "e.pth"), _save_pth(dec, tmp_path / "d.pth"), 4)
-        half = diffusers.AutoencoderTiny(latent_channels=4).eval()  # fp16-rounded weights, like the files
-        half.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
-        torch.testing.assert_close(ours.encode_raw(x), half.encode(x).latents, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(ours.decode_raw(raw), half.decode(raw).sample.clamp(-1, 1), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours.encode_raw(x), raw, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours.decode_raw(raw), y, rtol=1e-4, atol=1e-4)
+    assert ours.fingerprint() != ae.fingerprint()  # different classes, even with the same weights
 
 
 # ------------------------------------------------------------------- real TAEF2 weights
@@ -290,7 +292,7 @@ def test_taef2_smooth_natural_like_image(taef2):
     x = (img.clamp(0, 1) * 2 - 1).unsqueeze(0)
     with torch.no_grad():
         y = taef2.reconstruct(x)
-    assert _psnr(y, x) > 30.0  # measured 35.7 dB
+    assert _psnr(y, x) > 30.0  # measured 33.5 dB
 
 
 def test_taef2_wrong_variant_is_named(taef2):

@@ -20,8 +20,10 @@ from .base import (
     register_autoencoder,
     save_autoencoder,
 )
+from .diffusers_kl import DiffusersKLAutoencoder
 from .identity import IdentityAutoencoder
 from .kl import KLAutoencoder, diagonal_gaussian_kl, load_kl_autoencoder
+from .taesd import DiffusersTinyAutoencoder, TinyAutoencoder
 
 # AutoencoderModule / psnr import Lightning: loaded lazily on first access.
 _LAZY = {"AutoencoderModule", "psnr"}
@@ -37,6 +39,9 @@ def __getattr__(name: str):  # noqa: ANN202 - PEP 562 module attribute hook
 __all__ = [
     "AUTOENCODER_FORMAT_VERSION",
     "Autoencoder",
+    "DiffusersKLAutoencoder",
+    "DiffusersTinyAutoencoder",
+    "TinyAutoencoder",
     "AutoencoderModule",
     "IdentityAutoencoder",
     "KLAutoencoder",

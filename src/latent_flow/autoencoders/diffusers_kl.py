@@ -34,6 +34,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,20 @@ def load_diffusers_model(
             ``~``) but does not exist.
         ValueError: a local directory that does not hold such a model.
     """
+    with warnings.catch_warnings():
+        # diffusers passes a deprecated argument to huggingface_hub on every Hub lookup
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+        return _load_diffusers_model(model_cls, pretrained, subfolder, torch_dtype, local_files_only, kind)
+
+
+def _load_diffusers_model(
+    model_cls: Any,
+    pretrained: str,
+    subfolder: str | None,
+    torch_dtype: torch.dtype,
+    local_files_only: bool | None,
+    kind: str | None,
+) -> nn.Module:
     kind = kind or getattr(model_cls, "__name__", "model")
     pretrained = str(pretrained)
     path = Path(os.path.expanduser(pretrained))
@@ -218,8 +233,8 @@ def load_diffusers_model(
         except Exception as exc:  # noqa: BLE001 - any miss becomes the clear message
             raise PretrainedWeightsNotFoundError(
                 _download_hint(kind, pretrained, subfolder)
-                + f"\n(the Hub at {_hub_endpoint()} could not be reached (a HEAD request failed or took over {HUB_TIMEOUT_S} s); "
-                f"underlying error: {type(exc).__name__}: {exc})"
+                + f"\n(the Hub at {_hub_endpoint()} could not be reached: a HEAD request failed or took over "
+                f"{HUB_TIMEOUT_S} s; underlying error: {type(exc).__name__}: {exc})"
             ) from exc
 
     with _short_hub_timeouts():
@@ -349,8 +364,13 @@ class DiffusersKLAutoencoder(Autoencoder):
         self._local_files_only = local_files_only
         cfg_scale = getattr(cfg, "scaling_factor", None)
         cfg_shift = getattr(cfg, "shift_factor", None)
-        self.scale = float(scaling_factor if scaling_factor is not None else (cfg_scale if cfg_scale is not None else 1.0))
-        self.shift = float(shift_factor if shift_factor is not None else (cfg_shift if cfg_shift is not None else 0.0))
+        if scaling_factor is None:
+            scaling_factor = cfg_scale if cfg_scale is not None else 1.0
+        if shift_factor is None:
+            shift_factor = cfg_shift if cfg_shift is not None else 0.0
+        #: the published constants in use: raw latent = (posterior mean - shift) * scale
+        self.scale = float(scaling_factor)
+        self.shift = float(shift_factor)
         self._torch_dtype = torch_dtype
 
     def encode_raw(self, images: Tensor) -> Tensor:

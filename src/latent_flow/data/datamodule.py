@@ -108,9 +108,20 @@ class LatentDataModule(L.LightningDataModule):
         return int(getattr(self.dataset, "num_classes", 0))
 
     def prepare_data(self) -> None:
-        if not self.cache.is_complete():
-            log.info("building the latent cache %s", self.cache.root)
-            self.cache.build()
+        """Build the latent cache when missing, split over the ranks the launcher declares.
+
+        Under torchrun / srun every rank calls this before the Trainer exists: each rank encodes
+        its shards and waits for the complete cache (see ``latent_flow.encode.build_cache_distributed``).
+        Without a world size in the environment (a single process, or rank 0 of Lightning's own
+        ``strategy=ddp`` launcher before ``trainer.fit``) the whole cache is built here.
+        """
+        if self.cache.is_complete():
+            return
+        from latent_flow.encode import build_cache_distributed, distributed_rank
+
+        rank, world_size = distributed_rank()
+        log.info("building the latent cache %s (rank %d of %d)", self.cache.root, rank, world_size)
+        build_cache_distributed(self.cache, rank, world_size)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -70,6 +70,17 @@ class LatentFlowModule(L.LightningModule):
         latent_stats: ``{"mean": [...], "std": [...]}`` measured on the data (stored for decoding).
         autoencoder: the autoencoder config used to decode samples (rebuilt on demand).
         compile: ``torch.compile`` the backbone for training and sampling.
+        seed: the run's base seed (``cfg.seed``). Model initialisation uses the global seed set
+            by ``L.seed_everything`` and is identical on every rank (DDP broadcasts rank 0's
+            weights anyway). At ``on_train_start`` torch's RNGs (CPU and all CUDA devices),
+            which draw the training noise ``x_noise`` and times ``t``, are reseeded with
+            ``seed + global_rank``, so DDP ranks draw *different* noise and times instead of
+            identical (correlated) ones. Validation uses its own fixed generators.
+
+    Distributed runs: at ``on_train_end`` with ``world_size > 1`` a float64 checksum of the
+    backbone and EMA parameters is all-gathered; rank 0 writes ``<default_root_dir>/ddp_sync.json``
+    (per-rank seeds, first-batch noise checksums and parameter checksums) and every rank raises
+    ``RuntimeError`` if the ranks' parameters differ.
     """
 
     def __init__(
@@ -85,6 +96,7 @@ class LatentFlowModule(L.LightningModule):
         latent_stats: dict | None = None,
         autoencoder: dict | None = None,
         compile: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         backbone, condition, path, optim, ema = map(_plain, (backbone, condition, path, optim, ema))
@@ -101,6 +113,7 @@ class LatentFlowModule(L.LightningModule):
                 "latent_stats": _plain(latent_stats),
                 "autoencoder": _plain(autoencoder),
                 "compile": bool(compile),
+                "seed": int(seed),
             }
         )
         cond_opts = dict(condition)
@@ -132,6 +145,8 @@ class LatentFlowModule(L.LightningModule):
         self._autoencoder = None  # not a submodule: never saved in flow checkpoints
         self._compiled: dict[str, Any] = {}
         self._fit_start_time: float | None = None
+        self._rank_seed: int | None = None
+        self._first_noise_checksum: float | None = None
 
     # ------------------------------------------------------------------ networks
     @property
@@ -321,3 +336,83 @@ class LatentFlowModule(L.LightningModule):
 
     def fit_seconds(self) -> float | None:
         return None if self._fit_start_time is None else time.time() - self._fit_start_time
+
+    # ------------------------------------------------------------------ distributed
+    def on_train_start(self) -> None:
+        """Reseed the noise / time RNGs with ``seed + global_rank`` (different draws per DDP rank)."""
+        self._rank_seed = int(self.hparams.get("seed", 0)) + int(self.global_rank)
+        torch.manual_seed(self._rank_seed)  # CPU generator and every CUDA device's generator
+        self._first_noise_checksum = None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # record (without consuming the RNG) the noise the first training step is about to draw
+        if self._first_noise_checksum is None and isinstance(batch, dict) and "latent" in batch:
+            x = batch["latent"]
+            devices = [x.device] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                self._first_noise_checksum = float(torch.randn_like(x).double().sum().item())
+
+    def parameter_checksum(self) -> Tensor:
+        """``[backbone, ema]`` float64 checksums (sum and sum of squares of all parameters)."""
+        def _sum(module: torch.nn.Module | None) -> float:
+            if module is None:
+                return 0.0
+            total = torch.zeros((), dtype=torch.float64)
+            for p in module.parameters():
+                d = p.detach().to(device="cpu", dtype=torch.float64)
+                total += d.sum() + d.square().sum()
+            return float(total)
+
+        return torch.tensor(
+            [_sum(self.backbone), _sum(self.ema.module if self.ema is not None else None)], dtype=torch.float64
+        )
+
+    def on_train_end(self) -> None:
+        trainer = self.trainer
+        if trainer.world_size <= 1:
+            return
+        local = torch.cat(
+            [
+                self.parameter_checksum(),
+                torch.tensor(
+                    [float(self._rank_seed if self._rank_seed is not None else -1),
+                     float("nan") if self._first_noise_checksum is None else self._first_noise_checksum],
+                    dtype=torch.float64,
+                ),
+            ]
+        ).to(self.device)
+        gathered = self.all_gather(local).reshape(trainer.world_size, -1).double().cpu()  # (world, 4)
+        backbone, ema = gathered[:, 0].tolist(), gathered[:, 1].tolist()
+
+        def _same(values: list[float]) -> bool:
+            return all(abs(v - values[0]) <= 1e-9 * max(1.0, abs(values[0])) for v in values)
+
+        in_sync = _same(backbone) and _same(ema)
+        if trainer.global_rank == 0:
+            import json
+            from pathlib import Path
+
+            report = {
+                "world_size": int(trainer.world_size),
+                "global_step": int(trainer.global_step),
+                "in_sync": in_sync,
+                "ranks": [
+                    {
+                        "rank": r,
+                        "seed": int(gathered[r, 2]),
+                        "first_noise_checksum": float(gathered[r, 3]),
+                        "backbone_checksum": backbone[r],
+                        "ema_checksum": ema[r],
+                    }
+                    for r in range(trainer.world_size)
+                ],
+            }
+            out = Path(trainer.default_root_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "ddp_sync.json").write_text(json.dumps(report, indent=2))
+        if not in_sync:
+            raise RuntimeError(
+                f"DDP ranks ended training with different parameters: backbone checksums {backbone}, "
+                f"EMA checksums {ema} (see {trainer.default_root_dir}/ddp_sync.json); "
+                "a rank diverged (non-synchronised parameter, buffer or EMA update)"
+            )
