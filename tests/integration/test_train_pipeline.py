@@ -153,3 +153,22 @@ def test_sigterm_during_training_leaves_a_resumable_checkpoint(compose_cfg, tmp_
     assert ckpt.exists()
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert 4 <= state["global_step"] <= 5
+
+
+@pytest.mark.skipif(not os.environ.get("LATENT_FLOW_TAEF2_DIR"), reason="LATENT_FLOW_TAEF2_DIR is not set (.ci/run sets it)")
+def test_training_on_real_taef2_latents_is_drop_in(compose_cfg, tmp_path):
+    """The pretrained TAEF2 autoencoder replaces the own one by config alone; its weights stay out of checkpoints."""
+    from latent_flow.train import run_training
+
+    overrides = [o for o in TINY_TRAIN if not o.startswith("autoencoder.")]
+    cfg = compose_cfg("train", overrides + ["autoencoder=taef2", "data.dataset.resolution=64",
+                                            "data.dataset.num_samples=96"])
+    summary = run_training(cfg)
+    assert summary["latent_shape"] == [32, 8, 8] and summary["autoencoder"]["name"] == "taesd"
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert not any(k.startswith("_autoencoder") for k in ckpt["state_dict"])
+    from latent_flow.api import generate, load_model
+
+    model = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt", device="cpu")
+    images, result = generate(model, num_samples=2, sampler="euler", steps=2, labels=[0, 1])
+    assert images.shape == (2, 3, 64, 64) and result.nfe == 2
