@@ -43,7 +43,9 @@ def distributed_rank(environ: Mapping[str, str] | None = None) -> tuple[int, int
     ``trainer.fit`` (Lightning launches the other ranks then), so it builds the whole cache.
     """
     env = os.environ if environ is None else environ
-    if env.get("WORLD_SIZE") and int(env["WORLD_SIZE"]) > 1:
+    if env.get("WORLD_SIZE"):  # torchrun / Lightning: authoritative, even inside a SLURM allocation
+        if int(env["WORLD_SIZE"]) <= 1:
+            return 0, 1
         world = int(env["WORLD_SIZE"])
         if env.get("RANK") is not None:
             rank = int(env["RANK"])

@@ -126,6 +126,8 @@ def run_training(cfg: DictConfig) -> dict:
         },
         "status": "finished" if trainer.state.finished else str(trainer.state.status),
     }
+    if not trainer.is_global_zero:
+        return summary
     metrics_path = output_dir / "metrics.json"
     previous = {}
     if metrics_path.exists():

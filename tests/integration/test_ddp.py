@@ -182,6 +182,7 @@ def test_rank0_times_out_clearly_when_a_rank_never_comes(tmp_path):
         ({"SLURM_PROCID": "5", "SLURM_NTASKS": "16"}, (5, 16)),  # srun
         ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, (0, 1)),
         ({"WORLD_SIZE": "1", "RANK": "0"}, (0, 1)),
+        ({"WORLD_SIZE": "1", "RANK": "0", "SLURM_PROCID": "2", "SLURM_NTASKS": "8"}, (0, 1)),  # torchrun in SLURM
     ],
 )
 def test_distributed_rank_from_environment(env, expected):
