@@ -52,6 +52,7 @@ __all__ = [
     "load_autoencoder_checkpoint",
     "measure_latent_stats",
     "register_autoencoder",
+    "weights_fingerprint",
     "save_autoencoder",
 ]
 
@@ -300,16 +301,7 @@ class Autoencoder(nn.Module, ABC):
         the raw latents that this fingerprint keys. Device does not matter;
         dtype does (fp16 weights give different latents).
         """
-        h = hashlib.sha1()
-        h.update(f"{type(self).__module__}.{type(self).__qualname__}".encode())
-        h.update(json.dumps(_jsonable(self.config()), sort_keys=True).encode())
-        for name, tensor in self.state_dict().items():
-            if name in _STAT_BUFFERS:
-                continue
-            t = tensor.detach().to("cpu").contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+        return weights_fingerprint(self, self.config())
 
     def extra_repr(self) -> str:
         return (
@@ -343,6 +335,20 @@ def _jsonable(value: Any) -> Any:
 
 
 # ------------------------------------------------------------ latent stats
+def weights_fingerprint(ae: "Autoencoder", config: Mapping[str, Any]) -> str:
+    """SHA-1 over the class, ``config`` (as JSON) and every parameter / buffer except the latent stats."""
+    h = hashlib.sha1()
+    h.update(f"{type(ae).__module__}.{type(ae).__qualname__}".encode())
+    h.update(json.dumps(_jsonable(dict(config)), sort_keys=True).encode())
+    for name, tensor in ae.state_dict().items():
+        if name in _STAT_BUFFERS:
+            continue
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def measure_latent_stats(raw_latents: Tensor | Iterable[Tensor]) -> tuple[Tensor, Tensor]:
     """Per-channel mean and (population) standard deviation of raw latents.
 

@@ -30,9 +30,7 @@ diffusers is imported lazily, so importing this module is cheap.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
-import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -42,13 +40,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import _STAT_BUFFERS, Autoencoder, _jsonable, register_autoencoder
+from .base import Autoencoder, register_autoencoder, weights_fingerprint
 
 __all__ = [
     "DiffusersKLAutoencoder",
     "PretrainedWeightsNotFoundError",
     "load_diffusers_model",
-    "weights_fingerprint",
 ]
 
 #: seconds for Hub metadata / download requests when a hub id is resolved online
@@ -297,21 +294,6 @@ def _is_connection_error(exc: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
-
-
-def weights_fingerprint(ae: Autoencoder, config: dict[str, Any]) -> str:
-    """Like :meth:`Autoencoder.fingerprint` but with a given config dict (one
-    without local paths, so moving the weight files keeps the latent cache)."""
-    h = hashlib.sha1()
-    h.update(f"{type(ae).__module__}.{type(ae).__qualname__}".encode())
-    h.update(json.dumps(_jsonable(config), sort_keys=True).encode())
-    for name, tensor in ae.state_dict().items():
-        if name in _STAT_BUFFERS:
-            continue
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _block_factor(model: nn.Module, key: str) -> int:

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from .base import Autoencoder, register_autoencoder
-from .diffusers_kl import _torch_dtype, load_diffusers_model, weights_fingerprint
+from .base import weights_fingerprint
+from .diffusers_kl import _torch_dtype, load_diffusers_model
 
 __all__ = ["Block", "Clamp", "DiffusersTinyAutoencoder", "TinyAutoencoder", "tiny_decoder", "tiny_encoder"]
 
