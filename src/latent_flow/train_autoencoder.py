@@ -120,6 +120,19 @@ def ensure_autoencoder(
     if ckpt_path is None:
         ckpt_path = autoencoder_cache_path(cfg, dataset, cache_dir)
     ckpt_path = Path(ckpt_path)
+    from latent_flow.encode import DEFAULT_WAIT_TIMEOUT, _wait, distributed_rank
+
+    rank, world_size = distributed_rank()
+    if not ckpt_path.exists() and rank > 0 and cfg.get("train_if_missing", False):
+        # under torchrun / srun only rank 0 trains the autoencoder; the others wait for its file
+        log.info("rank %d/%d: waiting for rank 0 to train the autoencoder %s", rank, world_size, ckpt_path)
+        _wait(
+            ckpt_path.exists,
+            lambda: f"rank {rank}: rank 0 did not write the autoencoder {ckpt_path} in time",
+            timeout=DEFAULT_WAIT_TIMEOUT,
+            poll=2.0,
+            progress=lambda: None,
+        )
     if not ckpt_path.exists():
         if not cfg.get("train_if_missing", False):
             raise FileNotFoundError(

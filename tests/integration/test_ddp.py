@@ -187,3 +187,31 @@ def test_rank0_times_out_clearly_when_a_rank_never_comes(tmp_path):
 )
 def test_distributed_rank_from_environment(env, expected):
     assert distributed_rank(env) == expected
+
+
+def test_only_rank_zero_trains_the_autoencoder(tmp_path, monkeypatch):
+    """Under torchrun / srun a rank > 0 waits for rank 0's autoencoder file instead of training its own."""
+    import threading
+
+    from latent_flow.data import ShapesDataset
+    from latent_flow.train_autoencoder import autoencoder_cache_path, ensure_autoencoder
+
+    ae_cfg = {"name": "kl", "ckpt_path": None, "train_if_missing": True,
+              "config": {"latent_channels": 4, "base_channels": 8, "channel_mult": [1, 2]},
+              "training": {"max_steps": 2, "batch_size": 8}}
+    data = ShapesDataset(num_samples=32, resolution=16)
+    path = autoencoder_cache_path(ae_cfg, data, tmp_path)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = {}
+    waiter = threading.Thread(
+        target=lambda: result.update(ae=ensure_autoencoder(ae_cfg, data, cache_dir=tmp_path, output_dir=tmp_path)[0])
+    )
+    waiter.start()
+    time.sleep(3)
+    assert waiter.is_alive() and not path.exists()  # rank 1 waits, it does not train
+    monkeypatch.setenv("RANK", "0")
+    ensure_autoencoder(ae_cfg, data, cache_dir=tmp_path, output_dir=tmp_path / "rank0")
+    waiter.join(timeout=30)
+    assert not waiter.is_alive() and result["ae"].fingerprint() == ensure_autoencoder(
+        ae_cfg, data, cache_dir=tmp_path, output_dir=tmp_path)[0].fingerprint()
