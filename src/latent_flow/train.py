@@ -97,7 +97,9 @@ def run_training(cfg: DictConfig) -> dict:
         num_classes=datamodule.num_classes,
         latent_stats=stats,
         autoencoder=ae_spec,
-        compile=cfg.compile, seed=cfg.seed,
+        compile=cfg.compile,
+        seed=cfg.seed,
+        data={"name": cfg.data.name, "resolution": cfg.data.resolution},
     )
     model.set_autoencoder(autoencoder)
     num_params = sum(p.numel() for p in model.backbone.parameters())

@@ -142,6 +142,7 @@ def test_every_backbone_config_names_a_preset(name, compose_cfg):
         ("train_autoencoder", []),
         ("encode", []),
         ("sample", ["ckpt_path=x.ckpt"]),
+        ("evaluate", ["ckpt_path=x.ckpt", "sampler=dopri5"]),
     ],
 )
 def test_other_configs_compose(config_name, overrides, compose_cfg):

@@ -70,6 +70,7 @@ class LatentFlowModule(L.LightningModule):
         latent_stats: ``{"mean": [...], "std": [...]}`` measured on the data (stored for decoding).
         autoencoder: the autoencoder config used to decode samples (rebuilt on demand).
         compile: ``torch.compile`` the backbone for training and sampling.
+        data: ``{"name", "resolution"}`` of the training data (informational; the evaluator uses it).
         seed: the run's base seed (``cfg.seed``). Model initialisation uses the global seed set
             by ``L.seed_everything`` and is identical on every rank (DDP broadcasts rank 0's
             weights anyway). At ``on_train_start`` torch's RNGs (CPU and all CUDA devices),
@@ -97,6 +98,7 @@ class LatentFlowModule(L.LightningModule):
         autoencoder: dict | None = None,
         compile: bool = False,
         seed: int = 0,
+        data: dict | None = None,
     ) -> None:
         super().__init__()
         backbone, condition, path, optim, ema = map(_plain, (backbone, condition, path, optim, ema))
@@ -114,6 +116,7 @@ class LatentFlowModule(L.LightningModule):
                 "autoencoder": _plain(autoencoder),
                 "compile": bool(compile),
                 "seed": int(seed),
+                "data": _plain(data),
             }
         )
         cond_opts = dict(condition)

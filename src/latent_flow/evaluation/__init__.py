@@ -1,0 +1,27 @@
+"""Evaluation: Frechet distance maths and the shapes oracle (FD-shapes, accuracy, mIoU)."""
+
+from latent_flow.evaluation.frechet import RunningStats, frechet_distance, gaussian_stats
+from latent_flow.evaluation.oracle import (
+    OracleConfig,
+    ShapesOracle,
+    evaluate_oracle,
+    fd_shapes,
+    fd_shapes_floor,
+    load_or_train_oracle,
+    oracle_metrics_on_samples,
+    train_oracle,
+)
+
+__all__ = [
+    "RunningStats",
+    "frechet_distance",
+    "gaussian_stats",
+    "OracleConfig",
+    "ShapesOracle",
+    "train_oracle",
+    "load_or_train_oracle",
+    "evaluate_oracle",
+    "oracle_metrics_on_samples",
+    "fd_shapes",
+    "fd_shapes_floor",
+]
