@@ -91,7 +91,10 @@ def _wait_for_all(image_dir: Path, num_samples: int, timeout: float) -> None:
 
 def _metrics(cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None) -> dict:
     requested = list(cfg.metrics) if cfg.metrics != "auto" else None
-    data = (model.hparams.get("data") or {}) if hasattr(model, "hparams") else {}
+    data = model.hparams.get("data") or {}
+    run_config = Path(cfg.ckpt_path).resolve().parent.parent / "config.yaml"
+    if not data and run_config.exists():  # checkpoints written before the data was recorded in them
+        data = dict(OmegaConf.load(run_config).get("data", {}))
     if requested is None:
         requested = ["fd_shapes", "label_accuracy"] if data.get("name") == "shapes" else ["fid", "kid", "precision_recall", "is"]
     images = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
