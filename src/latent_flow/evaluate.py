@@ -142,7 +142,9 @@ def run_evaluation(cfg: DictConfig) -> dict | None:
     rank, world_size = distributed_rank()
     device = cfg.device
     if device == "auto" and torch.cuda.is_available():
-        device = f"cuda:{torch.cuda.current_device() if world_size == 1 else rank % torch.cuda.device_count()}"
+        import os
+
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
     model = load_model(cfg.ckpt_path, device=device)
     out_dir = Path(cfg.out_dir)
     image_dir = out_dir / "images"
