@@ -131,6 +131,7 @@ def test_every_backbone_config_names_a_preset(name, compose_cfg):
         ("train", ["debug=default"]),
         ("train", ["debug=fdr"]),
         ("train", ["logger=wandb"]),
+        ("train", ["callbacks=eval_shapes"]),
         ("train", ["logger=many"]),
         ("train", ["trainer=ddp"]),
         ("train", ["trainer=gpu"]),

@@ -94,3 +94,16 @@ def test_inception_metrics_without_weights_stop_with_the_message(tiny_checkpoint
                                    "metrics=[fid]", f"evaluation.reference_npz={tmp_path / 'ref.npz'}"])
     with pytest.raises(FileNotFoundError, match="weights-inception-2015-12-05-6726825d.pth"):
         run_evaluation(cfg)
+
+
+def test_training_callback_logs_fd_shapes_and_accuracy(compose_cfg, tmp_path, untrained_oracle):
+    from latent_flow.train import run_training
+
+    overrides = TINY_TRAIN + ["callbacks=eval_shapes", "callbacks.sample_metrics.num_samples=4",
+                              "callbacks.sample_metrics.sampler.steps=1", "callbacks.progress_bar.refresh_rate=0"]
+    run_training(compose_cfg("train", overrides))
+    run = tmp_path / "run"
+    history = json.loads((run / "metrics.json").read_text())["eval_history"]
+    assert [h["step"] for h in history] == [3, 6]
+    assert all(h["eval/fd_shapes"] > 0 and 0 <= h["eval/label_accuracy"] <= 1 and h["nfe"] == 2 for h in history)
+    assert "eval/fd_shapes" in (run / "csv" / "metrics.csv").read_text().splitlines()[0]

@@ -15,7 +15,7 @@ from latent_flow.sampling.solvers import build_solver
 from latent_flow.utils.images import make_grid_image, save_png
 from latent_flow.utils.io import write_json
 
-__all__ = ["SampleGridCallback", "MetricsJSONCallback", "grid_labels"]
+__all__ = ["SampleGridCallback", "MetricsJSONCallback", "SampleMetricsCallback", "grid_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +129,91 @@ class MetricsJSONCallback(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
         self._write(trainer, f"interrupted ({type(exception).__name__})")
+
+
+class SampleMetricsCallback(L.Callback):
+    """Every ``every_n_steps``: sample ``num_samples`` images with the EMA weights and log metrics.
+
+    For models trained on ``shapes``: FD-shapes against real renders (features cached once per
+    run) and the oracle's label accuracy, offline. Logged to every logger as ``eval/fd_shapes``
+    and ``eval/label_accuracy`` and appended to ``metrics_path`` (one entry per evaluation).
+    Cost is bounded by ``num_samples`` and the sampler (e.g. Heun 10 steps = 20 NFE per sample).
+    """
+
+    def __init__(
+        self,
+        *,
+        every_n_steps: int,
+        num_samples: int = 500,
+        batch_size: int = 250,
+        sampler: dict,
+        cfg_scale: float = 1.0,
+        cache_dir: str,
+        metrics_path: str,
+        reference_seed: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if num_samples < 2:
+            raise ValueError(f"SampleMetricsCallback needs num_samples >= 2, got {num_samples}")
+        self.every_n_steps = int(every_n_steps)
+        self.num_samples = int(num_samples)
+        self.batch_size = int(batch_size)
+        sampler = dict(sampler)
+        self.solver = build_solver(sampler.pop("name"), **sampler)
+        self.cfg_scale = float(cfg_scale)
+        self.cache_dir = cache_dir
+        self.metrics_path = Path(metrics_path)
+        self.reference_seed = int(reference_seed)
+        self.seed = int(seed)
+        self._oracle = None
+        self._reference = None
+        self._last_step = -1
+
+    def _evaluate(self, trainer: L.Trainer, pl_module) -> dict | None:
+        step = trainer.global_step
+        if step == self._last_step or not trainer.is_global_zero:
+            return None
+        self._last_step = step
+        from latent_flow.evaluation import oracle as oracle_mod
+
+        data = pl_module.hparams.get("data") or {}
+        if data.get("name") != "shapes":
+            raise ValueError("SampleMetricsCallback computes FD-shapes: it needs a model trained on data=shapes")
+        resolution = int(data["resolution"])
+        if self._oracle is None:
+            self._oracle = oracle_mod.load_or_train_oracle(self.cache_dir, resolution).to(pl_module.device)
+            self._reference = oracle_mod.oracle_features(
+                self._oracle, oracle_mod.real_images(self.num_samples, resolution, self.reference_seed)
+            )
+        labels = (
+            torch.arange(self.num_samples) % pl_module.num_classes if pl_module.condition.uses_label else None
+        )
+        images, start = [], time.perf_counter()
+        for lo in range(0, self.num_samples, self.batch_size):
+            idx = list(range(lo, min(self.num_samples, lo + self.batch_size)))
+            result = pl_module.sample_latents(
+                self.solver, indices=idx, labels=None if labels is None else labels[idx],
+                cfg_scale=self.cfg_scale, seed=self.seed,
+            )
+            images.append(pl_module.decode(result.x).cpu())
+        images = torch.cat(images)
+        metrics = {"eval/fd_shapes": oracle_mod.fd_shapes(self._oracle, images, self._reference)}
+        if labels is not None:
+            metrics["eval/label_accuracy"] = oracle_mod.oracle_metrics_on_samples(
+                self._oracle, images, labels=labels
+            )["label_accuracy"]
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        entry = {"step": step, **metrics, "nfe": result.nfe, "seconds": round(time.perf_counter() - start, 2)}
+        history = json.loads(self.metrics_path.read_text()) if self.metrics_path.exists() else {}
+        history.setdefault("eval_history", []).append(entry)
+        write_json(self.metrics_path, history)
+        log.info("step %d: %s", step, metrics)
+        return metrics
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+            self._evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._evaluate(trainer, pl_module)
