@@ -135,6 +135,7 @@ def _metrics(cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None)
 def run_evaluation(cfg: DictConfig) -> dict | None:
     from latent_flow.api import load_model
     from latent_flow.encode import distributed_rank
+    from latent_flow.sample import sampling_settings
     from latent_flow.utils.io import write_json
 
     if cfg.num_samples < 1:
@@ -168,12 +169,7 @@ def run_evaluation(cfg: DictConfig) -> dict | None:
     seconds = sum(t["seconds"] for t in timings)
     nfes = sorted({n for t in timings for n in t["nfe"]})
     summary = {
-        "ckpt_path": str(cfg.ckpt_path),
-        "num_samples": int(cfg.num_samples),
-        "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
-        "cfg_scale": float(cfg.cfg_scale),
-        "seed": int(cfg.seed),
-        "use_ema": bool(cfg.use_ema),
+        **sampling_settings(cfg),
         "nfe_per_sample": nfes[0] if len(nfes) == 1 else nfes,
         "ms_per_image": round(1000 * seconds / images_timed, 3) if images_timed else None,
         "world_size": world_size,

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from latent_flow.runtime import CONFIG_DIR
 
-__all__ = ["run_sampling", "main", "parse_labels"]
+__all__ = ["run_sampling", "main", "parse_labels", "sampling_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,18 @@ def parse_labels(label, num_samples: int, num_classes: int, uses_label: bool) ->
                 f"{num_classes} is the null class)"
             )
     return torch.tensor(values * (num_samples // len(values) + 1))[:num_samples]
+
+
+def sampling_settings(cfg: DictConfig) -> dict:
+    """The settings that determine a set of samples (written next to them by sample and evaluate)."""
+    return {
+        "ckpt_path": str(cfg.ckpt_path),
+        "num_samples": int(cfg.num_samples),
+        "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
+        "cfg_scale": float(cfg.cfg_scale),
+        "seed": int(cfg.seed),
+        "use_ema": bool(cfg.use_ema),
+    }
 
 
 def run_sampling(cfg: DictConfig) -> dict:
@@ -96,12 +108,7 @@ def run_sampling(cfg: DictConfig) -> dict:
     if cfg.save_npz:
         np.savez(out_dir / "samples.npz", arr, labels=(labels.numpy() if labels is not None else np.zeros(0)))
     summary = {
-        "ckpt_path": str(cfg.ckpt_path),
-        "num_samples": int(cfg.num_samples),
-        "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
-        "cfg_scale": float(cfg.cfg_scale),
-        "seed": int(cfg.seed),
-        "use_ema": bool(cfg.use_ema),
+        **sampling_settings(cfg),
         "nfe_per_sample": nfe_total / batches,
         "wall_seconds": round(seconds, 3),
         "ms_per_image": round(1000 * seconds / cfg.num_samples, 2),
