@@ -17,7 +17,8 @@ lmdb = pytest.importorskip("lmdb")
 from latent_flow.data.celebamask import PART_NAMES, SEMANTIC_CLASSES, CelebAMaskHQDataset  # noqa: E402
 from latent_flow.data.imagenet import ImageNetDataset, adm_center_crop  # noqa: E402
 from latent_flow.data import lmdb_dataset  # noqa: E402
-from latent_flow.data.lmdb_dataset import KEY_CACHE_NAME, LMDBImageDataset, resize_center_crop  # noqa: E402
+from latent_flow.data.image_folder import resize_center_crop  # noqa: E402
+from latent_flow.data.lmdb_dataset import KEY_CACHE_NAME, LMDBImageDataset  # noqa: E402
 
 RES = 16
 

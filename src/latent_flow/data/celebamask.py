@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from latent_flow.data.image_folder import _to_rgb
-from latent_flow.data.lmdb_dataset import pil_to_tensor, resize_center_crop
+from latent_flow.data.image_folder import pil_to_tensor, resize_center_crop
 
 __all__ = ["CelebAMaskHQDataset", "PART_NAMES", "SEMANTIC_CLASSES"]
 

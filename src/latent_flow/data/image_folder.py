@@ -36,7 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["DEFAULT_EXTENSIONS", "ImageFolderDataset"]
+__all__ = ["DEFAULT_EXTENSIONS", "ImageFolderDataset", "pil_to_tensor", "resize_center_crop"]
 
 DEFAULT_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _NUM_NAMED_SKIPPED = 5  # file names listed in the warning
@@ -78,6 +78,34 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def resize_center_crop(
+    image: Image.Image, resolution: int, center_crop: bool = True, resample: int = _BICUBIC
+) -> Image.Image:
+    """Resize so the shorter side is ``resolution``, then centre-crop to a square.
+
+    Shared by every image loader; ``resample`` lets segmentation maps use ``Image.NEAREST``. With
+    ``center_crop=False`` the whole image is resized to ``resolution x resolution``.
+    """
+    res = int(resolution)
+    width, height = image.size
+    if (width, height) == (res, res):
+        return image
+    if not center_crop:
+        return image.resize((res, res), resample)
+    scale = res / min(width, height)
+    new_w, new_h = max(res, round(width * scale)), max(res, round(height * scale))
+    image = image.resize((new_w, new_h), resample)  # Pillow's resize antialiases when shrinking
+    left, top = (new_w - res) // 2, (new_h - res) // 2
+    return image.crop((left, top, left + res, top + res))
+
+
+def pil_to_tensor(image: Image.Image) -> Tensor:
+    """RGB PIL image -> (3, H, W) float32 tensor in [-1, 1]."""
+    array = np.asarray(image, dtype=np.uint8)
+    out = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
+    return torch.from_numpy(out)
 
 
 class ImageFolderDataset(Dataset):
@@ -247,17 +275,7 @@ class ImageFolderDataset(Dataset):
         return self._resize(image)
 
     def _resize(self, image: Image.Image) -> Image.Image:
-        res = self.resolution
-        width, height = image.size
-        if (width, height) == (res, res):
-            return image
-        if not self.center_crop:
-            return image.resize((res, res), _BICUBIC)
-        scale = res / min(width, height)
-        new_w, new_h = max(res, round(width * scale)), max(res, round(height * scale))
-        image = image.resize((new_w, new_h), _BICUBIC)  # Pillow's resize antialiases when shrinking
-        left, top = (new_w - res) // 2, (new_h - res) // 2
-        return image.crop((left, top, left + res, top + res))
+        return resize_center_crop(image, self.resolution, self.center_crop)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         index = operator.index(index)
@@ -265,10 +283,8 @@ class ImageFolderDataset(Dataset):
             index += len(self.samples)
         if not 0 <= index < len(self.samples):
             raise IndexError(f"index {index} out of range for {type(self).__name__} of length {len(self.samples)}")
-        image = np.asarray(self.load_image(index), dtype=np.uint8)
-        image_f = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
         return {
-            "image": torch.from_numpy(image_f),
+            "image": pil_to_tensor(self.load_image(index)),
             "label": torch.tensor(self.samples[index][1], dtype=torch.long),
             "index": torch.tensor(index, dtype=torch.long),
         }

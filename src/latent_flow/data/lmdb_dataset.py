@@ -41,44 +41,15 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from latent_flow.data.image_folder import _BICUBIC, _to_rgb
+from latent_flow.data.image_folder import _to_rgb, pil_to_tensor, resize_center_crop
 
-__all__ = ["LMDBImageDataset", "resize_center_crop", "pil_to_tensor"]
+__all__ = ["LMDBImageDataset"]
 
 LAYOUTS = ("lsun", "keyed")
 KEY_CACHE_NAME = "latent_flow_keys.txt"
 _KEY_CACHE_VERSION = 1
 # resolved path -> (process id, lmdb.Environment): one read-only handle per database and process
 _ENVS: dict[str, tuple[int, object]] = {}
-
-
-def resize_center_crop(
-    image: Image.Image, resolution: int, center_crop: bool = True, resample: int = _BICUBIC
-) -> Image.Image:
-    """Resize so the shorter side is ``resolution``, then centre-crop to a square.
-
-    Same geometry as ``ImageFolderDataset._resize`` (which is a method, not importable as a
-    helper); ``resample`` lets segmentation maps use ``Image.NEAREST``. With
-    ``center_crop=False`` the whole image is resized to ``resolution x resolution``.
-    """
-    res = int(resolution)
-    width, height = image.size
-    if (width, height) == (res, res):
-        return image
-    if not center_crop:
-        return image.resize((res, res), resample)
-    scale = res / min(width, height)
-    new_w, new_h = max(res, round(width * scale)), max(res, round(height * scale))
-    image = image.resize((new_w, new_h), resample)  # Pillow's resize antialiases when shrinking
-    left, top = (new_w - res) // 2, (new_h - res) // 2
-    return image.crop((left, top, left + res, top + res))
-
-
-def pil_to_tensor(image: Image.Image) -> Tensor:
-    """RGB PIL image -> (3, H, W) float32 tensor in [-1, 1]."""
-    array = np.asarray(image, dtype=np.uint8)
-    out = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
-    return torch.from_numpy(out)
 
 
 def _check_resolution(resolution: object) -> int:
