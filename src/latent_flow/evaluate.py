@@ -7,9 +7,12 @@
   the ADM evaluator's layout) and ``metrics.json`` (metrics, NFE, milliseconds per image).
 * Metrics: for checkpoints trained on ``shapes``, FD-shapes against real renders (with its floor:
   two independent real sets) and the oracle's label accuracy of class-conditional samples,
-  offline; otherwise FID / KID / precision-recall / IS in the FID Inception's feature space
-  against ``evaluation.reference_npz`` (weights from ``evaluation.inception_weights`` or torch hub's
-  checkpoint folder; without them the tool stops with the file to download).
+  offline; otherwise FID / KID / precision-recall / IS in the feature space of
+  ``evaluation.feature_extractor`` (``feature_extractor=inception`` by default: the FID Inception,
+  weights from ``evaluation.inception_weights`` or torch hub's checkpoint folder, without them the
+  tool stops with the file to download; any ``_target_`` module instead) against
+  ``evaluation.reference_stats`` (written by ``python -m latent_flow.reference_stats``) or
+  ``evaluation.reference_npz`` (reference images).
 """
 
 from __future__ import annotations
@@ -54,8 +57,14 @@ def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: in
 
     todo = [i for i in rank_indices(cfg.num_samples, rank, world_size) if not (image_dir / f"{i:06d}.png").exists()]
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
-    solver = build_solver(sampler.pop("name"), **sampler)
-    nfe, seconds = [], 0.0
+    name = sampler.pop("name")
+    if name == "flowturbo":  # base model + velocity refiner (latent_flow.flowturbo)
+        from latent_flow.flowturbo import build_flowturbo_solver
+
+        solver = build_flowturbo_solver(model, use_ema=cfg.use_ema, **sampler)
+    else:
+        solver = build_solver(name, **sampler)
+    nfe, seconds, refiner_nfe = [], 0.0, []
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc=f"[rank {rank}/{world_size}] sampling", unit="img", disable=not todo)
@@ -69,11 +78,21 @@ def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: in
         images = to_uint8(model.decode(result.x))
         seconds += time.perf_counter() - start
         nfe.append(result.nfe)
+        refiner_nfe.append(getattr(result, "refiner_nfe", 0))
         for index, img in zip(batch, images):
             save_png(img, image_dir / f"{index:06d}.png")
         bar.update(len(batch))
     bar.close()
-    return {"generated": len(todo), "seconds": seconds, "nfe": nfe}
+    return {"generated": len(todo), "seconds": seconds, "nfe": nfe, "refiner_nfe": refiner_nfe}
+
+
+def _flowturbo_nfe(cfg: DictConfig, nfes: list[int], timings: list[dict]) -> dict:
+    """sampler=flowturbo: base-model and refiner NFE per sample, reported apart."""
+    if cfg.sampler.name != "flowturbo":
+        return {}
+    refiner = sorted({n for t in timings for n in t.get("refiner_nfe", [])})
+    one = lambda v: v[0] if len(v) == 1 else v  # noqa: E731
+    return {"base_nfe_per_sample": one(nfes), "refiner_nfe_per_sample": one(refiner)}
 
 
 def _wait_for_all(image_dir: Path, num_samples: int, timeout: float) -> None:
@@ -114,21 +133,50 @@ def _metrics(cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None)
         out["oracle_held_out"] = getattr(oracle, "metrics", None)
     inception = [m for m in requested if m in {"fid", "kid", "precision_recall", "is"}]
     if inception:
-        from latent_flow.evaluation.metrics import InceptionFeatures, compute_features, image_metrics
-
-        if cfg.evaluation.reference_npz is None:
-            raise ValueError(
-                "metrics need reference images: pass evaluation.reference_npz=/path/to/reference.npz "
-                "(arr_0: uint8 NHWC, e.g. written by `python -m latent_flow.sample ... save_npz=true` on data)"
-            )
-        extractor = InceptionFeatures(cfg.evaluation.inception_weights)
-        ref = np.load(cfg.evaluation.reference_npz)["arr_0"]
-        real_f, _ = compute_features(extractor, ref)
-        fake_f, fake_logits = compute_features(extractor, arr)
-        out.update(image_metrics(real_f, fake_f, fake_logits=fake_logits, metrics=tuple(inception)))
+        out.update(_feature_metrics(cfg, arr, tuple(inception)))
     unknown = set(requested) - {"fd_shapes", "label_accuracy", "fid", "kid", "precision_recall", "is"}
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; valid: fd_shapes, label_accuracy, fid, kid, precision_recall, is")
+    return out
+
+
+def _feature_metrics(cfg: DictConfig, arr: np.ndarray, metrics: tuple[str, ...]) -> dict:
+    """FID & co in the configured extractor's feature space (``evaluation.feature_extractor``)
+    against ``evaluation.reference_stats`` (from ``latent_flow.reference_stats``) or
+    ``evaluation.reference_npz`` (images)."""
+    from latent_flow.evaluation.frechet import frechet_distance, gaussian_stats
+    from latent_flow.evaluation.metrics import compute_features, image_metrics
+    from latent_flow.evaluation.reference import build_feature_extractor, load_reference_stats
+
+    ev = cfg.evaluation
+    if ev.get("reference_stats") is None and ev.get("reference_npz") is None:
+        raise ValueError(
+            f"metrics {list(metrics)} need a reference: evaluation.reference_stats=<dir written by "
+            "`python -m latent_flow.reference_stats data=... split=train`> or evaluation.reference_npz=/path/to/"
+            "reference.npz (arr_0: uint8 NHWC); offline on shapes, metrics=[fd_shapes,label_accuracy]"
+        )
+    spec = OmegaConf.to_container(ev.feature_extractor, resolve=True)
+    extractor = build_feature_extractor(spec)
+    device = "cuda" if torch.cuda.is_available() and str(cfg.device) in ("auto", "cuda") else "cpu"
+    if isinstance(extractor, torch.nn.Module):
+        extractor.to(device)
+    fake_f, fake_logits = compute_features(extractor, arr, device=device)
+    out: dict = {"feature_extractor": spec.get("_target_")}
+    if ev.get("reference_stats") is not None:
+        ref = load_reference_stats(ev.reference_stats, feature_extractor=spec)
+        if ref["features"] is None:  # mean / covariance only: FID only
+            if set(metrics) - {"fid"}:
+                raise ValueError(
+                    f"{ev.reference_stats} holds only mean / covariance: metrics {sorted(set(metrics) - {'fid'})} "
+                    "need the reference features (recompute with latent_flow.reference_stats) or metrics=[fid]"
+                )
+            out["fid"] = frechet_distance(ref["mu"], ref["sigma"], *gaussian_stats(fake_f))
+            return out
+        real_f = ref["features"]
+        out["reference"] = {k: ref["info"].get(k) for k in ("data", "split", "num_images")}
+    else:
+        real_f, _ = compute_features(extractor, np.load(ev.reference_npz)["arr_0"], device=device)
+    out.update(image_metrics(real_f, fake_f, fake_logits=fake_logits, metrics=metrics))
     return out
 
 
@@ -153,7 +201,8 @@ def run_evaluation(cfg: DictConfig) -> dict | None:
     timing_path = out_dir / f"timing_rank{rank}.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"images": 0, "seconds": 0.0, "nfe": []}
     timing = {"images": timing["images"] + gen["generated"], "seconds": timing["seconds"] + gen["seconds"],
-              "nfe": sorted(set(timing["nfe"]) | set(gen["nfe"]))}
+              "nfe": sorted(set(timing["nfe"]) | set(gen["nfe"])),
+              "refiner_nfe": sorted(set(timing.get("refiner_nfe", [])) | set(gen["refiner_nfe"]))}
     write_json(timing_path, timing)
     if rank != 0:
         return None
@@ -171,6 +220,7 @@ def run_evaluation(cfg: DictConfig) -> dict | None:
     summary = {
         **sampling_settings(cfg),
         "nfe_per_sample": nfes[0] if len(nfes) == 1 else nfes,
+        **_flowturbo_nfe(cfg, nfes, timings),
         "ms_per_image": round(1000 * seconds / images_timed, 3) if images_timed else None,
         "world_size": world_size,
         "metrics": _metrics(cfg, model, arr, labels),

@@ -107,3 +107,55 @@ def test_training_callback_logs_fd_shapes_and_accuracy(compose_cfg, tmp_path, un
     assert [h["step"] for h in history] == [3, 6]
     assert all(h["eval/fd_shapes"] > 0 and 0 <= h["eval/label_accuracy"] <= 1 and h["nfe"] == 2 for h in history)
     assert "eval/fd_shapes" in (run / "csv" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_evaluate_scores_fid_against_reference_stats_with_a_configured_extractor(tiny_checkpoint, compose_cfg, tmp_path):
+    from latent_flow.evaluate import run_evaluation
+    from latent_flow.reference_stats import run_reference_stats
+
+    ref_dir = tmp_path / "ref"
+    run_reference_stats(compose_cfg("reference_stats", ["feature_extractor=pixels", "data.dataset.num_samples=40",
+                                                        "split=all", f"out_dir={ref_dir}"]))
+    ckpt = tiny_checkpoint / "run" / "checkpoints" / "last.ckpt"
+    common = [f"ckpt_path={ckpt}", "num_samples=12", "sampler=euler", "sampler.steps=1", "feature_extractor=pixels"]
+    cfg = compose_cfg("evaluate", common + ["metrics=[fid,kid,precision_recall]", f"evaluation.reference_stats={ref_dir}",
+                                            f"out_dir={tmp_path / 'ev'}"])
+    metrics = run_evaluation(cfg)["metrics"]
+    assert metrics["feature_extractor"] == "torch.nn.Sequential" and metrics["reference"]["num_images"] == 40
+    assert metrics["fid"] > 0 and 0 <= metrics["precision"] <= 1 and np.isfinite(metrics["kid_mean"])
+    # the same statistics from reference images give the same FID
+    cfg = compose_cfg("evaluate", common + ["metrics=[fid]", f"evaluation.reference_npz={ref_dir / 'reference.npz'}",
+                                            f"out_dir={tmp_path / 'ev'}"])
+    assert run_evaluation(cfg)["metrics"]["fid"] == pytest.approx(metrics["fid"], rel=1e-5)
+    # mean / covariance only: FID works, KID needs the features
+    stats = np.load(ref_dir / "stats.npz")
+    np.savez(tmp_path / "musigma.npz", mu=stats["mu"], sigma=stats["sigma"])
+    cfg = compose_cfg("evaluate", common + ["metrics=[kid]", f"evaluation.reference_stats={tmp_path / 'musigma.npz'}",
+                                            f"out_dir={tmp_path / 'ev'}"])
+    with pytest.raises(ValueError, match="only mean / covariance"):
+        run_evaluation(cfg)
+
+
+def test_training_callback_logs_fid_against_cached_reference_statistics(compose_cfg, tmp_path):
+    from latent_flow.train import run_training
+
+    overrides = TINY_TRAIN + ["callbacks=eval_fid", "feature_extractor=pixels", "callbacks.sample_metrics.num_samples=6",
+                              "callbacks.sample_metrics.reference_num_images=20", "callbacks.sample_metrics.sampler.steps=1",
+                              "callbacks.progress_bar.refresh_rate=0"]
+    run_training(compose_cfg("train", overrides))
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["eval_history"]
+    assert [h["step"] for h in history] == [3, 6]
+    assert all(h["eval/fid"] > 0 and "eval/kid_mean" in h for h in history)
+    (ref,) = (tmp_path / "cache" / "references").iterdir()
+    assert json.loads((ref / "reference.json").read_text())["num_images"] == 20
+    assert "eval/fid" in (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_callback_rejects_unknown_metrics_and_missing_extractor():
+    from latent_flow.training.callbacks import SampleMetricsCallback
+
+    common = dict(every_n_steps=1, sampler={"name": "euler", "steps": 1}, cache_dir=".", metrics_path="m.json")
+    with pytest.raises(ValueError, match="unknown metrics \\['fdi'\\]"):
+        SampleMetricsCallback(metrics=["fdi"], **common)
+    with pytest.raises(ValueError, match="need a feature_extractor"):
+        SampleMetricsCallback(metrics=["fid"], **common)

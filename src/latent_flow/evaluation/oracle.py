@@ -55,6 +55,7 @@ __all__ = [
     "real_images",
     "fd_shapes",
     "fd_shapes_floor",
+    "ShapesOracleFeatures",
 ]
 
 log = logging.getLogger(__name__)
@@ -482,3 +483,23 @@ def fd_shapes_floor(oracle: ShapesOracle, n: int = 2000, resolution: int | None 
     """
     resolution = oracle.resolution if resolution is None else int(resolution)
     return fd_shapes(oracle, real_images(n, resolution, seeds[0]), real_images(n, resolution, seeds[1]))
+
+
+class ShapesOracleFeatures(nn.Module):
+    """The oracle's feature trunk as a feature extractor: images in [0, 1] -> (B, feature_dim).
+
+    For ``evaluation.feature_extractor`` / ``feature_extractor=shapes_oracle``: FD-shapes through the
+    generic FID machinery (reference statistics, the training callback). Trains the oracle once
+    when it is not cached yet.
+    """
+
+    def __init__(self, resolution: int, cache_dir: str, **oracle_overrides) -> None:
+        super().__init__()
+        self.oracle = load_or_train_oracle(cache_dir, int(resolution), **oracle_overrides)
+        self.oracle.eval()
+        self.num_features = self.oracle.feature_dim
+
+    @torch.no_grad()
+    def forward(self, images01: Tensor) -> Tensor:
+        self.oracle.eval()
+        return self.oracle.features(images01.to(_device(self.oracle), torch.float32) * 2.0 - 1.0)

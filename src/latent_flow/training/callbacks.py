@@ -63,18 +63,25 @@ class SampleGridCallback(L.Callback):
         if step == self._last_step or not trainer.is_global_zero:
             return None
         self._last_step = step
-        labels = grid_labels(pl_module.num_classes if pl_module.condition.uses_label else 0, self.per_class, self.max_rows)
-        count = len(labels) if labels is not None else self.per_class * min(self.max_rows, 4)
-        result = pl_module.sample_latents(
-            self.solver, indices=range(count), labels=labels, cfg_scale=self.cfg_scale, seed=self.seed
-        )
-        images = pl_module.decode(result.x)
-        ncol = self.per_class
+        if pl_module.condition.spatial_channels:  # inpaint / semantic: a row per validation item's condition
+            from latent_flow.conditional_sampling import training_grid
+
+            images, ncol, nfe = training_grid(
+                pl_module, trainer.datamodule, self.solver, per_row=self.per_class, rows=min(self.max_rows, 4),
+                seed=self.seed, cfg_scale=self.cfg_scale,
+            )
+        else:
+            labels = grid_labels(pl_module.num_classes if pl_module.condition.uses_label else 0, self.per_class, self.max_rows)
+            count = len(labels) if labels is not None else self.per_class * min(self.max_rows, 4)
+            result = pl_module.sample_latents(
+                self.solver, indices=range(count), labels=labels, cfg_scale=self.cfg_scale, seed=self.seed
+            )
+            images, ncol, nfe = pl_module.decode(result.x), self.per_class, result.nfe
         path = save_png(make_grid_image(images, ncol, upscale=self.upscale), self.out_dir / f"step_{step:07d}.png")
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):  # W&B, Neptune, ...
                 logger.log_image(key="samples/ema_grid", images=[str(path)], step=step)
-        log.info("sample grid (NFE %d) -> %s", result.nfe, path)
+        log.info("sample grid (NFE %d) -> %s", nfe, path)
         return path
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -134,11 +141,26 @@ class MetricsJSONCallback(L.Callback):
 class SampleMetricsCallback(L.Callback):
     """Every ``every_n_steps``: sample ``num_samples`` images with the EMA weights and log metrics.
 
-    For models trained on ``shapes``: FD-shapes against real renders (features cached once per
-    run) and the oracle's label accuracy, offline. Logged to every logger as ``eval/fd_shapes``
-    and ``eval/label_accuracy`` and appended to ``metrics_path`` (one entry per evaluation).
-    Cost is bounded by ``num_samples`` and the sampler (e.g. Heun 10 steps = 20 NFE per sample).
+    ``metrics`` (any of):
+
+    * ``fd_shapes``, ``label_accuracy`` (models trained on ``shapes``, offline): FD-shapes against
+      real renders and the shapes oracle's label accuracy of class-conditional samples;
+    * ``fid``, ``kid``, ``precision_recall``, ``is``: in the feature space of ``feature_extractor``
+      (a ``{_target_: ...}`` config, the FID Inception by default through ``callbacks=eval_fid``)
+      against ``reference_stats`` (the out_dir of ``python -m latent_flow.reference_stats``) or,
+      when that is ``null``, against statistics of ``reference_num_images`` images of the
+      training data's ``reference_split``, computed once and cached on disk under
+      ``<cache_dir>/references/`` (keyed by the dataset fingerprint, the images and the extractor).
+
+    Logged to every logger as ``eval/<metric>`` and appended to ``metrics_path``
+    (``eval_history``: one entry per evaluation with NFE and seconds). Cost is bounded by
+    ``num_samples`` and the sampler (e.g. Heun 10 steps = 20 NFE per sample). The generated
+    images are quantised to uint8 first, like the PNGs that ``latent_flow.evaluate`` scores.
+    Only global rank 0 samples and scores.
     """
+
+    SHAPES_METRICS = ("fd_shapes", "label_accuracy")
+    FEATURE_METRICS = ("fid", "kid", "precision_recall", "is")
 
     def __init__(
         self,
@@ -152,9 +174,33 @@ class SampleMetricsCallback(L.Callback):
         metrics_path: str,
         reference_seed: int = 1,
         seed: int = 0,
+        metrics: Any = ("fd_shapes", "label_accuracy"),
+        feature_extractor: dict | None = None,
+        reference_stats: str | None = None,
+        reference_split: str = "train",
+        reference_num_images: int | None = None,
     ) -> None:
         if num_samples < 2:
             raise ValueError(f"SampleMetricsCallback needs num_samples >= 2, got {num_samples}")
+        metrics = tuple(str(m) for m in metrics)
+        unknown = set(metrics) - set(self.SHAPES_METRICS) - set(self.FEATURE_METRICS)
+        if unknown or not metrics:
+            raise ValueError(
+                f"SampleMetricsCallback: unknown metrics {sorted(unknown)} (got {list(metrics)}); valid: "
+                f"{list(self.SHAPES_METRICS + self.FEATURE_METRICS)}"
+            )
+        self.metrics = metrics
+        self.feature_metrics = tuple(m for m in metrics if m in self.FEATURE_METRICS)
+        if self.feature_metrics and feature_extractor is None:
+            raise ValueError(f"metrics {list(self.feature_metrics)} need a feature_extractor ({{_target_: ...}})")
+        from latent_flow.evaluation.reference import SPLITS, extractor_identity
+
+        if reference_split not in SPLITS:
+            raise ValueError(f"reference_split={reference_split!r} is not one of {SPLITS}")
+        self.feature_spec = extractor_identity(feature_extractor) if feature_extractor is not None else None
+        self.reference_stats = reference_stats
+        self.reference_split = reference_split
+        self.reference_num_images = reference_num_images
         self.every_n_steps = int(every_n_steps)
         self.num_samples = int(num_samples)
         self.batch_size = int(batch_size)
@@ -167,28 +213,68 @@ class SampleMetricsCallback(L.Callback):
         self.seed = int(seed)
         self._oracle = None
         self._reference = None
+        self._extractor = None
+        self._real_features = None
         self._last_step = -1
 
-    def _evaluate(self, trainer: L.Trainer, pl_module) -> dict | None:
-        step = trainer.global_step
-        if step == self._last_step or not trainer.is_global_zero:
-            return None
-        self._last_step = step
-        from latent_flow.evaluation import oracle as oracle_mod
+    # ------------------------------------------------------------------ references
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        # fail before training, not hours into it: missing weights, a bad reference file
+        if self.feature_metrics and trainer.is_global_zero:
+            self._feature_reference(trainer, pl_module)
 
-        data = pl_module.hparams.get("data") or {}
-        if data.get("name") != "shapes":
-            raise ValueError("SampleMetricsCallback computes FD-shapes: it needs a model trained on data=shapes")
-        resolution = int(data["resolution"])
-        if self._oracle is None:
-            self._oracle = oracle_mod.load_or_train_oracle(self.cache_dir, resolution).to(pl_module.device)
-            self._reference = oracle_mod.oracle_features(
-                self._oracle, oracle_mod.real_images(self.num_samples, resolution, self.reference_seed)
+    def _feature_reference(self, trainer: L.Trainer, pl_module):
+        from latent_flow.evaluation.reference import build_feature_extractor, load_reference_stats
+
+        if self._extractor is None:
+            self._extractor = build_feature_extractor(self.feature_spec)
+            if isinstance(self._extractor, torch.nn.Module):
+                self._extractor.to(pl_module.device)
+        if self._real_features is None:
+            if self.reference_stats is not None:
+                ref = load_reference_stats(self.reference_stats, feature_extractor=self.feature_spec)
+                if ref["features"] is None:
+                    raise ValueError(
+                        f"{self.reference_stats} holds only mean / covariance; the callback needs the reference "
+                        "features: recompute it with `python -m latent_flow.reference_stats`"
+                    )
+                self._real_features = ref["features"]
+            else:
+                self._real_features = self._cached_reference(trainer, pl_module.device)
+        return self._extractor, self._real_features
+
+    def _cached_reference(self, trainer: L.Trainer, device) -> torch.Tensor:
+        import hashlib
+
+        from latent_flow.evaluation.reference import compute_reference, load_reference_stats, reference_indices
+
+        dm = trainer.datamodule
+        dataset = getattr(dm, "dataset", None)
+        if dataset is None or not hasattr(dataset, "fingerprint"):
+            raise ValueError(
+                "SampleMetricsCallback: reference_stats=null needs the training datamodule's image dataset (with a "
+                "fingerprint) to compute reference statistics; pass reference_stats=<dir> from latent_flow.reference_stats"
             )
-        labels = (
-            torch.arange(self.num_samples) % pl_module.num_classes if pl_module.condition.uses_label else None
+        num = self.reference_num_images
+        indices = reference_indices(
+            len(dataset), split=self.reference_split, val_fraction=float(dm.val_fraction), seed=int(dm.seed),
+            num_images=num,
         )
-        images, start = [], time.perf_counter()
+        key = hashlib.sha1(
+            json.dumps([dataset.fingerprint(), indices.tolist(), self.feature_spec], sort_keys=True).encode()
+        ).hexdigest()[:16]
+        out_dir = Path(self.cache_dir) / "references" / key
+        if not (out_dir / "stats.npz").exists():
+            log.info("computing reference statistics of %d %s images -> %s", len(indices), self.reference_split, out_dir)
+            compute_reference(
+                dataset, indices, self._extractor, out_dir, extractor_spec=self.feature_spec,
+                info={"split": self.reference_split}, device=device,
+            )
+        return load_reference_stats(out_dir, feature_extractor=self.feature_spec)["features"]
+
+    # ------------------------------------------------------------------ evaluation
+    def _sample(self, pl_module, labels: torch.Tensor | None):
+        images, result = [], None
         for lo in range(0, self.num_samples, self.batch_size):
             idx = list(range(lo, min(self.num_samples, lo + self.batch_size)))
             result = pl_module.sample_latents(
@@ -196,15 +282,53 @@ class SampleMetricsCallback(L.Callback):
                 cfg_scale=self.cfg_scale, seed=self.seed,
             )
             images.append(pl_module.decode(result.x).cpu())
-        images = torch.cat(images)
-        metrics = {"eval/fd_shapes": oracle_mod.fd_shapes(self._oracle, images, self._reference)}
-        if labels is not None:
+        return torch.cat(images), result.nfe
+
+    def _evaluate(self, trainer: L.Trainer, pl_module) -> dict | None:
+        step = trainer.global_step
+        if step == self._last_step or not trainer.is_global_zero:
+            return None
+        self._last_step = step
+        from latent_flow.evaluation import oracle as oracle_mod
+        from latent_flow.utils.images import to_uint8
+
+        shapes_metrics = [m for m in self.metrics if m in self.SHAPES_METRICS]
+        if shapes_metrics:
+            data = pl_module.hparams.get("data") or {}
+            if data.get("name") != "shapes":
+                raise ValueError(
+                    f"SampleMetricsCallback metrics {shapes_metrics} need a model trained on data=shapes "
+                    f"(this one: data={data.get('name')}); use metrics=[fid] with a feature extractor instead"
+                )
+            resolution = int(data["resolution"])
+            if self._oracle is None:
+                self._oracle = oracle_mod.load_or_train_oracle(self.cache_dir, resolution).to(pl_module.device)
+                self._reference = oracle_mod.oracle_features(
+                    self._oracle, oracle_mod.real_images(self.num_samples, resolution, self.reference_seed)
+                )
+        labels = (
+            torch.arange(self.num_samples) % pl_module.num_classes if pl_module.condition.uses_label else None
+        )
+        start = time.perf_counter()
+        images, nfe = self._sample(pl_module, labels)
+        metrics: dict[str, float] = {}
+        if "fd_shapes" in self.metrics:
+            metrics["eval/fd_shapes"] = oracle_mod.fd_shapes(self._oracle, images, self._reference)
+        if "label_accuracy" in self.metrics and labels is not None:
             metrics["eval/label_accuracy"] = oracle_mod.oracle_metrics_on_samples(
                 self._oracle, images, labels=labels
             )["label_accuracy"]
+        if self.feature_metrics:
+            from latent_flow.evaluation.metrics import compute_features, image_metrics
+
+            extractor, real = self._feature_reference(trainer, pl_module)
+            fake, logits = compute_features(extractor, to_uint8(images), device=pl_module.device)
+            scores = image_metrics(real, fake, fake_logits=logits, metrics=self.feature_metrics,
+                                   kid_subset_size=min(1000, self.num_samples))
+            metrics.update({f"eval/{k}": float(v) for k, v in scores.items()})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
-        entry = {"step": step, **metrics, "nfe": result.nfe, "seconds": round(time.perf_counter() - start, 2)}
+        entry = {"step": step, **metrics, "nfe": nfe, "seconds": round(time.perf_counter() - start, 2)}
         history = json.loads(self.metrics_path.read_text()) if self.metrics_path.exists() else {}
         history.setdefault("eval_history", []).append(entry)
         write_json(self.metrics_path, history)
