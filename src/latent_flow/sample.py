@@ -73,6 +73,7 @@ def run_sampling(cfg: DictConfig) -> dict:
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
     name = sampler.pop("name")
     all_images, nfe_total, batches = [], 0, 0
+    refiner_nfe_total = 0  # sampler=flowturbo: refiner calls, counted apart from the base model's
     start = time.time()
     for lo in range(0, cfg.num_samples, cfg.batch_size):
         hi = min(cfg.num_samples, lo + cfg.batch_size)
@@ -88,6 +89,7 @@ def run_sampling(cfg: DictConfig) -> dict:
             **sampler,
         )
         nfe_total += result.nfe
+        refiner_nfe_total += getattr(result, "refiner_nfe", 0)
         batches += 1
         arr = to_uint8(images)
         if cfg.save_png:
@@ -110,6 +112,8 @@ def run_sampling(cfg: DictConfig) -> dict:
     summary = {
         **sampling_settings(cfg),
         "nfe_per_sample": nfe_total / batches,
+        **({"base_nfe_per_sample": nfe_total / batches, "refiner_nfe_per_sample": refiner_nfe_total / batches}
+           if name == "flowturbo" else {}),
         "wall_seconds": round(seconds, 3),
         "ms_per_image": round(1000 * seconds / cfg.num_samples, 2),
         "device": str(model.device),
