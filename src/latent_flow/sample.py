@@ -64,6 +64,12 @@ def run_sampling(cfg: DictConfig) -> dict:
         raise ValueError(f"num_samples must be >= 1, got {cfg.num_samples}")
     out_dir = Path(cfg.out_dir)
     model = load_model(cfg.ckpt_path, device=cfg.device)
+    if model.condition.spatial_channels or any(cfg.get(k) for k in ("inputs", "masks", "semantic")):
+        if not model.condition.spatial_channels:
+            raise ValueError("inputs= / masks= / semantic= need an inpainting or semantic model (condition=inpaint|semantic)")
+        from latent_flow.conditional_sampling import run_conditional_sampling
+
+        return run_conditional_sampling(cfg, model)  # inpainting / semantic synthesis
     labels = parse_labels(
         OmegaConf.to_container(cfg.label) if OmegaConf.is_config(cfg.label) else cfg.label,
         cfg.num_samples,

@@ -72,6 +72,10 @@ def run_training(cfg: DictConfig) -> dict:
     )
     stage_ae = time.time()
 
+    from latent_flow.conditioning import cache_extras, check_condition_data
+
+    condition_cfg = OmegaConf.to_container(cfg.condition, resolve=True)
+    check_condition_data(condition_cfg, dataset)  # e.g. condition=semantic on data without maps
     datamodule = LatentDataModule(
         dataset,
         autoencoder,
@@ -82,6 +86,7 @@ def run_training(cfg: DictConfig) -> dict:
         num_workers=cfg.data.num_workers,
         val_fraction=cfg.data.val_fraction,
         seed=cfg.seed,
+        cache_extras=cache_extras(condition_cfg),  # masks / semantic maps for spatial conditions
     )
     datamodule.prepare_data()
     datamodule.setup("fit")

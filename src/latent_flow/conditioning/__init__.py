@@ -2,14 +2,38 @@
 
 A condition encoder turns a batch into a ``cond`` dict of tensors, says how many
 channels it concatenates to the noisy latent (``spatial_channels``), and knows its
-*null* condition for classifier-free guidance.
+*null* condition for classifier-free guidance. Names: ``none``, ``label``, ``inpaint``,
+``semantic`` (the spatial ones optionally with labels, ``use_label=true``).
 """
 
 from latent_flow.conditioning.base import (
+    CONDITION_NAMES,
     ConditionEncoder,
     LabelCondition,
     NoCondition,
     build_condition,
 )
+from latent_flow.conditioning.spatial import (
+    InpaintCondition,
+    SemanticCondition,
+    SpatialCondition,
+    cache_extras,
+    check_condition_data,
+    check_semantic_ids,
+    mask_to_latent,
+)
 
-__all__ = ["ConditionEncoder", "LabelCondition", "NoCondition", "build_condition"]
+__all__ = [
+    "CONDITION_NAMES",
+    "ConditionEncoder",
+    "LabelCondition",
+    "NoCondition",
+    "build_condition",
+    "SpatialCondition",
+    "InpaintCondition",
+    "SemanticCondition",
+    "cache_extras",
+    "check_condition_data",
+    "check_semantic_ids",
+    "mask_to_latent",
+]

@@ -4,6 +4,13 @@ The LightningModule builds its backbone with
 ``in_channels = latent_channels + condition.spatial_channels`` and calls
 ``condition.network_inputs(x_t, cond)`` to obtain ``(x_in, label)`` for
 ``backbone(x_in, t, label)``.  Guidance uses ``condition.null(cond)``.
+
+While training, ``condition.train_dropout(cond)`` replaces a spatial condition by its null
+per sample with probability ``cond_dropout`` (label dropout stays in the backbone), so the
+same network also learns the unconditional velocity that classifier-free guidance needs.
+
+Names (``build_condition``): ``none``, ``label``, ``inpaint`` and ``semantic`` (the last two
+in :mod:`latent_flow.conditioning.spatial`; ``use_label=true`` adds class labels to them).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConditionEncoder", "NoCondition", "LabelCondition", "build_condition"]
+__all__ = ["ConditionEncoder", "NoCondition", "LabelCondition", "build_condition", "CONDITION_NAMES"]
 
 Cond = dict[str, Tensor]
 
@@ -37,6 +44,10 @@ class ConditionEncoder(nn.Module):
     def network_inputs(self, x_t: Tensor, cond: Cond) -> tuple[Tensor, Tensor | None]:
         """Return ``(x_in, label)`` for ``backbone(x_in, t, label)``."""
         return x_t, None
+
+    def train_dropout(self, cond: Cond) -> Cond:
+        """Condition dropout while training (spatial conditions); labels are dropped in the backbone."""
+        return cond
 
     def extra_repr(self) -> str:
         return f"spatial_channels={self.spatial_channels}, uses_label={self.uses_label}"
@@ -76,12 +87,24 @@ class LabelCondition(ConditionEncoder):
         return x_t, cond.get("label")
 
 
-def build_condition(name: str, *, num_classes: int = 0, **options: Any) -> ConditionEncoder:
-    """Build a condition encoder by name (``none`` or ``label``); unknown options raise."""
+CONDITION_NAMES: tuple[str, ...] = ("none", "label", "inpaint", "semantic")
+
+
+def build_condition(
+    name: str, *, num_classes: int = 0, latent_shape: tuple[int, int, int] | None = None, **options: Any
+) -> ConditionEncoder:
+    """Build a condition encoder by name (:data:`CONDITION_NAMES`); unknown options raise.
+
+    ``latent_shape`` ``(C, h, w)`` is needed by the spatial conditions (``inpaint``, ``semantic``).
+    """
+    if name in ("inpaint", "semantic"):
+        from latent_flow.conditioning.spatial import build_spatial_condition
+
+        return build_spatial_condition(name, num_classes=num_classes, latent_shape=latent_shape, **options)
+    if name not in CONDITION_NAMES:
+        raise ValueError(f"unknown condition '{name}'; valid: {', '.join(CONDITION_NAMES)}")
     if options:
         raise ValueError(f"condition '{name}': unknown options {sorted(options)}")
     if name == "none":
         return NoCondition()
-    if name == "label":
-        return LabelCondition(num_classes)
-    raise ValueError(f"unknown condition '{name}'; valid: none, label")
+    return LabelCondition(num_classes)

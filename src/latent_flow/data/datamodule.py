@@ -65,7 +65,9 @@ class LatentDataModule(L.LightningDataModule):
 
     ``prepare_data`` builds the cache when it is missing (resuming a partial one);
     ``setup`` memory-maps it. ``latent_shape``, ``latent_stats`` and ``num_classes``
-    are available after ``setup``.
+    are available after ``setup``. ``cache_extras`` (from
+    :func:`latent_flow.conditioning.cache_extras` of the condition config) adds what spatial
+    conditions need to the cache: semantic maps and / or masks with masked-image latents.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class LatentDataModule(L.LightningDataModule):
         seed: int = 0,
         shard_size: int = 8192,
         encode_batch_size: int = 256,
+        cache_extras: dict | None = None,
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -95,6 +98,7 @@ class LatentDataModule(L.LightningDataModule):
             shard_size=shard_size,
             batch_size=encode_batch_size,
             num_workers=num_workers,
+            extras=cache_extras,
         )
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -129,7 +133,7 @@ class LatentDataModule(L.LightningDataModule):
         meta = self.cache.meta()
         train_idx, val_idx = split_indices(meta.num_items, self.val_fraction, self.seed)
         self.train_set = self.cache.dataset_view(random_flip=True, indices=train_idx)
-        self.val_set = self.cache.dataset_view(random_flip=False, indices=val_idx)
+        self.val_set = self.cache.dataset_view(random_flip=False, indices=val_idx, random_variant=False)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

@@ -7,8 +7,21 @@ Layout of one cache (``<cache_dir>/latents/<name>-<key>/``)::
     shard_00000.labels.npy       int64 (n,)
     shard_00000.attributes.npy   int64 (n, A)            (when the dataset has attributes)
 
-The key hashes the dataset fingerprint, the autoencoder fingerprint and the flip
-setting, so changing any of them selects a different cache. Shards are written
+What spatial conditions need (``extras``, :func:`latent_flow.conditioning.cache_extras`)::
+
+    shard_00000.semantic.npy        uint8 (n, H, W)      class-id maps at image resolution (semantic)
+    shard_00000.masks.npy           uint8 (n, K, H, ceil(W/8)) bit-packed masks, 1 = known (inpaint)
+    shard_00000.masked_latents.npy  float32 (n, K, V, C, h, w) raw latents of the masked images
+
+For inpainting, ``K = mask_variants`` masks per image come from
+:class:`~latent_flow.data.masks.MaskGenerator` (mask of item ``i``, variant ``k`` is a pure
+function of ``(i, k)`` and the generator settings); the masked image is ``image * mask`` (holes
+set to 0, mid-grey) and is encoded like the image (view 1 = the flipped masked image). Training
+picks one variant per access.
+
+The key hashes the dataset fingerprint, the autoencoder fingerprint, the flip setting
+and the extras (when there are any: caches without extras keep their keys), so changing
+any of them selects a different cache. Shards are written
 atomically (temporary file + rename) and existing shards are skipped, so an
 interrupted encoding resumes where it stopped. Raw (unnormalised) latents are
 stored; the per-channel mean/std measured over the whole cache (all views) are
@@ -40,12 +53,12 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT_VERSION = 1
 
 
-def cache_key(dataset_fingerprint: str, autoencoder_fingerprint: str, flip: bool) -> str:
-    """Hash of everything that determines the cached latents."""
-    payload = json.dumps(
-        {"v": CACHE_FORMAT_VERSION, "data": dataset_fingerprint, "ae": autoencoder_fingerprint, "flip": bool(flip)},
-        sort_keys=True,
-    )
+def cache_key(dataset_fingerprint: str, autoencoder_fingerprint: str, flip: bool, extras: dict | None = None) -> str:
+    """Hash of everything that determines the cached latents (``extras`` only when non-empty)."""
+    content = {"v": CACHE_FORMAT_VERSION, "data": dataset_fingerprint, "ae": autoencoder_fingerprint, "flip": bool(flip)}
+    if extras:
+        content["extras"] = extras
+    payload = json.dumps(content, sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 
@@ -66,6 +79,25 @@ class CacheMeta:
     std: list[float]
     has_attributes: bool
     info: dict
+    extras: dict | None = None
+    image_size: tuple[int, int] | None = None
+
+
+def _check_extras(extras: dict | None) -> dict:
+    extras = dict(extras or {})
+    unknown = sorted(set(extras) - {"semantic", "masks", "mask_variants"})
+    if unknown:
+        raise ValueError(f"latent cache: unknown extras {unknown}; valid: semantic, masks, mask_variants")
+    if "masks" in extras:
+        extras["masks"] = dict(extras["masks"] or {})
+        extras["mask_variants"] = int(extras.get("mask_variants", 4))
+        if extras["mask_variants"] < 1:
+            raise ValueError(f"mask_variants must be >= 1, got {extras['mask_variants']}")
+    elif "mask_variants" in extras:
+        raise ValueError("latent cache extras: mask_variants given without masks")
+    if "semantic" in extras and not extras["semantic"]:
+        del extras["semantic"]
+    return extras
 
 
 class LatentCache:
@@ -82,6 +114,7 @@ class LatentCache:
         shard_size: int = 8192,
         batch_size: int = 256,
         num_workers: int = 0,
+        extras: dict | None = None,
     ) -> None:
         if not hasattr(dataset, "fingerprint"):
             raise TypeError(
@@ -93,7 +126,8 @@ class LatentCache:
         self.shard_size = int(shard_size)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
-        self.key = cache_key(dataset.fingerprint(), autoencoder.fingerprint(), self.flip)
+        self.extras = _check_extras(extras)
+        self.key = cache_key(dataset.fingerprint(), autoencoder.fingerprint(), self.flip, self.extras)
         name = name or type(dataset).__name__.lower()
         self.root = Path(cache_dir) / "latents" / f"{name}-{self.key}"
 
@@ -114,6 +148,9 @@ class LatentCache:
             "latents": stem.with_name(stem.name + ".latents.npy"),
             "labels": stem.with_name(stem.name + ".labels.npy"),
             "attributes": stem.with_name(stem.name + ".attributes.npy"),
+            "semantic": stem.with_name(stem.name + ".semantic.npy"),
+            "masks": stem.with_name(stem.name + ".masks.npy"),
+            "masked_latents": stem.with_name(stem.name + ".masked_latents.npy"),
         }
 
     @property
@@ -133,6 +170,33 @@ class LatentCache:
         if self.flip:
             views.append(self.autoencoder.encode_raw(torch.flip(images, dims=[-1])))
         return torch.stack(views, dim=1).float().cpu()
+
+    def mask_generator(self, resolution: int):
+        from latent_flow.data.masks import MaskGenerator
+
+        return MaskGenerator(resolution, **self.extras["masks"])
+
+    def _encode_extras(self, batch: dict, generator, out: dict[str, list]) -> None:
+        """Semantic maps and (mask, masked-image latent) variants of one batch into ``out``."""
+        if "semantic" in self.extras:
+            if "semantic" not in batch:
+                raise KeyError(
+                    f"the latent cache was asked to store semantic maps, but {type(self.dataset).__name__} "
+                    "items have no 'semantic' entry (use a dataset with semantic maps, e.g. data=shapes or celebamask256)"
+                )
+            semantic = batch["semantic"].numpy()
+            if semantic.min() < 0 or semantic.max() > 255:
+                raise ValueError(f"semantic ids must be in [0, 255] to be cached as uint8, got [{semantic.min()}, {semantic.max()}]")
+            out["semantic"].append(semantic.astype(np.uint8))
+        if "masks" in self.extras:
+            images = batch["image"]
+            num_variants = self.extras["mask_variants"]
+            masks = np.stack([generator.batch(batch["index"].tolist(), v) for v in range(num_variants)], axis=1)
+            known = torch.from_numpy(masks).to(images.dtype)[:, :, None]  # (B, K, 1, H, W)
+            masked = (images[:, None] * known).flatten(0, 1)
+            latents = self.encode_batch(masked)  # (B*K, V, C, h, w)
+            out["masked_latents"].append(latents.reshape(len(images), num_variants, *latents.shape[1:]).numpy())
+            out["masks"].append(np.packbits(masks, axis=-1))
 
     def build(self, *, rank: int = 0, world_size: int = 1, progress: bool = True) -> Path:
         """Encode the shards this rank owns (shard % world_size == rank); rank 0 then writes meta.json.
@@ -160,8 +224,13 @@ class LatentCache:
                 shuffle=False,
             )
             latents, labels, attributes = [], [], []
+            extra: dict[str, list] = {"semantic": [], "masks": [], "masked_latents": []}
+            generator = None
             for batch in loader:
+                if "masks" in self.extras and generator is None:
+                    generator = self.mask_generator(int(batch["image"].shape[-2]))
                 latents.append(self.encode_batch(batch["image"]).numpy())
+                self._encode_extras(batch, generator, extra)
                 labels.append(batch["label"].numpy().astype(np.int64))
                 if "attributes" in batch:
                     attributes.append(batch["attributes"].numpy().astype(np.int64))
@@ -171,6 +240,9 @@ class LatentCache:
             _atomic_save(paths["latents"], np.concatenate(latents))
             if attributes:
                 _atomic_save(paths["attributes"], np.concatenate(attributes))
+            for name, parts in extra.items():
+                if parts:
+                    _atomic_save(paths[name], np.concatenate(parts))
             _atomic_save(paths["labels"], np.concatenate(labels))  # written last: marks the shard done
         if bar is not None:
             bar.close()
@@ -197,6 +269,8 @@ class LatentCache:
             "mean": [float(v) for v in mean],
             "std": [float(v) for v in std],
             "has_attributes": self._shard_paths(0)["attributes"].exists(),
+            "extras": self.extras,
+            "image_size": self._image_size(),
             "info": {
                 "dataset": type(self.dataset).__name__,
                 "dataset_fingerprint": self.dataset.fingerprint(),
@@ -209,6 +283,15 @@ class LatentCache:
         tmp = self.meta_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(meta, indent=2))
         os.replace(tmp, self.meta_path)
+
+    def _image_size(self) -> list[int] | None:
+        paths = self._shard_paths(0)
+        if paths["semantic"].exists():
+            return [int(v) for v in np.load(paths["semantic"], mmap_mode="r").shape[1:3]]
+        if paths["masks"].exists():
+            height = int(np.load(paths["masks"], mmap_mode="r").shape[2])
+            return [height, int(self.dataset[0]["image"].shape[-1])]
+        return None
 
     # ------------------------------------------------------------------ reading
     def meta(self) -> CacheMeta:
@@ -228,20 +311,35 @@ class LatentCache:
             std=m["std"],
             has_attributes=m["has_attributes"],
             info=m["info"],
+            extras=m.get("extras") or {},
+            image_size=tuple(m["image_size"]) if m.get("image_size") else None,
         )
 
-    def dataset_view(self, *, random_flip: bool = True, indices: Sequence[int] | None = None) -> "LatentDataset":
-        return LatentDataset(self, random_flip=random_flip, indices=indices)
+    def dataset_view(
+        self, *, random_flip: bool = True, indices: Sequence[int] | None = None, random_variant: bool = True
+    ) -> "LatentDataset":
+        return LatentDataset(self, random_flip=random_flip, indices=indices, random_variant=random_variant)
 
 
 class LatentDataset(Dataset):
     """Normalised latents read (memory-mapped) from a complete cache.
 
-    Items: ``{"latent": (C, h, w), "label": (), "index": ()}`` (+ ``"attributes"``).
-    With flips cached and ``random_flip=True`` each access picks one of the two views.
+    Items: ``{"latent": (C, h, w), "label": (), "index": ()}`` (+ ``"attributes"``), and with the
+    cache's extras ``"semantic"`` (H, W) long and / or ``"mask"`` (1, H, W) float (1 = known) with
+    ``"masked_latent"`` (C, h, w) (normalised like the latents).
+    With flips cached and ``random_flip=True`` each access picks one of the two views (the
+    semantic map and mask are flipped with it). With ``random_variant=True`` each access picks
+    one of the cached masks; otherwise item ``i`` uses variant ``i % K`` (fixed validation).
     """
 
-    def __init__(self, cache: LatentCache, *, random_flip: bool = True, indices: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        cache: LatentCache,
+        *,
+        random_flip: bool = True,
+        indices: Sequence[int] | None = None,
+        random_variant: bool = True,
+    ) -> None:
         self.meta = cache.meta()
         self.random_flip = random_flip and self.meta.num_views > 1
         paths = [cache._shard_paths(s) for s in range(self.meta.num_shards)]
@@ -250,6 +348,13 @@ class LatentDataset(Dataset):
         self._attributes = (
             np.concatenate([np.load(p["attributes"]) for p in paths]) if self.meta.has_attributes else None
         )
+        extras = self.meta.extras or {}
+        self._semantic = [np.load(p["semantic"], mmap_mode="r") for p in paths] if extras.get("semantic") else None
+        has_masks = "masks" in extras
+        self._masks = [np.load(p["masks"], mmap_mode="r") for p in paths] if has_masks else None
+        self._masked = [np.load(p["masked_latents"], mmap_mode="r") for p in paths] if has_masks else None
+        self.num_variants = int(extras.get("mask_variants", 0))
+        self.random_variant = random_variant
         self.indices = np.arange(self.meta.num_items) if indices is None else np.asarray(indices, dtype=np.int64)
         shape = (-1, 1, 1)
         self._mean = torch.tensor(self.meta.mean, dtype=torch.float32).view(shape)
@@ -273,4 +378,19 @@ class LatentDataset(Dataset):
         }
         if self._attributes is not None:
             item["attributes"] = torch.from_numpy(self._attributes[index].copy())
+        shard, offset = divmod(index, self.meta.shard_size)
+        if self._semantic is not None:
+            semantic = np.asarray(self._semantic[shard][offset])
+            if view == 1:
+                semantic = semantic[:, ::-1]
+            item["semantic"] = torch.from_numpy(semantic.astype(np.int64))
+        if self._masks is not None:
+            variant = int(torch.randint(self.num_variants, ())) if self.random_variant else index % self.num_variants
+            width = self.meta.image_size[1]
+            mask = np.unpackbits(np.asarray(self._masks[shard][offset, variant]), axis=-1, count=width)
+            if view == 1:
+                mask = mask[:, ::-1]
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+            masked = torch.from_numpy(np.array(self._masked[shard][offset, variant, view]))
+            item["masked_latent"] = (masked - self._mean) / self._std
         return item

@@ -122,7 +122,9 @@ class LatentFlowModule(L.LightningModule):
         cond_opts = dict(condition)
         cond_name = cond_opts.pop("name")
         label_dropout = float(cond_opts.pop("label_dropout", 0.0))
-        self.condition = build_condition(cond_name, num_classes=int(num_classes), **cond_opts)
+        self.condition = build_condition(
+            cond_name, num_classes=int(num_classes), latent_shape=tuple(latent_shape), **cond_opts
+        )
 
         channels, height, width = latent_shape
         if height != width:
@@ -139,6 +141,9 @@ class LatentFlowModule(L.LightningModule):
             **bb_opts,
         )
         self.ema = EMA(self.backbone, **ema) if ema else None
+        # trainable condition encoders (condition=semantic) get their own EMA copy; parameter-free ones none
+        has_cond_params = any(True for _ in self.condition.parameters())
+        self.condition_ema = EMA(self.condition, **ema) if (ema and has_cond_params) else None
 
         sched_opts = dict(path["scheduler"])
         self.path = AffinePath(build_scheduler(sched_opts.pop("name"), **sched_opts))
@@ -176,7 +181,8 @@ class LatentFlowModule(L.LightningModule):
 
     def velocity(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor], *, use_ema: bool = False) -> Tensor:
         """``v(x_t, t | cond)``: the one network call that training, guidance and solvers share."""
-        x_in, label = self.condition.network_inputs(x_t, cond)
+        condition = self.condition_ema.module if (use_ema and self.condition_ema is not None) else self.condition
+        x_in, label = condition.network_inputs(x_t, cond)
         return self._callable(use_ema)(x_in, t, label)
 
     def forward(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
@@ -226,7 +232,7 @@ class LatentFlowModule(L.LightningModule):
             x_noise = torch.randn(x_data.shape, generator=generator, dtype=x_data.dtype).to(x_data.device)
             t = self.time_sampler(batch_size, "cpu", generator=generator).to(x_data.device)
         sample = self.path.sample(x_noise, x_data, t)
-        cond = self.condition.from_batch(batch)
+        cond = self.condition.train_dropout(self.condition.from_batch(batch))
         pred = self.velocity(sample.x_t, sample.t, cond, use_ema=use_ema)
         return F.mse_loss(pred.float(), sample.target.float())
 
@@ -245,6 +251,8 @@ class LatentFlowModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update(self.backbone)
+        if self.condition_ema is not None:
+            self.condition_ema.update(self.condition)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         # fixed noise and times per batch: comparable numbers from one validation to the next
@@ -308,6 +316,7 @@ class LatentFlowModule(L.LightningModule):
         cfg_scale: float = 1.0,
         seed: int = 0,
         use_ema: bool = True,
+        spatial_cond: dict[str, Tensor] | None = None,
     ):
         """Sample latents for the given sample indices (noise seeded per index).
 
@@ -315,6 +324,15 @@ class LatentFlowModule(L.LightningModule):
         """
         x_init = noise_for_indices(indices, self.latent_shape, seed=seed, device=self.device)
         cond: dict[str, Tensor] = {}
+        if self.condition.spatial_channels:  # inpaint / semantic: latent_flow.conditional_sampling builds these
+            if not spatial_cond:
+                raise ValueError(
+                    f"this model is conditioned on {self.hparams.condition['name']!r}: pass spatial_cond "
+                    "(see latent_flow.conditional_sampling, or sample with inputs=/masks=/semantic=)"
+                )
+            cond.update({k: v.to(self.device) for k, v in spatial_cond.items()})
+        elif spatial_cond:
+            raise ValueError("spatial_cond given, but this model has no spatial condition")
         if self.condition.uses_label:
             if labels is None:
                 raise ValueError("this model is label-conditional: pass labels (or use the null class)")
