@@ -10,6 +10,7 @@ Resume with ``ckpt_path=<refiner run>/checkpoints/last.ckpt`` (same ``base_ckpt_
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -83,6 +84,11 @@ def run_refiner_training(cfg: DictConfig) -> dict:
 
     base = load_model(base_path, device="cpu")
     dataset = instantiate(cfg.data.dataset)
+    extras = {}
+    if "cache_extras" in inspect.signature(LatentDataModule).parameters:  # spatial conditions (masks, maps)
+        from latent_flow.conditioning import cache_extras
+
+        extras["cache_extras"] = cache_extras(dict(base.hparams.condition))
     datamodule = LatentDataModule(
         dataset,
         base.autoencoder,  # rebuilt from the base checkpoint's spec: the latents it was trained on
@@ -93,6 +99,7 @@ def run_refiner_training(cfg: DictConfig) -> dict:
         num_workers=cfg.data.num_workers,
         val_fraction=cfg.data.val_fraction,
         seed=cfg.seed,
+        **extras,
     )
     datamodule.prepare_data()
     datamodule.setup("fit")
