@@ -217,3 +217,37 @@ def test_reverse_time_inverts_the_toy_flow():
     x1 = solver.sample(v, x0).x
     back = solver.sample(reverse_time(v), x1).x
     assert (back - x0).abs().max() < 1e-2
+
+
+def test_classifier_for_another_path_or_latent_space_is_refused():
+    from types import SimpleNamespace
+
+    from latent_flow.compositional.sampling import check_compatible
+
+    model = SimpleNamespace(
+        latent_shape=(4, 8, 8),
+        hparams={"path": {"scheduler": {"name": "condot", "sigma_min": 0.0}}, "latent_stats": {"mean": [0.0] * 4, "std": [1.0] * 4}},
+    )
+    ok = {"latent_shape": [4, 8, 8], "scheduler": {"name": "condot", "sigma_min": 0.0},
+          "latent_stats": {"mean": [0.0] * 4, "std": [1.0] * 4}}
+    check_compatible(model, ok)
+    with pytest.raises(ValueError, match="path scheduler"):
+        check_compatible(model, {**ok, "scheduler": {"name": "vp", "beta_min": 0.1, "beta_max": 20.0}})
+    with pytest.raises(ValueError, match=r"latents \[4, 16, 16\]"):
+        check_compatible(model, {**ok, "latent_shape": [4, 16, 16]})
+    with pytest.raises(ValueError, match="normalised with"):
+        check_compatible(model, {**ok, "latent_stats": {"mean": [0.5] * 4, "std": [1.0] * 4}})
+
+
+def test_classifier_checkpoint_round_trip_and_heads(tmp_path, classifier):
+    from latent_flow.compositional.classifier import load_classifier
+
+    path = classifier.save(tmp_path / "c.pt", {"note": 1})
+    loaded, meta = load_classifier(path)
+    x, t = _x()
+    out_a, out_b = classifier(x, t), loaded.double()(x, t)
+    for k in out_a:
+        torch.testing.assert_close(out_a[k], out_b[k])
+    assert meta == {"note": 1} and out_a["shape"].shape == (3, 3) and out_a["hue"].shape == (3,)
+    with pytest.raises(FileNotFoundError, match="classifier_ckpt_path"):
+        load_classifier(tmp_path / "missing.pt")

@@ -53,7 +53,7 @@ def check_compatible(model, meta: dict[str, Any], *, where: str = "classifier") 
     shape = list(model.latent_shape)
     if meta.get("latent_shape") is not None and list(meta["latent_shape"]) != shape:
         raise ValueError(f"{where} was trained on latents {meta['latent_shape']}, the flow model has {shape}")
-    sched = dict(model.hparams.path["scheduler"])
+    sched = dict(model.hparams["path"]["scheduler"])
     if meta.get("scheduler") is not None and dict(meta["scheduler"]) != sched:
         raise ValueError(
             f"{where} was trained on the path scheduler {meta['scheduler']}, the flow model uses {sched}: "
