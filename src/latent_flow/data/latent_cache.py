@@ -193,9 +193,9 @@ class LatentCache:
             num_variants = self.extras["mask_variants"]
             masks = np.stack([generator.batch(batch["index"].tolist(), v) for v in range(num_variants)], axis=1)
             known = torch.from_numpy(masks).to(images.dtype)[:, :, None]  # (B, K, 1, H, W)
-            masked = (images[:, None] * known).flatten(0, 1)
-            latents = self.encode_batch(masked)  # (B*K, V, C, h, w)
-            out["masked_latents"].append(latents.reshape(len(images), num_variants, *latents.shape[1:]).numpy())
+            # one encoder call per variant: the encoder never sees more than the image batch size
+            latents = torch.stack([self.encode_batch(images * known[:, v]) for v in range(num_variants)], dim=1)
+            out["masked_latents"].append(latents.numpy())  # (B, K, V, C, h, w)
             out["masks"].append(np.packbits(masks, axis=-1))
 
     def build(self, *, rank: int = 0, world_size: int = 1, progress: bool = True) -> Path:
