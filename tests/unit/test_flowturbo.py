@@ -236,7 +236,72 @@ def test_compile_each_block_type_once_and_reuse_it():
         assert len(graphs) == 3  # one graph per block type (H, P, R), whatever the number of steps
         assert set(solver._compiled) == {"H", "P", "R"}
         second = solver.integrate(torch.randn(2, 4, 8, 8), *args)  # new noise, same shapes: no recompilation
+        # another schedule (other step sizes and step counts) on the same networks reuses the graphs
+        other = FlowTurboSolver("H1P4R1", nets, compile=True, compile_backend=counting_backend)
+        other.integrate(x0, *args)
     assert len(graphs) == 3
     assert torch.allclose(first.x, eager.x, atol=1e-5)
     assert (second.base_nfe, second.refiner_nfe) == (7, 4)
     torch._dynamo.reset()
+
+
+# ----------------------------------------------------------------------------- refiner training loss
+
+
+def _tiny_base():
+    from latent_flow.training.module import LatentFlowModule
+
+    return LatentFlowModule(
+        backbone={"name": "DiT-XS/2"},
+        condition={"name": "label", "label_dropout": 0.1},
+        path={"scheduler": {"name": "condot"}},
+        optim={"lr": 1e-3},
+        ema={"decay": 0.9},
+        latent_shape=[4, 8, 8],
+        num_classes=3,
+    )
+
+
+def test_refiner_loss_uses_one_label_drop_for_all_three_calls_and_clamps_time():
+    from latent_flow.flowturbo import RefinerModule
+
+    base = _tiny_base()
+    module = RefinerModule(
+        base_ckpt_path="unused.ckpt", optim={"lr": 1e-3}, base_model=base, label_dropout=0.5,
+        time_offset={"min": 0.05, "max": 0.5},
+    )
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    velocity = base.velocity
+
+    def spy(x, t, cond, *, use_ema=False):
+        assert use_ema  # the refiner is trained against the base's EMA weights
+        seen.append((cond["label"].clone(), t.clone()))
+        return velocity(x, t, cond, use_ema=use_ema)
+
+    base.velocity = spy
+    refiner_labels = []
+    module.refiner.register_forward_hook(lambda m, args, out: refiner_labels.append(args[3].clone()))
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1] * 8)
+    out = module.refiner_loss({"latent": torch.randn(64, 4, 8, 8), "label": labels})
+    (y0, t0), (y1, t1) = seen
+    assert torch.equal(y0, y1) and torch.equal(y0, refiner_labels[0])
+    dropped = y0 == 3
+    assert 0 < dropped.sum() < 64 and torch.equal(y0[~dropped], labels[~dropped])
+    assert (t1 <= 1.0).all() and (t1 > t0).all() and ((t1 - t0) <= 0.5 + 1e-6).all()
+    assert (((t1 - t0) >= 0.05 - 1e-6) | (t1 == 1.0)).all()  # dt >= min unless clamped
+    assert (t1 == 1.0).any()  # some t + dt were clamped at 1
+    # a zero refiner gives exactly the loss of carrying v0
+    assert torch.allclose(out["loss"], out["loss_carry"])
+    out["loss"].backward()
+    assert any(p.grad is not None for p in module.refiner.parameters())
+    assert all(p.grad is None for p in base.parameters())
+
+
+def test_refiner_options_are_validated():
+    from latent_flow.flowturbo import RefinerModule
+
+    with pytest.raises(ValueError, match="0 <= min < max <= 1"):
+        RefinerModule(base_ckpt_path="x", optim={"lr": 1e-3}, base_model=_tiny_base(), time_offset={"max": 1.5})
+    with pytest.raises(ValueError, match="unknown refiner option"):
+        RefinerModule(base_ckpt_path="x", optim={"lr": 1e-3}, base_model=_tiny_base(), refiner={"depth": 2})

@@ -443,19 +443,22 @@ def build_flowturbo_solver(model, *, use_ema: bool = True, **options: Any) -> Fl
     per_model = _SOLVER_CACHE.setdefault(model, {})
     if key in per_model:
         return per_model[key]
-    refiner = None
-    if refiner_ckpt_path is not None:
-        from latent_flow.flowturbo.module import load_refiner
-
-        refiner = load_refiner(refiner_ckpt_path, model).to(model.device).eval()
-    elif parsed.refine:
+    if refiner_ckpt_path is None and parsed.refine:
         raise ValueError(
             f"sampler.schedule={parsed} has refiner (R) steps: set sampler.refiner_ckpt_path=<refiner run>/checkpoints/last.ckpt "
             "(train one with `python -m latent_flow.train +experiment=<name>_refiner base_ckpt_path=...`)"
         )
-    from latent_flow.flowturbo.module import base_network
+    # one TurboNetworks per (model, refiner): solvers of other schedules reuse it, and with it the
+    # compiled block functions (torch.compile's guards check the networks' identity)
+    nets_key = ("nets", refiner_ckpt_path)
+    if nets_key not in per_model:
+        from latent_flow.flowturbo.module import base_network, load_refiner
 
-    nets = TurboNetworks(base_network(model), refiner, model.condition).eval()
+        refiner = None
+        if refiner_ckpt_path is not None:
+            refiner = load_refiner(refiner_ckpt_path, model).to(model.device).eval()
+        per_model[nets_key] = TurboNetworks(base_network(model), refiner, model.condition).eval()
+    nets = per_model[nets_key]
     solver = FlowTurboSolver(
         parsed, nets, time_grid=time_grid, shift=shift, compile=compile,
         compile_backend=compile_backend, compile_mode=compile_mode,
