@@ -2,9 +2,9 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/compositional/evaluate_compositional.py \
         --flow outputs/compositional/flow_uncond_unet_t/checkpoints/last.ckpt \
-        --classifier outputs/compositional/classifier_holdout/classifier.pt \
+        --classifier outputs/compositional/classifier_holdout_w48/classifier.pt \
         --cfg-flow outputs/train/2026-11-22_03-25-46/checkpoints/last.ckpt \
-        --num 256 --scales 1 2 4 --out experiments/compositional/results.json
+        --num 256 --scales 2 5 10 --out experiments/compositional/results.json
 
 For every request (an expression) it samples ``--num`` images from the *unconditional* flow
 guided by the composed classifier energy (heun, ``--steps`` steps, same noise seeds for every
@@ -81,12 +81,33 @@ def satisfied_mask(expression: str, attrs: torch.Tensor, values: dict) -> torch.
     return satisfied(parse(expression), value_of)
 
 
+def markdown_table(results: dict) -> str:
+    """The README table of a results.json."""
+    lines = [
+        "| group | request | method | scale | oracle accuracy | unguided rate | FD-shapes (floor) | terms | NFE / grad evals |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results["rows"]:
+        fd = f"{r['fd']:.0f} ({r['fd_floor']:.0f})" if "fd_floor" in r else (f"{r['fd']:.0f}" if "fd" in r else "-")
+        base = f"{r['unguided']:.3f}" if "unguided" in r else "-"
+        terms = ", ".join(f"{k} {v:.2f}" for k, v in r["terms"].items()) if len(r["terms"]) > 1 else ""
+        lines.append(
+            f"| {r['group']} | `{r['expression']}` | {r['method']} | {r['scale'] if r['scale'] is not None else '-'} | "
+            f"**{r['accuracy']:.3f}** | {base} | {fd} | {terms} | {r['nfe']} / {r['grad_evals']} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if len(__import__("sys").argv) == 3 and __import__("sys").argv[1] == "--table":
+        print(markdown_table(json.loads(Path(__import__("sys").argv[2]).read_text())))
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("--flow", required=True)
     ap.add_argument("--classifier", required=True)
     ap.add_argument("--cfg-flow", default=None)
     ap.add_argument("--cfg-scale", type=float, default=2.0)
+    ap.add_argument("--combo-scale", type=float, default=5.0, help="classifier guidance scale next to label CFG")
     ap.add_argument("--num", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--scales", type=float, nargs="+", default=[2.0])
@@ -176,7 +197,7 @@ def main() -> None:
                     for c in rest
                 )
                 energy = ComposedEnergy(rest_expr, cfg_classifier)
-                scale = args.scales[-1]
+                scale = args.combo_scale
                 res = sample_composed(cfg_model, energy, solver, indices=indices, labels=label, cfg_scale=args.cfg_scale,
                                       seed=0, settings=GuidanceSettings(scale=scale, max_weight=args.max_weight))
                 method = f"label CFG {args.cfg_scale} (shape) + classifier guidance ({rest_expr})"
