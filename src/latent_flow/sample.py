@@ -78,12 +78,18 @@ def run_sampling(cfg: DictConfig) -> dict:
     )
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
     name = sampler.pop("name")
+    composer = None
+    if cfg.get("compose"):  # compositional control (LACE): energy guidance by attribute classifiers
+        from latent_flow.compositional.cli import composed_generator
+
+        composer = composed_generator(cfg, model)
+    generate_fn = composer or generate
     all_images, nfe_total, batches = [], 0, 0
     refiner_nfe_total = 0  # sampler=flowturbo: refiner calls, counted apart from the base model's
     start = time.time()
     for lo in range(0, cfg.num_samples, cfg.batch_size):
         hi = min(cfg.num_samples, lo + cfg.batch_size)
-        images, result = generate(
+        images, result = generate_fn(
             model,
             num_samples=hi - lo,
             sampler=name,
@@ -120,6 +126,7 @@ def run_sampling(cfg: DictConfig) -> dict:
         "nfe_per_sample": nfe_total / batches,
         **({"base_nfe_per_sample": nfe_total / batches, "refiner_nfe_per_sample": refiner_nfe_total / batches}
            if name == "flowturbo" else {}),
+        **(composer.summary() if composer is not None else {}),
         "wall_seconds": round(seconds, 3),
         "ms_per_image": round(1000 * seconds / cfg.num_samples, 2),
         "device": str(model.device),
