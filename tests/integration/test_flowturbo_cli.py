@@ -136,6 +136,33 @@ def test_flowturbo_options_are_validated(refiner_run):
     assert images.shape == (2, 3, 32, 32) and (result.base_nfe, result.refiner_nfe) == (5, 0)
 
 
+def test_refiner_training_resumes(refiner_run, compose_cfg):
+    from latent_flow.train import run_training
+
+    root, base_ckpt, refiner_ckpt, _ = refiner_run
+    overrides = [o for o in TINY_REFINER if not o.startswith("trainer.max_steps")]
+    cfg = compose_cfg(
+        "train",
+        ["+experiment=shapes_refiner", f"base_ckpt_path={base_ckpt}", f"ckpt_path={refiner_ckpt}",
+         f"paths.cache_dir={root / 'base' / 'cache'}", "trainer.max_steps=5"] + overrides,
+    )
+    assert run_training(cfg)["global_step"] == 5
+
+
+def test_build_model_solver_dispatches(refiner_run):
+    from latent_flow.api import load_model
+    from latent_flow.flowturbo import FlowTurboSolver, build_model_solver
+    from latent_flow.sampling import HeunSolver
+
+    _, base_ckpt, refiner_ckpt, _ = refiner_run
+    model = load_model(base_ckpt, device="cpu")
+    assert isinstance(build_model_solver(model, "heun", steps=3), HeunSolver)
+    solver = build_model_solver(model, "flowturbo", schedule="H1R2", refiner_ckpt_path=str(refiner_ckpt))
+    assert isinstance(solver, FlowTurboSolver) and solver.expected_nfe == 2
+    result = model.sample_latents(solver, indices=[0, 1], labels=torch.tensor([0, 1]), cfg_scale=1.5)
+    assert (result.base_nfe, result.refiner_nfe) == (2, 4)
+
+
 def test_refiner_experiments_compose(compose_cfg):
     for name, data in (("shapes_refiner", "shapes"), ("imagenet_dit_refiner", "imagenet256")):
         cfg = compose_cfg("train", [f"+experiment={name}", "base_ckpt_path=x.ckpt"])

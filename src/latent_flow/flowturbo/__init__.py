@@ -24,6 +24,7 @@ from latent_flow.flowturbo.sampler import (
     Schedule,
     TurboNetworks,
     build_flowturbo_solver,
+    build_model_solver,
     parse_schedule,
 )
 
@@ -41,5 +42,6 @@ __all__ = [
     "Schedule",
     "TurboNetworks",
     "build_flowturbo_solver",
+    "build_model_solver",
     "parse_schedule",
 ]

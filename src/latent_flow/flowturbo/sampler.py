@@ -62,6 +62,7 @@ __all__ = [
     "refine_step",
     "initial_velocity",
     "build_flowturbo_solver",
+    "build_model_solver",
     "FLOWTURBO_OPTIONS",
 ]
 
@@ -465,3 +466,17 @@ def build_flowturbo_solver(model, *, use_ema: bool = True, **options: Any) -> Fl
     )
     per_model[key] = solver
     return solver
+
+
+def build_model_solver(model, name: str, *, use_ema: bool = True, **options: Any) -> Solver:
+    """Any sampler by name for a trained model: ``flowturbo`` (needs the model) or a plain solver.
+
+    The one call for code that samples a ``LatentFlowModule`` and accepts every ``sampler=...``
+    config: ``solver = build_model_solver(model, **sampler_cfg)`` then
+    ``model.sample_latents(solver, ...)``.
+    """
+    if str(name).lower() == "flowturbo":
+        return build_flowturbo_solver(model, use_ema=use_ema, **options)
+    from latent_flow.sampling.solvers import build_solver
+
+    return build_solver(name, **options)
