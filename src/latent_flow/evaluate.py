@@ -91,7 +91,9 @@ def _flowturbo_nfe(cfg: DictConfig, nfes: list[int], timings: list[dict]) -> dic
     if cfg.sampler.name != "flowturbo":
         return {}
     refiner = sorted({n for t in timings for n in t.get("refiner_nfe", [])})
-    one = lambda v: v[0] if len(v) == 1 else v  # noqa: E731
+    def one(values: list[int]):
+        return values[0] if len(values) == 1 else values
+
     return {"base_nfe_per_sample": one(nfes), "refiner_nfe_per_sample": one(refiner)}
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_TRAIN
 
 #: the data settings of TINY_TRAIN (a refiner trains on its base's data) and a 3-step refiner run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -9,7 +10,14 @@ import torch
 from torch import nn
 
 from latent_flow.conditioning import LabelCondition, NoCondition
-from latent_flow.flowturbo import FlowTurboSolver, Schedule, TurboNetworks, VelocityRefiner, parse_schedule, refiner_spec
+from latent_flow.flowturbo import (
+    FlowTurboSolver,
+    Schedule,
+    TurboNetworks,
+    VelocityRefiner,
+    parse_schedule,
+    refiner_spec,
+)
 from latent_flow.flowturbo.refiner import parameter_count
 from latent_flow.flowturbo.sampler import refine_step
 
@@ -84,7 +92,7 @@ def test_pseudo_corrector_is_second_order(heun):
     for n in (8, 16, 32, 64):
         schedule = (f"H{heun}" if heun else "") + f"P{n - heun}"
         errors.append((FlowTurboSolver(schedule, nets).integrate(x0).x - exact).abs().max().item())
-    ratios = [a / b for a, b in zip(errors[:-1], errors[1:])]
+    ratios = [a / b for a, b in itertools.pairwise(errors)]
     assert all(3.5 < r < 4.6 for r in ratios), (errors, ratios)  # halving h divides the error by ~4
 
 

@@ -29,19 +29,19 @@ from latent_flow.flowturbo.sampler import (
 )
 
 __all__ = [
-    "RefinerBaseMismatchError",
-    "RefinerModule",
-    "base_network",
-    "load_refiner",
-    "weights_hash",
-    "VelocityRefiner",
-    "build_refiner",
-    "refiner_spec",
     "FlowTurboResult",
     "FlowTurboSolver",
+    "RefinerBaseMismatchError",
+    "RefinerModule",
     "Schedule",
     "TurboNetworks",
+    "VelocityRefiner",
+    "base_network",
     "build_flowturbo_solver",
     "build_model_solver",
+    "build_refiner",
+    "load_refiner",
     "parse_schedule",
+    "refiner_spec",
+    "weights_hash",
 ]

@@ -35,11 +35,11 @@ from latent_flow.flowturbo.refiner import VelocityRefiner, parameter_count, refi
 from latent_flow.training.ema import EMA
 
 __all__ = [
-    "RefinerModule",
     "RefinerBaseMismatchError",
+    "RefinerModule",
     "base_network",
-    "weights_hash",
     "load_refiner",
+    "weights_hash",
 ]
 
 log = logging.getLogger(__name__)

@@ -30,10 +30,14 @@ import torch
 from torch import Tensor, nn
 
 from latent_flow.backbones.dit import DIT_PRESETS, DiT
-from latent_flow.backbones.embeddings import LabelEmbedder, TimestepEmbedder, as_batch_times
+from latent_flow.backbones.embeddings import (
+    LabelEmbedder,
+    TimestepEmbedder,
+    as_batch_times,
+)
 from latent_flow.backbones.unet import UNET_PRESETS, ResBlock, _group_norm
 
-__all__ = ["VelocityRefiner", "UNetRefiner", "refiner_spec", "build_refiner", "parameter_count"]
+__all__ = ["UNetRefiner", "VelocityRefiner", "build_refiner", "parameter_count", "refiner_spec"]
 
 
 class UNetRefiner(nn.Module):

@@ -52,18 +52,18 @@ from latent_flow.sampling.time_grids import TIME_GRID_KINDS
 from latent_flow.sampling.time_grids import time_grid as make_time_grid
 
 __all__ = [
-    "Schedule",
-    "parse_schedule",
-    "TurboNetworks",
+    "FLOWTURBO_OPTIONS",
     "FlowTurboResult",
     "FlowTurboSolver",
-    "heun_step",
-    "pseudo_step",
-    "refine_step",
-    "initial_velocity",
+    "Schedule",
+    "TurboNetworks",
     "build_flowturbo_solver",
     "build_model_solver",
-    "FLOWTURBO_OPTIONS",
+    "heun_step",
+    "initial_velocity",
+    "parse_schedule",
+    "pseudo_step",
+    "refine_step",
 ]
 
 _BLOCK_NAMES = {"H": "Heun", "P": "pseudo corrector", "R": "refiner"}
@@ -111,7 +111,7 @@ def parse_schedule(schedule: str | Schedule) -> Schedule:
     if isinstance(schedule, Schedule):
         return schedule
     if not isinstance(schedule, str):
-        raise ValueError(f"FlowTurbo schedule must be a string like 'H1P5R3', got {schedule!r}")
+        raise TypeError(f"FlowTurbo schedule must be a string like 'H1P5R3', got {schedule!r}")
     text = schedule.strip().upper()
     hint = "write e.g. 'H1P5R3': H = Heun, P = pseudo corrector, R = refiner steps, in this order"
     if not text:
@@ -402,7 +402,7 @@ def _condition_rows(cond: dict[str, Tensor], null_cond: dict[str, Tensor], batch
 
 
 # --------------------------------------------------------------------------- from a trained model
-_SOLVER_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_SOLVER_CACHE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 #: options of ``sampler=flowturbo`` (``conf/sampler/flowturbo.yaml``) and their defaults
