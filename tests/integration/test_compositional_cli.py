@@ -121,7 +121,7 @@ def test_edit_cli_round_trip_and_edit(tiny_uncond, tiny_classifier, compose_cfg,
         "edit",
         [f"ckpt_path={tiny_uncond / 'run' / 'checkpoints' / 'last.ckpt'}",
          f"classifier_ckpt_path={out / 'classifier.pt'}", f"input={tmp_path / 'input.png'}",
-         "edits=['color=blue']", "sampler=heun", "sampler.steps=8", "device=cpu"],
+         "edits=['color=blue']", "sampler=heun", "sampler.steps=4", "device=cpu"],
         run_dir=tmp_path / "edit",
     )
     summary = run_edit(cfg)
@@ -133,5 +133,5 @@ def test_edit_cli_round_trip_and_edit(tiny_uncond, tiny_classifier, compose_cfg,
     step = summary["steps"][0]
     assert step["edit"] == "color=blue" and "color" not in step["anchors"] and set(step["anchors"]) == {
         "shape", "size", "hpos", "count"}
-    assert step["nfe"] == 16 and step["nfe_inversion"] == 16 and step["classifier_grad_evals"] > 0
+    assert step["nfe"] == 8 and step["nfe_inversion"] == 8 and step["classifier_grad_evals"] > 0
     assert set(summary["readings"]) == {"input", "reconstruction", "edit_01"}
