@@ -48,7 +48,7 @@ def _check_ckpt_path(ckpt_path: str | None) -> str | None:
 
 def run_training(cfg: DictConfig) -> dict:
     """Run all stages for a composed config; returns the final metrics."""
-    if cfg.get("base_ckpt_path"):  # FlowTurbo: train a velocity refiner for a trained checkpoint
+    if cfg.get("base_ckpt_path") or "refiner" in cfg:  # FlowTurbo: a velocity refiner for a trained checkpoint
         from latent_flow.flowturbo.train import run_refiner_training
 
         return run_refiner_training(cfg)

@@ -169,3 +169,11 @@ def test_refiner_experiments_compose(compose_cfg):
         assert cfg.refiner.time_offset.max == 0.12 and cfg.refiner.label_dropout == 0.1
         assert "sample_grid" not in cfg.callbacks and "model_checkpoint" in cfg.callbacks
     assert compose_cfg("train", ["+experiment=imagenet_dit_refiner"]).optim.lr == 5e-5
+
+
+def test_refiner_experiment_without_base_fails_clearly(compose_cfg):
+    from latent_flow.train import run_training
+
+    cfg = compose_cfg("train", ["+experiment=shapes_refiner"])  # base_ckpt_path is mandatory (???)
+    with pytest.raises(ValueError, match="refiner training needs the flow checkpoint it refines"):
+        run_training(cfg)

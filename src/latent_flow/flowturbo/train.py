@@ -71,6 +71,11 @@ def run_refiner_training(cfg: DictConfig) -> dict:
             "base_ckpt_path is set but the config has no refiner section: train refiners with "
             "`python -m latent_flow.train +experiment=<name>_refiner base_ckpt_path=...` (e.g. shapes_refiner)"
         )
+    if OmegaConf.is_missing(cfg, "base_ckpt_path") or cfg.get("base_ckpt_path") is None:
+        raise ValueError(
+            "refiner training needs the flow checkpoint it refines: add base_ckpt_path=<run>/checkpoints/last.ckpt "
+            f"(experiment {cfg.get('task_name')})"
+        )
     base_path = str(cfg.base_ckpt_path)
     if not Path(base_path).is_file():
         raise FileNotFoundError(
