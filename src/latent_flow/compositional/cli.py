@@ -1,6 +1,8 @@
 """Command-line hooks: ``python -m latent_flow.sample ... classifier_ckpt_path=... compose="..."``.
 
-``latent_flow.sample`` calls :func:`composed_generator` when ``compose`` is set; the returned
+``latent_flow.sample`` calls :func:`composed_generator` when ``compose`` is set (with a
+label-conditional model, ``label=null`` means the null class, ``label=K`` adds label K and
+``cfg_scale`` to the composition); the returned
 callable has :func:`latent_flow.api.generate`'s signature, and its :meth:`ComposedGenerator.summary`
 goes into ``summary.json`` (expression, guidance settings, classifier-gradient evaluations).
 """
@@ -36,7 +38,10 @@ def guidance_options(cfg: DictConfig) -> dict[str, float]:
 class ComposedGenerator:
     """``generate``-compatible callable that samples guided by one expression; counts the costs."""
 
-    def __init__(self, model, classifier, expression: str, options: dict[str, float], classifier_path: str) -> None:
+    def __init__(
+        self, model, classifier, expression: str, options: dict[str, float], classifier_path: str,
+        null_labels: bool = False,
+    ) -> None:
         node = parse(expression)
         validate(node, classifier.attribute_values, continuous=classifier.continuous, text=expression)
         self.model = model
@@ -45,6 +50,7 @@ class ComposedGenerator:
         self.parsed = to_string(node)
         self.options = options
         self.classifier_path = classifier_path
+        self.null_labels = null_labels  # label-conditional model without label=...: the null class
         self.grad_evals = 0
         self.model_calls = 0
         self.batches = 0
@@ -53,6 +59,8 @@ class ComposedGenerator:
                  first_index: int = 0, use_ema: bool = True, **sampler_options):
         from latent_flow.compositional.sampling import generate_composed
 
+        if self.null_labels:
+            labels = None
         images, result = generate_composed(
             model, self.classifier, self.expression, num_samples=num_samples, sampler=sampler, labels=labels,
             cfg_scale=cfg_scale, seed=seed, first_index=first_index, use_ema=use_ema, **self.options,
@@ -69,6 +77,7 @@ class ComposedGenerator:
             "compose": self.expression,
             "compose_parsed": self.parsed,
             "classifier_ckpt_path": self.classifier_path,
+            "compose_labels": "null class" if self.null_labels else "as given",
             **self.options,
             "classifier_grad_evals_per_sample": self.grad_evals / per,
             "model_calls_per_sample": self.model_calls / per,
@@ -83,4 +92,7 @@ def composed_generator(cfg: DictConfig, model) -> ComposedGenerator:
     if not path:
         raise ValueError("compose=... needs classifier_ckpt_path=<classifier.pt written by latent_flow.train_classifier>")
     classifier, _ = load_classifier_for(model, path)
-    return ComposedGenerator(model, classifier, str(cfg.compose), guidance_options(cfg), str(path))
+    # a label-conditional model with label=null samples its unconditional (null-class) velocity under
+    # composition, instead of cycling over the classes; label=K combines label K (and cfg_scale) with it
+    null_labels = bool(model.condition.uses_label and cfg.get("label") is None)
+    return ComposedGenerator(model, classifier, str(cfg.compose), guidance_options(cfg), str(path), null_labels)
