@@ -34,7 +34,14 @@ import numpy as np
 import torch
 
 from latent_flow.api import load_model
-from latent_flow.compositional import ComposedEnergy, GuidanceSettings, load_classifier_for, parse, sample_composed, satisfied
+from latent_flow.compositional import (
+    ComposedEnergy,
+    GuidanceSettings,
+    load_classifier_for,
+    parse,
+    sample_composed,
+    satisfied,
+)
 from latent_flow.data.shapes import ATTRIBUTE_NAMES, ShapesDataset
 from latent_flow.evaluation.oracle import fd_shapes, load_or_train_oracle
 from latent_flow.sampling.noise import noise_for_indices

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from latent_flow.runtime import CONFIG_DIR
 
-__all__ = ["run_edit", "load_image", "main"]
+__all__ = ["load_image", "main", "run_edit"]
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from latent_flow.runtime import CONFIG_DIR
 
-__all__ = ["run_classifier_training", "main"]
+__all__ = ["main", "run_classifier_training"]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _container(value):
 def _load_latents(cache, flow_stats: dict, progress: bool) -> tuple[torch.Tensor, np.ndarray]:
     """All cached latents (view 0), renormalised with the flow model's statistics, and their attributes."""
     view = cache.dataset_view(random_flip=False)
-    if view._attributes is None:  # noqa: SLF001 - the dataset view's own array
+    if view._attributes is None:
         raise ValueError(
             f"the latent cache {cache.root} has no attributes: the dataset must provide per-item 'attributes' "
             "(e.g. data=shapes)"
@@ -158,7 +158,7 @@ def run_classifier_training(cfg: DictConfig) -> dict:
     summary = {
         **meta,
         "checkpoint": str(ckpt),
-        "num_items": {"train": int(len(train_idx)), "seen_val": int(len(val_idx)), "heldout": int(len(held_idx))},
+        "num_items": {"train": len(train_idx), "seen_val": len(val_idx), "heldout": len(held_idx)},
         "metrics": metrics,
         "history": history,
         "parameters": int(sum(p.numel() for p in classifier.parameters())),

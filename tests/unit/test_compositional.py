@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latent_flow.compositional.classifier import AttributeSpec, LatentAttributeClassifier
+from latent_flow.compositional.classifier import (
+    AttributeSpec,
+    LatentAttributeClassifier,
+)
 from latent_flow.compositional.editing import reverse_time
 from latent_flow.compositional.energy import ComposedEnergy, compose_energy, softcap
 from latent_flow.compositional.expression import And, parse
@@ -98,7 +101,7 @@ def test_not_flips_the_guidance_direction(classifier):
     x, t = _x(seed=3, n=4)
     cap = 50.0  # far above the energies here: NOT is the plain negation
     path = AffinePath(CondOTScheduler())
-    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    zero = lambda x, t: torch.zeros_like(x)
     settings = GuidanceSettings(scale=1.5, max_weight=100.0)
     pos = EnergyGuidedVelocity(zero, ComposedEnergy("size=large", classifier, not_cap=cap), path, settings)
     neg = EnergyGuidedVelocity(zero, ComposedEnergy("!(size=large)", classifier, not_cap=cap), path, settings)
@@ -212,7 +215,7 @@ def test_toy_unguided_is_balanced_and_or_not_requests():
 def test_reverse_time_inverts_the_toy_flow():
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(64, 2, generator=g, dtype=torch.float64)
-    v = lambda x, t: _toy_velocity_and_logits(x, t)[0]  # noqa: E731
+    v = lambda x, t: _toy_velocity_and_logits(x, t)[0]
     solver = build_solver("heun", steps=100)
     x1 = solver.sample(v, x0).x
     back = solver.sample(reverse_time(v), x1).x

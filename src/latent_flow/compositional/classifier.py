@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from latent_flow.backbones.embeddings import TimestepEmbedder
 
-__all__ = ["AttributeSpec", "LatentAttributeClassifier", "load_classifier", "CLASSIFIER_FORMAT_VERSION"]
+__all__ = ["CLASSIFIER_FORMAT_VERSION", "AttributeSpec", "LatentAttributeClassifier", "load_classifier"]
 
 CLASSIFIER_FORMAT_VERSION = 1
 
@@ -239,7 +239,7 @@ class LatentAttributeClassifier(nn.Module):
         return path
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "LatentAttributeClassifier":
+    def from_config(cls, config: dict[str, Any]) -> LatentAttributeClassifier:
         cfg = dict(config)
         return cls(cfg.pop("latent_shape"), cfg.pop("attributes"), **cfg)
 

@@ -30,7 +30,7 @@ from latent_flow.compositional.expression import parse, terms, validate
 from latent_flow.compositional.guidance import GuidanceSettings
 from latent_flow.compositional.sampling import model_condition, sample_composed
 
-__all__ = ["reverse_time", "invert", "regenerate", "EditResult", "edit_latents", "sequential_edit", "predicted_attributes"]
+__all__ = ["EditResult", "edit_latents", "invert", "predicted_attributes", "regenerate", "reverse_time", "sequential_edit"]
 
 
 def reverse_time(velocity_fn):
@@ -124,7 +124,7 @@ def edit_latents(
     *,
     solver,
     inversion_solver=None,
-    settings: GuidanceSettings = GuidanceSettings(),
+    settings: GuidanceSettings | None = None,
     anchor_weight: float = 1.0,
     latent_weight: float = 0.0,
     not_cap: float = DEFAULT_NOT_CAP,

@@ -28,9 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from latent_flow.compositional.expression import And, Node, Not, Or, Term, parse, validate
+from latent_flow.compositional.expression import (
+    And,
+    Node,
+    Not,
+    Or,
+    Term,
+    parse,
+    validate,
+)
 
-__all__ = ["DEFAULT_NOT_CAP", "softcap", "compose_energy", "ComposedEnergy"]
+__all__ = ["DEFAULT_NOT_CAP", "ComposedEnergy", "compose_energy", "softcap"]
 
 #: default cap of a negated energy (nats)
 DEFAULT_NOT_CAP = 5.0

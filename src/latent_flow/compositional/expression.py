@@ -34,17 +34,17 @@ from dataclasses import dataclass, field, replace
 from torch import Tensor
 
 __all__ = [
+    "And",
     "ExpressionError",
     "Node",
-    "Term",
-    "And",
-    "Or",
     "Not",
+    "Or",
+    "Term",
     "parse",
-    "validate",
-    "terms",
     "satisfied",
+    "terms",
     "to_string",
+    "validate",
 ]
 
 

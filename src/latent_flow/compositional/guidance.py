@@ -42,7 +42,7 @@ from torch import Tensor
 
 from latent_flow.flow.path import AffinePath
 
-__all__ = ["score_to_velocity_factor", "guidance_weight", "EnergyGuidedVelocity", "GuidanceSettings"]
+__all__ = ["EnergyGuidedVelocity", "GuidanceSettings", "guidance_weight", "score_to_velocity_factor"]
 
 
 def score_to_velocity_factor(path: AffinePath, t: Tensor, like: Tensor) -> Tensor:
@@ -100,12 +100,12 @@ class EnergyGuidedVelocity:
         velocity_fn: Callable[[Tensor, Tensor], Tensor],
         energy_fn: Callable[[Tensor, Tensor], Tensor],
         path: AffinePath,
-        settings: GuidanceSettings = GuidanceSettings(),
+        settings: GuidanceSettings | None = None,
     ) -> None:
         self.velocity_fn = velocity_fn
         self.energy_fn = energy_fn
         self.path = path
-        self.settings = settings
+        self.settings = settings if settings is not None else GuidanceSettings()
         self.calls = 0
         self.grad_evals = 0
         self.grad_samples = 0

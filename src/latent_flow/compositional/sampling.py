@@ -21,7 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from latent_flow.compositional.classifier import LatentAttributeClassifier, load_classifier
+from latent_flow.compositional.classifier import (
+    LatentAttributeClassifier,
+    load_classifier,
+)
 from latent_flow.compositional.energy import DEFAULT_NOT_CAP, ComposedEnergy
 from latent_flow.compositional.guidance import EnergyGuidedVelocity, GuidanceSettings
 from latent_flow.sampling.noise import noise_for_indices
@@ -29,11 +32,11 @@ from latent_flow.sampling.noise import noise_for_indices
 __all__ = [
     "GuidedSampleResult",
     "check_compatible",
+    "generate_composed",
+    "guided_velocity_fn",
     "load_classifier_for",
     "model_condition",
-    "guided_velocity_fn",
     "sample_composed",
-    "generate_composed",
 ]
 
 
@@ -99,7 +102,7 @@ def guided_velocity_fn(
     batch: int,
     cfg_scale: float = 1.0,
     use_ema: bool = True,
-    settings: GuidanceSettings = GuidanceSettings(),
+    settings: GuidanceSettings | None = None,
 ) -> EnergyGuidedVelocity:
     """The model's velocity (with label CFG when ``cfg_scale != 1``) plus energy guidance."""
     cond = model_condition(model, labels, batch)
@@ -119,7 +122,7 @@ def sample_composed(
     cfg_scale: float = 1.0,
     seed: int = 0,
     use_ema: bool = True,
-    settings: GuidanceSettings = GuidanceSettings(),
+    settings: GuidanceSettings | None = None,
     x_init: Tensor | None = None,
 ) -> GuidedSampleResult:
     """Integrate the guided ODE from noise seeded per index (or from ``x_init``) to data."""

@@ -13,9 +13,9 @@ reported per attribute and per t range on both.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,10 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from latent_flow.compositional.classifier import AttributeSpec, LatentAttributeClassifier
+from latent_flow.compositional.classifier import (
+    AttributeSpec,
+    LatentAttributeClassifier,
+)
 from latent_flow.flow.path import AffinePath
 
-__all__ = ["holdout_mask", "classifier_specs", "train_classifier", "evaluate_classifier"]
+__all__ = ["classifier_specs", "evaluate_classifier", "holdout_mask", "train_classifier"]
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +161,10 @@ def evaluate_classifier(
     """
     device = next(classifier.parameters()).device
     edges = [float(v) for v in t_bins]
-    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] < 0 or edges[-1] > 1:
+    if len(edges) < 2 or any(b <= a for a, b in itertools.pairwise(edges)) or edges[0] < 0 or edges[-1] > 1:
         raise ValueError(f"t_bins must be increasing values in [0, 1] (at least two), got {list(t_bins)}")
-    ranges = [(a, b) for a, b in zip(edges, edges[1:])] + [(1.0, 1.0)]
-    result: dict[str, Any] = {"num_items": int(len(latents)), "per_t_range": {}}
+    ranges = [*itertools.pairwise(edges), (1.0, 1.0)]
+    result: dict[str, Any] = {"num_items": len(latents), "per_t_range": {}}
     if len(latents) == 0:
         return result
     gen = torch.Generator().manual_seed(seed)
