@@ -313,3 +313,27 @@ def test_refiner_options_are_validated():
         RefinerModule(base_ckpt_path="x", optim={"lr": 1e-3}, base_model=_tiny_base(), time_offset={"max": 1.5})
     with pytest.raises(ValueError, match="unknown refiner option"):
         RefinerModule(base_ckpt_path="x", optim={"lr": 1e-3}, base_model=_tiny_base(), refiner={"depth": 2})
+
+
+def test_inpainting_base_refiner_sees_the_spatial_channels_and_samples():
+    from latent_flow.flowturbo import RefinerModule, base_network
+    from latent_flow.training.module import LatentFlowModule
+
+    base = LatentFlowModule(
+        backbone={"name": "DiT-XS/2"},
+        condition={"name": "inpaint", "resolution": 32, "masks": {}, "mask_variants": 2, "cond_dropout": 0.1,
+                   "use_label": True, "label_dropout": 0.1},
+        path={"scheduler": {"name": "condot"}}, optim={"lr": 1e-3}, ema={"decay": 0.9},
+        latent_shape=[4, 8, 8], num_classes=3,
+    )
+    module = RefinerModule(base_ckpt_path="unused.ckpt", optim={"lr": 1e-3}, base_model=base)
+    assert module.hparams.refiner_spec["in_channels"] == 2 * 4 + base.condition.spatial_channels
+    b = 4
+    batch = {"latent": torch.randn(b, 4, 8, 8), "label": torch.tensor([0, 1, 2, 0]),
+             "masked_latent": torch.randn(b, 4, 8, 8), "mask": (torch.rand(b, 1, 32, 32) > 0.5).float()}
+    assert torch.isfinite(module.refiner_loss(batch)["loss"])
+    cond = base.condition.from_batch(batch)
+    solver = FlowTurboSolver("H1P1R1", TurboNetworks(base_network(base), module.refiner, base.condition))
+    spatial = {k: v for k, v in cond.items() if k != "label"}
+    result = base.sample_latents(solver, indices=range(b), labels=batch["label"], cfg_scale=2.0, spatial_cond=spatial)
+    assert result.x.shape == (b, 4, 8, 8) and (result.base_nfe, result.refiner_nfe) == (3, 2)

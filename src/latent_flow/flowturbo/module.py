@@ -137,7 +137,9 @@ class RefinerModule(L.LightningModule):
                 f"now holds weights with hash {digest}; use the base checkpoint the refiner was trained with, "
                 "or train a new refiner for this base"
             )
-        spec = refiner_spec(dict(base_model.hparams), num_blocks=int(refiner.get("num_blocks", 1)))
+        spec = refiner_spec(
+            dict(base_model.hparams), num_blocks=int(refiner.get("num_blocks", 1)), condition=base_model.condition
+        )
         self.refiner = VelocityRefiner(spec)
         n_base, n_ref = parameter_count(net), parameter_count(self.refiner)
         self.save_hyperparameters(

@@ -123,22 +123,28 @@ class VelocityRefiner(nn.Module):
         return self.net(torch.cat([x_in, v_prev.to(x_in.dtype)], dim=1), t, y)
 
 
-def refiner_spec(base_hparams: dict[str, Any], *, num_blocks: int = 1) -> dict[str, Any]:
+def refiner_spec(base_hparams: dict[str, Any], *, num_blocks: int = 1, condition: nn.Module | None = None) -> dict[str, Any]:
     """The refiner architecture for a base ``LatentFlowModule``'s hyper-parameters.
 
     Channels: ``in_channels = 2 C + S`` (latent, spatial condition channels of the base, previous
-    velocity). Width, heads, patch size (DiT) or base width (UNet) are the base's.
+    velocity). Width, heads, patch size (DiT) or base width (UNet) are the base's. ``condition``:
+    the base's condition encoder (``model.condition``); rebuilt from the hyper-parameters if omitted.
     """
+    import inspect
+
     from latent_flow.conditioning import build_condition
 
     hp = dict(base_hparams)
     backbone = dict(hp["backbone"])
     name = backbone.pop("name")
     channels, height, _ = (int(v) for v in hp["latent_shape"])
-    cond_opts = dict(hp["condition"])
-    cond_name = cond_opts.pop("name")
-    cond_opts.pop("label_dropout", None)
-    condition = build_condition(cond_name, num_classes=int(hp.get("num_classes", 0)), **cond_opts)
+    if condition is None:
+        cond_opts = dict(hp["condition"])
+        cond_name = cond_opts.pop("name")
+        cond_opts.pop("label_dropout", None)
+        if "latent_shape" in inspect.signature(build_condition).parameters:  # spatial conditions need it
+            cond_opts["latent_shape"] = tuple(int(v) for v in hp["latent_shape"])
+        condition = build_condition(cond_name, num_classes=int(hp.get("num_classes", 0)), **cond_opts)
     spec: dict[str, Any] = {
         "base_backbone": name,
         "latent_channels": channels,
