@@ -254,3 +254,26 @@ def test_classifier_checkpoint_round_trip_and_heads(tmp_path, classifier):
     assert meta == {"note": 1} and out_a["shape"].shape == (3, 3) and out_a["hue"].shape == (3,)
     with pytest.raises(FileNotFoundError, match="classifier_ckpt_path"):
         load_classifier(tmp_path / "missing.pt")
+
+
+def test_energy_guidance_on_top_of_label_cfg(classifier):
+    """Guidance adds -lambda w(t) grad E to whatever the (CFG-)guided base velocity returns; one model call per NFE."""
+    from latent_flow.sampling.guidance import classifier_free_guidance
+
+    calls = []
+
+    def model_fn(x, t, cond):
+        calls.append(x.shape[0])
+        return cond["label"].double().view(-1, 1, 1, 1) * torch.ones_like(x)  # v_c = label, v_u = null label
+
+    cond, null = {"label": torch.tensor([1, 2, 0])}, {"label": torch.tensor([5, 5, 5])}
+    base = classifier_free_guidance(model_fn, cond, null, scale=2.0)
+    energy = ComposedEnergy("color=red & !(size=small)", classifier)
+    vf = EnergyGuidedVelocity(base, energy, AffinePath(CondOTScheduler()), GuidanceSettings(scale=3.0))
+    x, t = _x(n=3)
+    v = vf(x, t)
+    expected_base = 5 + 2.0 * (cond["label"].double() - 5)
+    _, g = _grad(energy, x, t)
+    w = ((1 - t) / t).clamp(max=10.0)
+    torch.testing.assert_close(v, expected_base.view(-1, 1, 1, 1) - 3.0 * w.view(-1, 1, 1, 1) * g)
+    assert calls == [6] and base.model_calls == 1 and vf.calls == 1 and vf.grad_evals == 1
