@@ -100,11 +100,20 @@ def load_semantic_map(path: str | Path, resolution: int, num_classes: int) -> np
     return arr
 
 
+#: distinct colours of class ids 1, 2, ... (0 = background is black); more classes get random bright colours
+_PALETTE = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+    (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40),
+    (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
+)
+
+
 def colorize_semantic(ids: np.ndarray, num_classes: int) -> np.ndarray:
     """Class-id map (..., H, W) -> RGB uint8 with a fixed palette (0 = black background)."""
-    rng = np.random.default_rng(7)
-    palette = rng.integers(64, 256, size=(max(num_classes, 1) + 1, 3)).astype(np.uint8)
-    palette[0] = 0
+    palette = np.zeros((max(num_classes, 1) + 1, 3), dtype=np.uint8)
+    extra = np.random.default_rng(7).integers(64, 256, size=(len(palette), 3))
+    for k in range(1, len(palette)):
+        palette[k] = _PALETTE[k - 1] if k - 1 < len(_PALETTE) else extra[k]
     return palette[np.clip(ids, 0, num_classes)]
 
 
