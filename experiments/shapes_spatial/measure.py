@@ -25,9 +25,17 @@ import numpy as np
 import torch
 
 from latent_flow.api import load_model
-from latent_flow.conditional_sampling import colorize_semantic, paste_known, sample_spatial, spatial_condition
+from latent_flow.conditional_sampling import (
+    colorize_semantic,
+    paste_known,
+    sample_spatial,
+    spatial_condition,
+)
 from latent_flow.data import ShapesDataset
-from latent_flow.evaluation.oracle import load_or_train_oracle, oracle_metrics_on_samples
+from latent_flow.evaluation.oracle import (
+    load_or_train_oracle,
+    oracle_metrics_on_samples,
+)
 from latent_flow.sampling.solvers import build_solver
 from latent_flow.utils.images import make_grid_image, save_png, to_uint8
 
@@ -75,7 +83,7 @@ def main(args: dict[str, str]) -> None:
         for scale in scales:
             start = time.time()
 
-            def run(lo, hi):
+            def run(lo, hi, scale=scale):
                 cond = spatial_condition(model, semantic=maps[lo:hi])
                 imgs, nfe = sample_spatial(model, solver, cond, indices=range(lo, hi), cfg_scale=scale)
                 return to_uint8(imgs), nfe

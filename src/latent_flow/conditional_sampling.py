@@ -34,15 +34,15 @@ from torch import Tensor
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "colorize_semantic",
+    "grid_conditions",
     "list_inputs",
     "load_image",
     "load_semantic_map",
-    "colorize_semantic",
-    "spatial_condition",
-    "sample_spatial",
     "paste_known",
     "run_conditional_sampling",
-    "grid_conditions",
+    "sample_spatial",
+    "spatial_condition",
 ]
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,11 @@ def spatial_condition(
     Inpainting: images (N, H, W, 3) uint8 and masks (N, H, W) (1 = known); the masked image
     (holes set to 0) is encoded by the model's autoencoder. Semantic: maps (N, H, W) of class ids.
     """
-    from latent_flow.conditioning import InpaintCondition, SemanticCondition, check_semantic_ids
+    from latent_flow.conditioning import (
+        InpaintCondition,
+        SemanticCondition,
+        check_semantic_ids,
+    )
     from latent_flow.data.masks import check_mask
 
     condition = model.condition

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-
 from conftest import TINY_TRAIN
+from PIL import Image
 
 FAST = [
     *(o for o in TINY_TRAIN if not o.startswith(("autoencoder.", "backbone=", "optim.warmup_steps"))),

@@ -172,7 +172,7 @@ def test_clear_errors():
         pass
 
     class FewMaps:
-        semantic_classes = ["background", "a"]
+        semantic_classes = ("background", "a")
 
     with pytest.raises(ValueError, match="has none"):
         check_condition_data({"name": "semantic", "num_semantic_classes": 6}, NoMaps())

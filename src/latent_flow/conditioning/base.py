@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConditionEncoder", "NoCondition", "LabelCondition", "build_condition", "CONDITION_NAMES"]
+__all__ = ["CONDITION_NAMES", "ConditionEncoder", "LabelCondition", "NoCondition", "build_condition"]
 
 Cond = dict[str, Tensor]
 

@@ -37,15 +37,15 @@ from torch import Tensor, nn
 from latent_flow.conditioning.base import Cond, ConditionEncoder
 
 __all__ = [
-    "SpatialCondition",
     "InpaintCondition",
     "SemanticCondition",
     "SemanticEncoder",
+    "SpatialCondition",
     "build_spatial_condition",
-    "mask_to_latent",
-    "check_semantic_ids",
     "cache_extras",
     "check_condition_data",
+    "check_semantic_ids",
+    "mask_to_latent",
 ]
 
 

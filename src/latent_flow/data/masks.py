@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MaskGenerator", "load_mask", "check_mask", "hole_ratio"]
+__all__ = ["MaskGenerator", "check_mask", "hole_ratio", "load_mask"]
 
 
 def hole_ratio(mask: np.ndarray) -> float:
