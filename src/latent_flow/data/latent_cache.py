@@ -100,6 +100,27 @@ def _check_extras(extras: dict | None) -> dict:
     return extras
 
 
+class _WithMasks(Dataset):
+    """Adds ``"masks"`` (K, H, W) bool (1 = known) of item ``index``, variants 0..K-1, to each item.
+
+    Drawing masks here (not in the encoding loop) lets the DataLoader's workers do it in parallel.
+    """
+
+    def __init__(self, base: Dataset, generator, num_variants: int) -> None:
+        self.base = base
+        self.generator = generator
+        self.num_variants = int(num_variants)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.base[i])
+        index = int(item["index"])
+        item["masks"] = torch.from_numpy(np.stack([self.generator(index, v) for v in range(self.num_variants)]))
+        return item
+
+
 class LatentCache:
     """A (possibly not yet built) latent cache of ``dataset`` encoded by ``autoencoder``."""
 
@@ -176,7 +197,7 @@ class LatentCache:
 
         return MaskGenerator(resolution, **self.extras["masks"])
 
-    def _encode_extras(self, batch: dict, generator, out: dict[str, list]) -> None:
+    def _encode_extras(self, batch: dict, out: dict[str, list]) -> None:
         """Semantic maps and (mask, masked-image latent) variants of one batch into ``out``."""
         if "semantic" in self.extras:
             if "semantic" not in batch:
@@ -191,7 +212,7 @@ class LatentCache:
         if "masks" in self.extras:
             images = batch["image"]
             num_variants = self.extras["mask_variants"]
-            masks = np.stack([generator.batch(batch["index"].tolist(), v) for v in range(num_variants)], axis=1)
+            masks = batch["masks"].numpy().astype(bool)  # (B, K, H, W), drawn in the loader's workers
             known = torch.from_numpy(masks).to(images.dtype)[:, :, None]  # (B, K, 1, H, W)
             # one encoder call per variant: the encoder never sees more than the image batch size
             latents = torch.stack([self.encode_batch(images * known[:, v]) for v in range(num_variants)], dim=1)
@@ -217,20 +238,21 @@ class LatentCache:
         for shard in todo:
             lo = shard * self.shard_size
             hi = min(len(self.dataset), lo + self.shard_size)
+            subset = Subset(self.dataset, range(lo, hi))
+            if "masks" in self.extras:
+                resolution = int(self.dataset[lo]["image"].shape[-2])
+                subset = _WithMasks(subset, self.mask_generator(resolution), self.extras["mask_variants"])
             loader = DataLoader(
-                Subset(self.dataset, range(lo, hi)),
+                subset,
                 batch_size=self.batch_size,
                 num_workers=self.num_workers,
                 shuffle=False,
             )
             latents, labels, attributes = [], [], []
             extra: dict[str, list] = {"semantic": [], "masks": [], "masked_latents": []}
-            generator = None
             for batch in loader:
-                if "masks" in self.extras and generator is None:
-                    generator = self.mask_generator(int(batch["image"].shape[-2]))
                 latents.append(self.encode_batch(batch["image"]).numpy())
-                self._encode_extras(batch, generator, extra)
+                self._encode_extras(batch, extra)
                 labels.append(batch["label"].numpy().astype(np.int64))
                 if "attributes" in batch:
                     attributes.append(batch["attributes"].numpy().astype(np.int64))
