@@ -14,6 +14,12 @@ from latent_flow.runtime import CONFIG_DIR
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 BACKBONES = sorted(p.stem for p in (Path(CONFIG_DIR) / "backbone").glob("*.yaml"))
 SMALL_BACKBONES = ["dit_xs2", "dit_t1", "dit_t2", "unet_t", "unet_s"]
+# experiments with their own compose-and-instantiate tests: spatial conditions need masks / maps in the
+# batch (tests/integration/test_spatial_configs.py), refiners need a base checkpoint
+# (tests/integration/test_flowturbo_cli.py)
+SPATIAL_EXPERIMENTS = {"shapes_inpaint", "shapes_semantic", "celebahq_inpaint", "celebamask_semantic"}
+REFINER_EXPERIMENTS = {e for e in EXPERIMENTS if e.endswith("_refiner")}
+GENERIC_EXPERIMENTS = sorted(set(EXPERIMENTS) - SPATIAL_EXPERIMENTS - REFINER_EXPERIMENTS)
 
 
 def _module_from_cfg(cfg, num_samples: int = 8):
@@ -65,6 +71,16 @@ PAPER_EXPERIMENTS = {
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_is_covered_by_the_right_test(experiment, compose_cfg):
+    """A new spatial or refiner experiment must not slip through the generic test's exclusions."""
+    full = compose_cfg("train", [f"+experiment={experiment}"])
+    assert (full.condition.name in ("inpaint", "semantic", "inpaint_label", "semantic_label")) == (
+        experiment in SPATIAL_EXPERIMENTS
+    )
+    assert ("refiner" in full) == (experiment in REFINER_EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", GENERIC_EXPERIMENTS)
 def test_every_experiment_composes_and_instantiates(experiment, compose_cfg):
     full = compose_cfg("train", [f"+experiment={experiment}"])
     assert full.task_name == experiment
