@@ -57,14 +57,9 @@ def generate(
     **sampler_options,
 ):
     """Sample ``num_samples`` images (noise seeded per index ``first_index + k``); returns (images, result)."""
-    if sampler == "flowturbo":  # base model + velocity refiner (latent_flow.flowturbo); result.refiner_nfe
-        from latent_flow.flowturbo import build_flowturbo_solver
+    from latent_flow.flowturbo import build_model_solver  # flowturbo: base + refiner; result.refiner_nfe
 
-        solver = build_flowturbo_solver(model, use_ema=use_ema, **sampler_options)
-    else:
-        from latent_flow.sampling.solvers import build_solver
-
-        solver = build_solver(sampler, **sampler_options)
+    solver = build_model_solver(model, sampler, use_ema=use_ema, **sampler_options)
     label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
     if label_tensor is not None and len(label_tensor) != num_samples:
         raise ValueError(f"got {len(label_tensor)} labels for num_samples={num_samples}")

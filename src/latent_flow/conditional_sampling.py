@@ -258,7 +258,7 @@ def run_conditional_sampling(cfg, model) -> dict:
 
     from latent_flow.conditioning import InpaintCondition, SemanticCondition
     from latent_flow.sample import parse_labels, sampling_settings
-    from latent_flow.sampling.solvers import build_solver
+    from latent_flow.flowturbo import build_model_solver
     from latent_flow.utils.images import make_grid_image, save_png, to_uint8
     from latent_flow.utils.io import write_json
 
@@ -293,7 +293,7 @@ def run_conditional_sampling(cfg, model) -> dict:
     label_arg = OmegaConf.to_container(cfg.label) if OmegaConf.is_config(cfg.label) else cfg.label
     labels = parse_labels(label_arg, total, model.num_classes, condition.uses_label)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
-    solver = build_solver(sampler.pop("name"), **sampler)
+    solver = build_model_solver(model, sampler.pop("name"), use_ema=bool(cfg.use_ema), **sampler)
     out_dir = Path(cfg.out_dir)
     owner = np.repeat(np.arange(num_inputs), per_input)  # input of each sample
     samples, nfe_total, batches = [], 0, 0

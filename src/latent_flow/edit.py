@@ -60,8 +60,7 @@ def run_edit(cfg: DictConfig) -> dict:
     from latent_flow.compositional.cli import guidance_options
     from latent_flow.compositional.editing import invert, regenerate, sequential_edit
     from latent_flow.compositional.guidance import GuidanceSettings
-    from latent_flow.compositional.sampling import load_classifier_for
-    from latent_flow.sampling.solvers import build_solver
+    from latent_flow.compositional.sampling import guided_solver, load_classifier_for
     from latent_flow.utils.images import make_grid_image, save_png, to_uint8
     from latent_flow.utils.io import write_json
 
@@ -80,9 +79,9 @@ def run_edit(cfg: DictConfig) -> dict:
         x_data = model.autoencoder.encode(image).float()
 
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
-    solver = build_solver(sampler.pop("name"), **sampler)
+    solver = guided_solver(sampler.pop("name"), **sampler)
     inv_cfg = OmegaConf.to_container(cfg.inversion_sampler, resolve=True) if cfg.inversion_sampler else None
-    inv_solver = build_solver(inv_cfg.pop("name"), **inv_cfg) if inv_cfg else solver
+    inv_solver = guided_solver(inv_cfg.pop("name"), **inv_cfg) if inv_cfg else solver
     opts = guidance_options(cfg)
     settings = GuidanceSettings(scale=opts["guidance_scale"], max_weight=opts["max_weight"], t_min=opts["t_min"],
                                 t_max=opts["t_max"])

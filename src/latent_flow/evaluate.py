@@ -52,18 +52,13 @@ def _load_pngs(image_dir: Path, num_samples: int) -> np.ndarray:
 
 
 def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: int) -> dict:
-    from latent_flow.sampling.solvers import build_solver
+    from latent_flow.flowturbo import build_model_solver
     from latent_flow.utils.images import save_png, to_uint8
 
     todo = [i for i in rank_indices(cfg.num_samples, rank, world_size) if not (image_dir / f"{i:06d}.png").exists()]
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
     name = sampler.pop("name")
-    if name == "flowturbo":  # base model + velocity refiner (latent_flow.flowturbo)
-        from latent_flow.flowturbo import build_flowturbo_solver
-
-        solver = build_flowturbo_solver(model, use_ema=cfg.use_ema, **sampler)
-    else:
-        solver = build_solver(name, **sampler)
+    solver = build_model_solver(model, name, use_ema=cfg.use_ema, **sampler)  # flowturbo: base + refiner
     nfe, seconds, refiner_nfe = [], 0.0, []
     from tqdm.auto import tqdm
 

@@ -117,6 +117,14 @@ def test_not_flips_the_guidance_direction(classifier):
     torch.testing.assert_close(v_pos, -1.5 * w * g)  # v - lambda w(t) grad E with v = 0
 
 
+def test_guided_sampling_refuses_flowturbo_and_builds_the_others():
+    from latent_flow.compositional.sampling import guided_solver
+
+    with pytest.raises(ValueError, match=r"refiner steps skip the base model.*euler\|heun\|midpoint\|dopri5"):
+        guided_solver("flowturbo", schedule="H1P5R3")
+    assert guided_solver("heun", steps=4).steps == 4
+
+
 def test_softcap_is_a_smooth_min():
     e = torch.tensor([0.0, 1.0, 4.0, 10.0, 100.0])
     s = softcap(e, 5.0)

@@ -260,6 +260,8 @@ def test_build_solver() -> None:
         build_solver("dopri5", steps=4)
     with pytest.raises(ValueError, match="requires.*steps"):
         build_solver("heun")
+    with pytest.raises(ValueError, match=r"flowturbo needs the trained model.*build_model_solver"):
+        build_solver("flowturbo", schedule="H1P5R3")
     with pytest.raises(ValueError):
         build_solver("euler", steps=0)
     with pytest.raises(ValueError, match="time_grid"):

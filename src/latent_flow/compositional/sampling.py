@@ -33,6 +33,7 @@ __all__ = [
     "GuidedSampleResult",
     "check_compatible",
     "generate_composed",
+    "guided_solver",
     "guided_velocity_fn",
     "load_classifier_for",
     "model_condition",
@@ -143,6 +144,19 @@ def sample_composed(
     )
 
 
+def guided_solver(name: str, **options):
+    """A solver for energy-guided sampling: every fixed-step solver and dopri5, not ``flowturbo``."""
+    if str(name).lower() == "flowturbo":
+        raise ValueError(
+            "compose= / edit guide the base model's velocity with classifier gradients at every step; "
+            "sampler=flowturbo's refiner steps skip the base model, so the guidance would not apply. "
+            "Use sampler=euler|heun|midpoint|dopri5 here."
+        )
+    from latent_flow.sampling.solvers import build_solver
+
+    return build_solver(name, **options)
+
+
 def generate_composed(
     model,
     classifier: LatentAttributeClassifier,
@@ -163,9 +177,7 @@ def generate_composed(
     **sampler_options,
 ) -> tuple[Tensor, GuidedSampleResult]:
     """Like :func:`latent_flow.api.generate`, guided by ``expression``; returns ``(images in [-1, 1], result)``."""
-    from latent_flow.sampling.solvers import build_solver
-
-    solver = build_solver(sampler, **sampler_options)
+    solver = guided_solver(sampler, **sampler_options)
     energy = ComposedEnergy(expression, classifier, not_cap=not_cap)
     label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
     if label_tensor is not None and len(label_tensor) != num_samples:

@@ -351,6 +351,12 @@ def build_solver(name: str, **options: Any) -> Solver:
             lists the valid ones), missing required option, or invalid value.
     """
     key = str(name).lower()
+    if key == "flowturbo":
+        raise ValueError(
+            "sampler=flowturbo needs the trained model and its velocity refiner, not a velocity function: "
+            "build it with latent_flow.flowturbo.build_model_solver(model, 'flowturbo', refiner_ckpt_path=...) "
+            "(python -m latent_flow.sample / evaluate do); here use one of " + str(sorted(SOLVERS))
+        )
     if key not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; valid names: {sorted(SOLVERS)}")
     cls = SOLVERS[key]
