@@ -141,6 +141,22 @@ def test_semantic_encoder_trains_with_the_backbone():
     assert not torch.allclose(module.velocity(x, t, cond, use_ema=True), module.velocity(x, t, cond, use_ema=False))
 
 
+def test_ddp_parameter_checksum_covers_the_map_encoder_and_its_ema():
+    module = LatentFlowModule(
+        backbone={"name": "UNet-T"}, condition={"name": "semantic", "resolution": 32, "num_semantic_classes": 6},
+        path={"scheduler": {"name": "condot"}}, optim={"lr": 1e-2}, ema={"decay": 0.9, "warmup": False},
+        latent_shape=LATENT,
+    )
+    before = module.parameter_checksum()
+    with torch.no_grad():  # a rank whose map encoder drifted must be caught, not only a drifted backbone
+        next(module.condition.parameters()).add_(0.5)
+    after = module.parameter_checksum()
+    assert after[0] != before[0] and after[1] == before[1]
+    with torch.no_grad():
+        next(module.condition_ema.module.parameters()).add_(0.5)
+    assert module.parameter_checksum()[1] != before[1]
+
+
 def test_parameter_free_conditions_have_no_ema_copy():
     module = LatentFlowModule(
         backbone={"name": "UNet-T"}, condition={"name": "inpaint", "resolution": 32},

@@ -374,7 +374,11 @@ class LatentFlowModule(L.LightningModule):
                 self._first_noise_checksum = float(torch.randn_like(x).double().sum().item())
 
     def parameter_checksum(self) -> Tensor:
-        """``[backbone, ema]`` float64 checksums (sum and sum of squares of all parameters)."""
+        """``[trained, ema]`` float64 checksums (sum and sum of squares of all parameters).
+
+        ``trained``: the backbone and the condition's trainable parameters (e.g. the semantic map
+        encoder); ``ema``: their EMA copies.
+        """
         def _sum(module: torch.nn.Module | None) -> float:
             if module is None:
                 return 0.0
@@ -384,8 +388,12 @@ class LatentFlowModule(L.LightningModule):
                 total += d.sum() + d.square().sum()
             return float(total)
 
+        def _ema(ema: EMA | None) -> torch.nn.Module | None:
+            return ema.module if ema is not None else None
+
         return torch.tensor(
-            [_sum(self.backbone), _sum(self.ema.module if self.ema is not None else None)], dtype=torch.float64
+            [_sum(self.backbone) + _sum(self.condition), _sum(_ema(self.ema)) + _sum(_ema(self.condition_ema))],
+            dtype=torch.float64,
         )
 
     def on_train_end(self) -> None:
