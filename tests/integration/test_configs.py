@@ -78,6 +78,8 @@ def test_experiment_is_covered_by_the_right_test(experiment, compose_cfg):
         experiment in SPATIAL_EXPERIMENTS
     )
     assert ("refiner" in full) == (experiment in REFINER_EXPERIMENTS)
+    if full.condition.name == "none":  # the training grids cannot guide an unconditional model
+        assert full.samples.cfg_scale == 1.0
 
 
 @pytest.mark.parametrize("experiment", GENERIC_EXPERIMENTS)

@@ -70,3 +70,15 @@ def test_label_condition_null_and_inputs():
         build_condition("label", num_classes=0)
     with pytest.raises(ValueError, match="unknown condition 'mask'"):
         build_condition("mask")
+
+
+def test_guided_training_callbacks_refuse_an_unconditional_model_before_training():
+    from types import SimpleNamespace
+
+    from latent_flow.training.callbacks import check_guidance
+
+    uncond = SimpleNamespace(condition=NoCondition())
+    with pytest.raises(ValueError, match=r"sample grids: cfg_scale=2.0 .*condition=none.*samples.cfg_scale=1.0"):
+        check_guidance(uncond, 2.0, "sample grids")
+    check_guidance(uncond, 1.0, "sample grids")  # no guidance: fine
+    check_guidance(SimpleNamespace(condition=LabelCondition(num_classes=5)), 2.0, "sample grids")

@@ -15,9 +15,19 @@ from latent_flow.sampling.solvers import build_solver
 from latent_flow.utils.images import make_grid_image, save_png
 from latent_flow.utils.io import write_json
 
-__all__ = ["SampleGridCallback", "MetricsJSONCallback", "SampleMetricsCallback", "grid_labels"]
+__all__ = ["MetricsJSONCallback", "SampleGridCallback", "SampleMetricsCallback", "check_guidance", "grid_labels"]
 
 log = logging.getLogger(__name__)
+
+
+def check_guidance(pl_module, cfg_scale: float, callback: str) -> None:
+    """Fail before training when a callback would guide an unconditional model (it can't)."""
+    cond = getattr(pl_module, "condition", None)
+    if cfg_scale != 1.0 and cond is not None and not (cond.uses_label or cond.spatial_channels):
+        raise ValueError(
+            f"{callback}: cfg_scale={cfg_scale} (samples.cfg_scale) needs a conditional model, but this run "
+            "trains condition=none; set samples.cfg_scale=1.0"
+        )
 
 
 def grid_labels(num_classes: int, per_class: int, max_rows: int) -> torch.Tensor | None:
@@ -83,6 +93,9 @@ class SampleGridCallback(L.Callback):
                 logger.log_image(key="samples/ema_grid", images=[str(path)], step=step)
         log.info("sample grid (NFE %d) -> %s", nfe, path)
         return path
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        check_guidance(pl_module, self.cfg_scale, "sample grids")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
@@ -220,6 +233,7 @@ class SampleMetricsCallback(L.Callback):
     # ------------------------------------------------------------------ references
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         # fail before training, not hours into it: missing weights, a bad reference file
+        check_guidance(pl_module, self.cfg_scale, "sample metrics")
         if self.feature_metrics and trainer.is_global_zero:
             self._feature_reference(trainer, pl_module)
 
