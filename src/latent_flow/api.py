@@ -54,9 +54,15 @@ def generate(
     seed: int = 0,
     first_index: int = 0,
     use_ema: bool = True,
+    spatial_cond: dict[str, Tensor] | None = None,
     **sampler_options,
 ):
-    """Sample ``num_samples`` images (noise seeded per index ``first_index + k``); returns (images, result)."""
+    """Sample ``num_samples`` images (noise seeded per index ``first_index + k``); returns (images, result).
+
+    Inpainting / semantic models take ``spatial_cond`` (batch ``num_samples``), built by
+    :func:`latent_flow.conditional_sampling.spatial_condition` from images + masks or maps; the
+    known region of an inpainting is pasted back by ``conditional_sampling.paste_known``.
+    """
     from latent_flow.flowturbo import build_model_solver  # flowturbo: base + refiner; result.refiner_nfe
 
     solver = build_model_solver(model, sampler, use_ema=use_ema, **sampler_options)
@@ -76,5 +82,6 @@ def generate(
         cfg_scale=cfg_scale,
         seed=seed,
         use_ema=use_ema,
+        spatial_cond=spatial_cond,
     )
     return model.decode(result.x), result
