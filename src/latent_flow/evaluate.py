@@ -51,6 +51,45 @@ def _load_pngs(image_dir: Path, num_samples: int) -> np.ndarray:
     return np.stack([np.asarray(Image.open(image_dir / f"{i:06d}.png").convert("RGB")) for i in range(num_samples)])
 
 
+def _data_info(cfg: DictConfig, model) -> dict:
+    """The training data's name / resolution, from the checkpoint (or the run's config.yaml)."""
+    data = model.hparams.get("data") or {}
+    run_config = Path(cfg.ckpt_path).resolve().parent.parent / "config.yaml"
+    if not data and run_config.exists():  # checkpoints written before the data was recorded in them
+        data = dict(OmegaConf.load(run_config).get("data", {}))
+    return data
+
+
+def _spatial_inputs(cfg: DictConfig, model, indices: list[int]) -> dict[str, np.ndarray] | None:
+    """What an inpainting / semantic model is asked for sample ``i``: held-out shapes render ``i``.
+
+    Renders of ``evaluation.condition_seed`` (never trained on): their semantic maps
+    (``semantic``), or the image with mask ``i`` of the model's training mask generator
+    (``inpaint``; variant ``evaluation.mask_variant``). ``None`` for models without spatial condition.
+    """
+    from latent_flow.conditioning import InpaintCondition
+
+    condition = model.condition
+    if not condition.spatial_channels:
+        return None
+    if _data_info(cfg, model).get("name") != "shapes":
+        raise ValueError(
+            "evaluate draws the conditions of inpainting / semantic models from held-out `shapes` renders; "
+            "for a model of other data sample its inputs with python -m latent_flow.sample inputs=... masks=... "
+            "(or semantic=...) and score the written images"
+        )
+    from latent_flow.data import ShapesDataset
+
+    data = ShapesDataset(num_samples=cfg.num_samples, resolution=int(condition.resolution),
+                         seed=int(cfg.evaluation.condition_seed))
+    renders = [data.render(i) for i in indices]
+    out = {"images": np.stack([r[0] for r in renders]), "maps": np.stack([r[2] for r in renders])}
+    if isinstance(condition, InpaintCondition):
+        gen = condition.mask_generator()
+        out["masks"] = np.stack([gen(i, int(cfg.evaluation.mask_variant)) for i in indices])
+    return out
+
+
 def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: int) -> dict:
     from latent_flow.flowturbo import build_model_solver
     from latent_flow.utils.images import save_png, to_uint8
@@ -65,12 +104,23 @@ def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: in
     bar = tqdm(total=len(todo), desc=f"[rank {rank}/{world_size}] sampling", unit="img", disable=not todo)
     for lo in range(0, len(todo), cfg.batch_size):
         batch = todo[lo : lo + cfg.batch_size]
+        inputs = _spatial_inputs(cfg, model, batch)
         start = time.perf_counter()
+        spatial_cond = None
+        if inputs is not None:  # inpainting / semantic: the condition of each index
+            from latent_flow.conditional_sampling import spatial_condition
+
+            spatial_cond = (spatial_condition(model, images_u8=inputs["images"], masks=inputs["masks"])
+                            if "masks" in inputs else spatial_condition(model, semantic=inputs["maps"]))
         result = model.sample_latents(
             solver, indices=batch, labels=_labels_for(batch, model), cfg_scale=cfg.cfg_scale, seed=cfg.seed,
-            use_ema=cfg.use_ema,
+            use_ema=cfg.use_ema, spatial_cond=spatial_cond,
         )
         images = to_uint8(model.decode(result.x))
+        if inputs is not None and "masks" in inputs:  # the known region is the input's, bit for bit
+            from latent_flow.conditional_sampling import paste_known
+
+            images = paste_known(images, inputs["images"], inputs["masks"])
         seconds += time.perf_counter() - start
         nfe.append(result.nfe)
         refiner_nfe.append(getattr(result, "refiner_nfe", 0))
@@ -107,15 +157,15 @@ def _wait_for_all(image_dir: Path, num_samples: int, timeout: float) -> None:
 
 def _metrics(cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None) -> dict:
     requested = list(cfg.metrics) if cfg.metrics != "auto" else None
-    data = model.hparams.get("data") or {}
-    run_config = Path(cfg.ckpt_path).resolve().parent.parent / "config.yaml"
-    if not data and run_config.exists():  # checkpoints written before the data was recorded in them
-        data = dict(OmegaConf.load(run_config).get("data", {}))
+    data = _data_info(cfg, model)
+    spatial = _spatial_inputs(cfg, model, list(range(len(arr))))
     if requested is None:
         requested = ["fd_shapes", "label_accuracy"] if data.get("name") == "shapes" else ["fid", "kid", "precision_recall", "is"]
+        if spatial is not None:
+            requested.append("miou")
     images = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     out: dict = {}
-    shapes_metrics = {"fd_shapes", "label_accuracy"} & set(requested)
+    shapes_metrics = {"fd_shapes", "label_accuracy", "miou"} & set(requested)
     if shapes_metrics:
         from latent_flow.evaluation.oracle import fd_shapes, fd_shapes_floor, load_or_train_oracle, oracle_metrics_on_samples, real_images
 
@@ -127,13 +177,25 @@ def _metrics(cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None)
             out["fd_shapes_floor"] = fd_shapes_floor(oracle, n=len(arr), resolution=resolution)
         if "label_accuracy" in requested and labels is not None:
             out["label_accuracy"] = oracle_metrics_on_samples(oracle, images, labels=torch.from_numpy(labels))["label_accuracy"]
+        if "miou" in requested:
+            if spatial is None:
+                raise ValueError("metrics: miou needs an inpainting / semantic model (the requested maps)")
+            # semantic: against the requested maps; inpainting: against the maps of the original renders
+            seg = oracle_metrics_on_samples(oracle, images, semantic=torch.from_numpy(spatial["maps"]))
+            out["miou"], out["miou_per_class"] = seg["miou"], seg["miou_per_class"]
+        if spatial is not None and "masks" in spatial:
+            known = spatial["masks"]
+            out["known_region_bit_exact"] = bool(np.array_equal(arr[known], spatial["images"][known]))
+            out["hole_ratio"] = float(1.0 - known.mean())
         out["oracle_held_out"] = getattr(oracle, "metrics", None)
     inception = [m for m in requested if m in {"fid", "kid", "precision_recall", "is"}]
     if inception:
         out.update(_feature_metrics(cfg, arr, tuple(inception)))
-    unknown = set(requested) - {"fd_shapes", "label_accuracy", "fid", "kid", "precision_recall", "is"}
+    unknown = set(requested) - {"fd_shapes", "label_accuracy", "miou", "fid", "kid", "precision_recall", "is"}
     if unknown:
-        raise ValueError(f"unknown metrics {sorted(unknown)}; valid: fd_shapes, label_accuracy, fid, kid, precision_recall, is")
+        raise ValueError(
+            f"unknown metrics {sorted(unknown)}; valid: fd_shapes, label_accuracy, miou, fid, kid, precision_recall, is"
+        )
     return out
 
 
