@@ -92,6 +92,7 @@ def measure(experiment: str, args, compile_backbone: bool) -> dict:
     configure_torch(cfg)
     size = args.latent_size or cfg.data.resolution // 8
     shape = (4, size, size)
+    # label-conditional paper configs are ImageNet's (1000 classes); the count only sizes the label embedding
     num_classes = 1000 if cfg.condition.get("use_label", cfg.condition.name == "label") else 0
     torch.manual_seed(0)
     model = LatentFlowModule(

@@ -60,12 +60,13 @@ def _data_info(cfg: DictConfig, model) -> dict:
     return data
 
 
-def _spatial_inputs(cfg: DictConfig, model, indices: list[int]) -> dict[str, np.ndarray] | None:
+def _spatial_inputs(cfg: DictConfig, model):
     """What an inpainting / semantic model is asked for sample ``i``: held-out shapes render ``i``.
 
-    Renders of ``evaluation.condition_seed`` (never trained on): their semantic maps
-    (``semantic``), or the image with mask ``i`` of the model's training mask generator
-    (``inpaint``; variant ``evaluation.mask_variant``). ``None`` for models without spatial condition.
+    Returns ``inputs(indices) -> {"images", "maps"[, "masks"]}`` (``None`` for models without
+    spatial condition): renders of ``evaluation.condition_seed`` (never trained on), their
+    semantic maps, and for inpainting mask ``i`` of the model's training mask generator (variant
+    ``evaluation.mask_variant``).
     """
     from latent_flow.conditioning import InpaintCondition
 
@@ -82,12 +83,17 @@ def _spatial_inputs(cfg: DictConfig, model, indices: list[int]) -> dict[str, np.
 
     data = ShapesDataset(num_samples=cfg.num_samples, resolution=int(condition.resolution),
                          seed=int(cfg.evaluation.condition_seed))
-    renders = [data.render(i) for i in indices]
-    out = {"images": np.stack([r[0] for r in renders]), "maps": np.stack([r[2] for r in renders])}
-    if isinstance(condition, InpaintCondition):
-        gen = condition.mask_generator()
-        out["masks"] = np.stack([gen(i, int(cfg.evaluation.mask_variant)) for i in indices])
-    return out
+    masks = condition.mask_generator() if isinstance(condition, InpaintCondition) else None
+    variant = int(cfg.evaluation.mask_variant)
+
+    def inputs(indices: list[int]) -> dict[str, np.ndarray]:
+        renders = [data.render(i) for i in indices]
+        out = {"images": np.stack([r[0] for r in renders]), "maps": np.stack([r[2] for r in renders])}
+        if masks is not None:
+            out["masks"] = np.stack([masks(i, variant) for i in indices])
+        return out
+
+    return inputs
 
 
 def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: int) -> dict:
@@ -98,20 +104,22 @@ def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: in
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
     name = sampler.pop("name")
     solver = build_model_solver(model, name, use_ema=cfg.use_ema, **sampler)  # flowturbo: base + refiner
+    spatial_inputs = _spatial_inputs(cfg, model)
     nfe, seconds, refiner_nfe = [], 0.0, []
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc=f"[rank {rank}/{world_size}] sampling", unit="img", disable=not todo)
     for lo in range(0, len(todo), cfg.batch_size):
         batch = todo[lo : lo + cfg.batch_size]
-        inputs = _spatial_inputs(cfg, model, batch)
+        inputs = spatial_inputs(batch) if spatial_inputs is not None else None
         start = time.perf_counter()
         spatial_cond = None
         if inputs is not None:  # inpainting / semantic: the condition of each index
             from latent_flow.conditional_sampling import spatial_condition
 
-            spatial_cond = (spatial_condition(model, images_u8=inputs["images"], masks=inputs["masks"])
-                            if "masks" in inputs else spatial_condition(model, semantic=inputs["maps"]))
+            spatial_cond = spatial_condition(
+                model, images_u8=inputs["images"], masks=inputs.get("masks"), semantic=inputs["maps"]
+            )
         result = model.sample_latents(
             solver, indices=batch, labels=_labels_for(batch, model), cfg_scale=cfg.cfg_scale, seed=cfg.seed,
             use_ema=cfg.use_ema, spatial_cond=spatial_cond,
@@ -158,7 +166,8 @@ def _wait_for_all(image_dir: Path, num_samples: int, timeout: float) -> None:
 def _metrics(cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None) -> dict:
     requested = list(cfg.metrics) if cfg.metrics != "auto" else None
     data = _data_info(cfg, model)
-    spatial = _spatial_inputs(cfg, model, list(range(len(arr))))
+    spatial_inputs = _spatial_inputs(cfg, model)
+    spatial = spatial_inputs(list(range(len(arr)))) if spatial_inputs is not None else None
     if requested is None:
         requested = ["fd_shapes", "label_accuracy"] if data.get("name") == "shapes" else ["fid", "kid", "precision_recall", "is"]
         if spatial is not None:

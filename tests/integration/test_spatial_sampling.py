@@ -250,13 +250,14 @@ def test_evaluate_semantic_model_reports_miou_against_the_requested_maps(
     m = run_evaluation(cfg)["metrics"]
     assert {"fd_shapes", "label_accuracy", "miou", "miou_per_class"} <= set(m) and "known_region_bit_exact" not in m
     assert 0 <= m["miou"] <= 1
+
+    from latent_flow.evaluate import _metrics
+
+    class Plain:  # a model without spatial condition
+        condition = type("C", (), {"spatial_channels": 0})()
+        hparams = {"data": {"name": "shapes"}}
+
     with pytest.raises(ValueError, match="miou needs an inpainting / semantic model"):
-        from latent_flow.evaluate import _metrics
-
-        class Plain:  # a model without spatial condition
-            condition = type("C", (), {"spatial_channels": 0})()
-            hparams = {"data": {"name": "shapes"}}
-
         _metrics(compose_cfg("evaluate", [f"ckpt_path={semantic_ckpt}", "metrics=[miou]"]), Plain(),
                  np.zeros((2, RES, RES, 3), np.uint8), None)
 
@@ -269,4 +270,4 @@ def test_evaluate_spatial_model_of_other_data_says_how_to_score_it(semantic_ckpt
     model.hparams["data"] = {"name": "celebamask256", "resolution": 256}
     cfg = compose_cfg("evaluate", [f"ckpt_path={semantic_ckpt}"])
     with pytest.raises(ValueError, match="held-out `shapes` renders.*latent_flow.sample"):
-        _spatial_inputs(cfg, model, [0, 1])
+        _spatial_inputs(cfg, model)
