@@ -60,3 +60,18 @@ TINY_TRAIN = [
     "callbacks.progress_bar.refresh_rate=0",
     "optim.warmup_steps=2",
 ]
+
+
+def real_images(n: int, resolution: int, seed: int) -> torch.Tensor:
+    """Shapes renders and perturbed copies (blur, noise, colour shift): real, varied inputs in [0, 1]."""
+    from latent_flow.data import ShapesDataset
+    from torch import nn
+
+    data = ShapesDataset(num_samples=n, resolution=resolution, seed=seed)
+    images = torch.stack([data[i]["image"] for i in range(n)]) * 0.5 + 0.5
+    gen = torch.Generator().manual_seed(seed)
+    third = n // 3
+    images[:third] = nn.functional.avg_pool2d(images[:third], 3, stride=1, padding=1, count_include_pad=False)
+    images[third : 2 * third] += 0.08 * torch.randn(images[third : 2 * third].shape, generator=gen)
+    images[2 * third :] *= torch.tensor([1.0, 0.8, 0.6])[:, None, None]
+    return images.clamp(0, 1)

@@ -28,8 +28,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from latent_flow.runtime import CONFIG_DIR
+from latent_flow.utils.io import write_json
 
-__all__ = ["rank_indices", "run_evaluation", "main"]
+__all__ = ["file_sha256", "load_image_folder", "rank_indices", "run_evaluation", "sampling_recipe", "score_images", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -239,23 +240,129 @@ def _feature_metrics(cfg: DictConfig, arr: np.ndarray, metrics: tuple[str, ...])
                     "need the reference features (recompute with latent_flow.reference_stats) or metrics=[fid]"
                 )
             out["fid"] = frechet_distance(ref["mu"], ref["sigma"], *gaussian_stats(fake_f))
+            out["num_samples"], out["num_reference"] = len(fake_f), ref["info"].get("num_images")
             return out
         real_f = ref["features"]
-        out["reference"] = {k: ref["info"].get(k) for k in ("data", "split", "num_images")}
+        info = ref["info"]
+        out["reference"] = {k: info.get(k) for k in ("data", "split", "num_images")}
+        out["reference_name"] = " ".join(str(info[k]) for k in ("data", "split") if info.get(k))
     else:
         real_f, _ = compute_features(extractor, np.load(ev.reference_npz)["arr_0"], device=device)
+        out["reference_name"] = Path(ev.reference_npz).name
+    out["num_samples"], out["num_reference"] = len(fake_f), len(real_f)
     out.update(image_metrics(real_f, fake_f, fake_logits=fake_logits, metrics=metrics))
     return out
+
+
+RECIPE_FILE = "recipe.json"
+DEFAULT_NUM_SAMPLES = {"shapes": 1000}  # shapes: what its FD floor needs; every other dataset: FID-50k
+PAPER_NUM_SAMPLES = 50000
+
+
+def _resolve_num_samples(cfg: DictConfig, model) -> None:
+    """``num_samples=auto``: 50k (the field's FID-50k) except where a dataset states its own count."""
+    from omegaconf import open_dict
+
+    if str(cfg.num_samples) == "auto":
+        with open_dict(cfg):
+            cfg.num_samples = DEFAULT_NUM_SAMPLES.get(_data_info(cfg, model).get("name"), PAPER_NUM_SAMPLES)
+    if int(cfg.num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1 (or auto), got {cfg.num_samples}")
+
+
+def file_sha256(path: str | Path, *, length: int = 16) -> str:
+    """First ``length`` hex digits of the file's SHA-256 (the checkpoint's identity in metrics.json)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def sampling_recipe(cfg: DictConfig) -> dict:
+    """Everything that determines the samples in ``out_dir`` (a resumed run must match it)."""
+    from latent_flow.sample import sampling_settings
+
+    recipe = {**sampling_settings(cfg), "checkpoint_sha256": file_sha256(cfg.ckpt_path), "precision": "float32"}
+    for key in ("condition_seed", "mask_variant"):
+        recipe[key] = cfg.evaluation.get(key)
+    return recipe
+
+
+def _check_resume(out_dir: Path, recipe: dict, overwrite: bool) -> None:
+    """Refuse to mix samples of two recipes in one folder; ``overwrite=true`` starts over.
+
+    The checkpoint's hash (not its path) and the sampling settings must match; ``num_samples``
+    may grow (sample ``i`` depends only on ``(seed, i)``)."""
+    import shutil
+
+    path = out_dir / RECIPE_FILE
+    image_dir = out_dir / "images"
+    if path.exists() and not overwrite:
+        old = json.loads(path.read_text())
+        differ = sorted(k for k in set(old) | set(recipe) if k not in ("ckpt_path", "num_samples") and old.get(k) != recipe.get(k))
+        if differ:
+            details = "; ".join(f"{k}: {old.get(k)!r} there, {recipe.get(k)!r} now" for k in differ)
+            raise ValueError(
+                f"{out_dir} holds samples of another setting ({details}). Use another out_dir, or overwrite=true "
+                "to delete them and start over"
+            )
+    elif overwrite and image_dir.exists():
+        shutil.rmtree(image_dir)
+        for stale in list(out_dir.glob("timing_rank*.json")) + [out_dir / "metrics.json", out_dir / "samples.npz"]:
+            stale.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(path, recipe)
+
+
+def load_image_folder(folder: str | Path) -> np.ndarray:
+    """Every image file of ``folder`` (sorted by name) as uint8 NHWC RGB; all must share one size."""
+    from PIL import Image
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"))
+    if not files:
+        raise FileNotFoundError(f"images_dir={folder} holds no .png / .jpg / .jpeg / .bmp / .webp files")
+    arrays = []
+    for f in files:
+        arr = np.asarray(Image.open(f).convert("RGB"))
+        if arrays and arr.shape != arrays[0].shape:
+            raise ValueError(f"{f} is {arr.shape[1]}x{arr.shape[0]} but {files[0]} is "
+                             f"{arrays[0].shape[1]}x{arrays[0].shape[0]}: images_dir must hold one image size")
+        arrays.append(arr)
+    return np.stack(arrays)
+
+
+def score_images(cfg: DictConfig) -> dict:
+    """``images_dir=``: FID & co of an existing folder of images (no checkpoint, no sampling)."""
+    if cfg.metrics == "auto":
+        requested = ("fid", "kid", "precision_recall", "is")
+    else:
+        requested = tuple(cfg.metrics)
+    bad = set(requested) - {"fid", "kid", "precision_recall", "is"}
+    if bad:
+        raise ValueError(f"images_dir= scores feature metrics only (fid, kid, precision_recall, is), not {sorted(bad)}")
+    arr = load_image_folder(cfg.images_dir)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"images_dir": str(cfg.images_dir), "num_samples": len(arr), "metrics": _feature_metrics(cfg, arr, requested)}
+    write_json(out_dir / "metrics.json", summary)
+    print(json.dumps(summary["metrics"], indent=2, default=str))
+    return summary
 
 
 def run_evaluation(cfg: DictConfig) -> dict | None:
     from latent_flow.api import load_model
     from latent_flow.encode import distributed_rank
-    from latent_flow.sample import sampling_settings
-    from latent_flow.utils.io import write_json
 
-    if cfg.num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {cfg.num_samples}")
+    if cfg.get("images_dir"):
+        if cfg.get("ckpt_path"):
+            raise ValueError("give ckpt_path= (sample and score a model) or images_dir= (score a folder), not both")
+        return score_images(cfg)
+    if not cfg.get("ckpt_path"):
+        raise ValueError("evaluate needs ckpt_path=<flow checkpoint> (or images_dir=<folder of images> to score)")
     rank, world_size = distributed_rank()
     device = cfg.device
     if device == "auto" and torch.cuda.is_available():
@@ -263,8 +370,12 @@ def run_evaluation(cfg: DictConfig) -> dict | None:
 
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
     model = load_model(cfg.ckpt_path, device=device)
+    _resolve_num_samples(cfg, model)
     out_dir = Path(cfg.out_dir)
     image_dir = out_dir / "images"
+    recipe = sampling_recipe(cfg)
+    if rank == 0:
+        _check_resume(out_dir, recipe, bool(cfg.get("overwrite", False)))
     gen = _generate(cfg, model, image_dir, rank, world_size)
     timing_path = out_dir / f"timing_rank{rank}.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"images": 0, "seconds": 0.0, "nfe": []}
@@ -286,13 +397,19 @@ def run_evaluation(cfg: DictConfig) -> dict | None:
     seconds = sum(t["seconds"] for t in timings)
     nfes = sorted({n for t in timings for n in t["nfe"]})
     summary = {
-        **sampling_settings(cfg),
+        **recipe,
         "nfe_per_sample": nfes[0] if len(nfes) == 1 else nfes,
         **_flowturbo_nfe(cfg, nfes, timings),
         "ms_per_image": round(1000 * seconds / images_timed, 3) if images_timed else None,
         "world_size": world_size,
         "metrics": _metrics(cfg, model, arr, labels),
     }
+    if "num_reference" in summary["metrics"]:  # FID-N: each score with both counts
+        from latent_flow.evaluation.metrics import metric_names
+
+        m = summary["metrics"]
+        summary["reported"] = metric_names(m, num_samples=len(arr), num_reference=m["num_reference"],
+                                           reference=m.get("reference_name"))
     write_json(out_dir / "metrics.json", summary)
     print(json.dumps(summary["metrics"], indent=2, default=str))
     return summary

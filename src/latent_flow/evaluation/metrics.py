@@ -10,87 +10,59 @@ One feature extractor embeds both image sets; the metrics are computed from the 
   recall = share of real features inside the generated manifold;
 * Inception Score: ``exp(E_x KL(p(y|x) || p(y)))`` from the extractor's class logits, when it has them.
 
-The default extractor is the standard FID Inception-v3 (torch-fidelity's weights, the ones
-pytorch-fid and the ADM evaluator reproduce), loaded through torchmetrics from a local file:
-nothing is downloaded at run time. ``feature_extractor=`` takes any ``nn.Module`` mapping
+The default extractor is the standard FID Inception-v3 (``evaluation.inception``: the TF
+2015-12-05 network bundled in ``latent-flow[fid]``, torch-fidelity's preprocessing): nothing is
+downloaded at run time. ``feature_extractor=`` takes any ``nn.Module`` mapping
 images in [0, 1] to ``(B, D)`` features instead (e.g. the shapes oracle's trunk).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from latent_flow.evaluation.frechet import frechet_distance, gaussian_stats
+from latent_flow.evaluation.inception import INCEPTION_WEIGHTS_FILE, InceptionFeatures, InceptionWeightsMissingError
 
 __all__ = [
     "INCEPTION_WEIGHTS_FILE",
-    "INCEPTION_WEIGHTS_URL",
-    "InceptionWeightsMissingError",
-    "resolve_inception_weights",
     "InceptionFeatures",
+    "InceptionWeightsMissingError",
+    "IS_UNAVAILABLE",
     "compute_features",
+    "count_label",
+    "metric_names",
     "kid",
+    "knn_radii",
     "precision_recall",
     "inception_score",
     "image_metrics",
 ]
 
-INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS_FILE}"
+IS_UNAVAILABLE = (
+    "the feature extractor has no 1008-way classifier head (the bundled FID network ends at the last pool); "
+    f"pass evaluation.inception_weights=/path/to/{INCEPTION_WEIGHTS_FILE} (torch-fidelity) or NVlabs' "
+    "inception-2015-12-05.pt for the Inception Score"
+)
 
 
-class InceptionWeightsMissingError(FileNotFoundError):
-    """The FID Inception weights are not on this machine."""
+def count_label(n: int) -> str:
+    """``50000 -> '50k'``, ``1500 -> '1.5k'``, ``456 -> '456'`` (as FID-N is written)."""
+    if n >= 1000 and n % 100 == 0:
+        return f"{n / 1000:g}k"
+    return str(n)
 
 
-def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
-    """The local FID Inception weights: ``path`` if given, else torch hub's checkpoint folder.
-
-    Raises :class:`InceptionWeightsMissingError` naming the file to download and the option.
-    """
-    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
-    if path is not None:
-        if Path(path).is_file():
-            return Path(path)
-        where = f"evaluation.inception_weights={path} does not exist"
-    elif hub_file.is_file():
-        return hub_file
-    else:
-        where = f"no FID Inception weights at {hub_file}"
-    raise InceptionWeightsMissingError(
-        f"{where}. Download {INCEPTION_WEIGHTS_FILE} from {INCEPTION_WEIGHTS_URL} and either put it at "
-        f"{hub_file} or pass evaluation.inception_weights=/path/to/{INCEPTION_WEIGHTS_FILE}; offline, "
-        "metrics=[fd_shapes] uses the shapes oracle instead"
-    )
-
-
-class InceptionFeatures(nn.Module):
-    """FID Inception-v3 (2048-d pool features + 1008 unbiased logits) from a local weights file."""
-
-    def __init__(self, weights_path: str | os.PathLike | None = None) -> None:
-        super().__init__()
-        from torchmetrics.image.fid import NoTrainInceptionV3
-
-        path = resolve_inception_weights(weights_path)
-        self.net = NoTrainInceptionV3(
-            name="inception-v3-compat",
-            features_list=["2048", "logits_unbiased"],
-            feature_extractor_weights_path=str(path),
-        )
-        self.num_features = 2048
-
-    @torch.no_grad()
-    def forward(self, images01: Tensor) -> tuple[Tensor, Tensor]:
-        """Images in [0, 1] -> (pool features (B, 2048), logits (B, 1008))."""
-        uint8 = (images01.clamp(0, 1) * 255).round().to(torch.uint8)
-        features, logits = self.net(uint8)
-        return features.double(), logits.double()
+def metric_names(metrics: dict, *, num_samples: int, num_reference: int | None, reference: str | None) -> dict:
+    """Each score named with its counts, e.g. ``{"fid@10k vs 50k train": 2.3}`` (FID-N is biased
+    upwards at small N: a figure means nothing without both counts)."""
+    ref = "" if num_reference is None else f" vs {count_label(num_reference)}" + (f" {reference}" if reference else "")
+    base = {"fid": "fid", "kid_mean": "kid", "precision": "precision", "recall": "recall", "is_mean": "is"}
+    return {f"{name}@{count_label(num_samples)}{'' if name == 'is' else ref}": metrics[key]
+            for key, name in base.items() if key in metrics}
 
 
 def compute_features(
@@ -143,19 +115,39 @@ def kid(real: Tensor, fake: Tensor, *, subsets: int = 100, subset_size: int = 10
     return float(arr.mean()), float(arr.std())
 
 
-def _knn_radii(features: Tensor, k: int) -> Tensor:
-    dist = torch.cdist(features, features)
-    return dist.kthvalue(k + 1, dim=1).values  # +1: the point itself is at distance 0
+def _row_batches(n: int, batch_size: int):
+    for lo in range(0, n, batch_size):
+        yield lo, min(lo + batch_size, n)
 
 
-def precision_recall(real: Tensor, fake: Tensor, *, k: int = 3) -> tuple[float, float]:
-    """Improved precision and recall (Kynkaanniemi et al., 2019) with k-NN manifolds."""
+def knn_radii(features: Tensor, k: int, *, batch_size: int = 1000) -> Tensor:
+    """Distance of each feature to its k-th nearest other feature, ``batch_size`` rows at a time
+    (memory O(N x batch_size), never the N x N matrix)."""
+    features = features.double()
+    radii = torch.empty(len(features), dtype=torch.float64)
+    for lo, hi in _row_batches(len(features), batch_size):
+        dist = torch.cdist(features[lo:hi], features)
+        radii[lo:hi] = dist.kthvalue(k + 1, dim=1).values  # +1: the point itself is at distance 0
+    return radii
+
+
+def _inside_manifold(queries: Tensor, support: Tensor, radii: Tensor, batch_size: int) -> Tensor:
+    """For each query: is it within radius of some support point (the union of k-NN balls)?"""
+    inside = torch.empty(len(queries), dtype=torch.bool)
+    for lo, hi in _row_batches(len(queries), batch_size):
+        inside[lo:hi] = (torch.cdist(queries[lo:hi], support) <= radii[None, :]).any(dim=1)
+    return inside
+
+
+def precision_recall(real: Tensor, fake: Tensor, *, k: int = 3, batch_size: int = 1000) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al., 2019) with k-NN manifolds, in float64,
+    batched: peak memory grows like N x ``batch_size`` (50k vs 50k fits in a few GB)."""
     real, fake = real.double(), fake.double()
     if min(len(real), len(fake)) <= k:
         raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set")
-    real_r, fake_r = _knn_radii(real, k), _knn_radii(fake, k)
-    precision = (torch.cdist(fake, real) <= real_r[None, :]).any(dim=1).double().mean()
-    recall = (torch.cdist(real, fake) <= fake_r[None, :]).any(dim=1).double().mean()
+    real_r, fake_r = knn_radii(real, k, batch_size=batch_size), knn_radii(fake, k, batch_size=batch_size)
+    precision = _inside_manifold(fake, real, real_r, batch_size).double().mean()
+    recall = _inside_manifold(real, fake, fake_r, batch_size).double().mean()
     return float(precision), float(recall)
 
 
@@ -179,8 +171,13 @@ def image_metrics(
     metrics: tuple[str, ...] = ("fid", "kid", "precision_recall", "is"),
     kid_subset_size: int = 1000,
     pr_k: int = 3,
-) -> dict[str, float]:
-    """The requested metrics from features of real and generated images."""
+    pr_batch_size: int = 1000,
+) -> dict[str, float | str | None]:
+    """The requested metrics from features of real and generated images.
+
+    IS needs class logits: without them (e.g. the bundled FID network, which ends at pool3) it is
+    recorded as ``is_mean: None`` with the reason in ``is_unavailable``, never made up.
+    """
     known = {"fid", "kid", "precision_recall", "is"}
     unknown = set(metrics) - known
     if unknown:
@@ -191,9 +188,12 @@ def image_metrics(
     if "kid" in metrics:
         out["kid_mean"], out["kid_std"] = kid(real_features, fake_features, subset_size=kid_subset_size)
     if "precision_recall" in metrics:
-        out["precision"], out["recall"] = precision_recall(real_features, fake_features, k=pr_k)
+        out["precision"], out["recall"] = precision_recall(real_features, fake_features, k=pr_k,
+                                                           batch_size=pr_batch_size)
     if "is" in metrics:
         if fake_logits is None:
-            raise ValueError("the Inception Score needs an extractor that returns class logits")
-        out["is_mean"], out["is_std"] = inception_score(fake_logits)
+            out["is_mean"] = out["is_std"] = None
+            out["is_unavailable"] = IS_UNAVAILABLE
+        else:
+            out["is_mean"], out["is_std"] = inception_score(fake_logits)
     return out

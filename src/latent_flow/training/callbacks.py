@@ -333,16 +333,26 @@ class SampleMetricsCallback(L.Callback):
                 self._oracle, images, labels=labels
             )["label_accuracy"]
         if self.feature_metrics:
-            from latent_flow.evaluation.metrics import compute_features, image_metrics
+            from latent_flow.evaluation.metrics import compute_features, count_label, image_metrics, metric_names
 
             extractor, real = self._feature_reference(trainer, pl_module)
             fake, logits = compute_features(extractor, to_uint8(images), device=pl_module.device)
             scores = image_metrics(real, fake, fake_logits=logits, metrics=self.feature_metrics,
                                    kid_subset_size=min(1000, self.num_samples))
-            metrics.update({f"eval/{k}": float(v) for k, v in scores.items()})
+            n = count_label(self.num_samples)  # FID-N: the key says N (e.g. eval/fid@5k)
+            for key, value in scores.items():
+                if isinstance(value, float):
+                    stem, _, rest = key.partition("_")
+                    metrics[f"eval/{stem}@{n}" + (f"_{rest}" if rest else "")] = value
+            reference = f"{self.reference_split}" if self.reference_stats is None else str(self.reference_stats)
+            named = metric_names(scores, num_samples=self.num_samples, num_reference=len(real), reference=reference)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         entry = {"step": step, **metrics, "nfe": nfe, "seconds": round(time.perf_counter() - start, 2)}
+        if self.feature_metrics:
+            entry["named"] = named
+            if "is_unavailable" in scores:
+                entry["is_unavailable"] = scores["is_unavailable"]
         history = json.loads(self.metrics_path.read_text()) if self.metrics_path.exists() else {}
         history.setdefault("eval_history", []).append(entry)
         write_json(self.metrics_path, history)
