@@ -40,9 +40,13 @@ def rank_indices(num_samples: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank, num_samples, world_size))
 
 
-def _labels_for(indices: list[int], model) -> torch.Tensor | None:
+def _labels_for(indices: list[int], model, spatial: dict | None = None) -> torch.Tensor | None:
+    """Label of sample ``i``: ``i % num_classes``; for spatial + label models the label of the
+    held-out render whose map / known region conditions sample ``i`` (never a contradiction)."""
     if not model.condition.uses_label:
         return None
+    if spatial is not None:
+        return torch.as_tensor(np.asarray(spatial["labels"]), dtype=torch.long)
     return torch.tensor([i % model.num_classes for i in indices], dtype=torch.long)
 
 
@@ -89,7 +93,8 @@ def _spatial_inputs(cfg: DictConfig, model):
 
     def inputs(indices: list[int]) -> dict[str, np.ndarray]:
         renders = [data.render(i) for i in indices]
-        out = {"images": np.stack([r[0] for r in renders]), "maps": np.stack([r[2] for r in renders])}
+        out = {"images": np.stack([r[0] for r in renders]), "maps": np.stack([r[2] for r in renders]),
+               "labels": np.asarray([r[1]["shape"] for r in renders], dtype=np.int64)}  # the data's label
         if masks is not None:
             out["masks"] = np.stack([masks(i, variant) for i in indices])
         return out
@@ -122,7 +127,7 @@ def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: in
                 model, images_u8=inputs["images"], masks=inputs.get("masks"), semantic=inputs["maps"]
             )
         result = model.sample_latents(
-            solver, indices=batch, labels=_labels_for(batch, model), cfg_scale=cfg.cfg_scale, seed=cfg.seed,
+            solver, indices=batch, labels=_labels_for(batch, model, inputs), cfg_scale=cfg.cfg_scale, seed=cfg.seed,
             use_ema=cfg.use_ema, spatial_cond=spatial_cond,
         )
         images = to_uint8(model.decode(result.x))
@@ -164,11 +169,9 @@ def _wait_for_all(image_dir: Path, num_samples: int, timeout: float) -> None:
     )
 
 
-def _metrics(cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None) -> dict:
+def _metrics(cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None, spatial: dict | None) -> dict:
     requested = list(cfg.metrics) if cfg.metrics != "auto" else None
     data = _data_info(cfg, model)
-    spatial_inputs = _spatial_inputs(cfg, model)
-    spatial = spatial_inputs(list(range(len(arr)))) if spatial_inputs is not None else None
     if requested is None:
         requested = ["fd_shapes", "label_accuracy"] if data.get("name") == "shapes" else ["fid", "kid", "precision_recall", "is"]
         if spatial is not None:
@@ -388,7 +391,9 @@ def run_evaluation(cfg: DictConfig) -> dict | None:
     _wait_for_all(image_dir, cfg.num_samples, cfg.wait_timeout)
     arr = _load_pngs(image_dir, cfg.num_samples)
     indices = list(range(cfg.num_samples))
-    label_t = _labels_for(indices, model)
+    spatial_inputs = _spatial_inputs(cfg, model)
+    spatial = spatial_inputs(indices) if spatial_inputs is not None else None
+    label_t = _labels_for(indices, model, spatial)
     labels = None if label_t is None else label_t.numpy()
     if cfg.save_npz:
         np.savez(out_dir / "samples.npz", arr, labels=labels if labels is not None else np.zeros(0, dtype=np.int64))
@@ -402,7 +407,7 @@ def run_evaluation(cfg: DictConfig) -> dict | None:
         **_flowturbo_nfe(cfg, nfes, timings),
         "ms_per_image": round(1000 * seconds / images_timed, 3) if images_timed else None,
         "world_size": world_size,
-        "metrics": _metrics(cfg, model, arr, labels),
+        "metrics": _metrics(cfg, model, arr, labels, spatial),
     }
     if "num_reference" in summary["metrics"]:  # FID-N: each score with both counts
         from latent_flow.evaluation.metrics import metric_names

@@ -250,6 +250,11 @@ def test_evaluate_semantic_model_reports_miou_against_the_requested_maps(
     m = run_evaluation(cfg)["metrics"]
     assert {"fd_shapes", "label_accuracy", "miou", "miou_per_class"} <= set(m) and "known_region_bit_exact" not in m
     assert 0 <= m["miou"] <= 1
+    # spatial + label: sample i's label is the label of the held-out render whose map conditions it
+    renders = ShapesDataset(num_samples=5, resolution=RES, seed=777)
+    want = [renders.render(i)[1]["shape"] for i in range(5)]
+    assert np.load(tmp_path / "eval" / "samples.npz")["labels"].tolist() == want
+    assert want != [i % 5 for i in range(5)]  # the old rule i % K would contradict these maps
 
     from latent_flow.evaluate import _metrics
 
@@ -259,7 +264,7 @@ def test_evaluate_semantic_model_reports_miou_against_the_requested_maps(
 
     with pytest.raises(ValueError, match="miou needs an inpainting / semantic model"):
         _metrics(compose_cfg("evaluate", [f"ckpt_path={semantic_ckpt}", "metrics=[miou]"]), Plain(),
-                 np.zeros((2, RES, RES, 3), np.uint8), None)
+                 np.zeros((2, RES, RES, 3), np.uint8), None, None)
 
 
 def test_evaluate_spatial_model_of_other_data_says_how_to_score_it(semantic_ckpt, compose_cfg):
