@@ -5,6 +5,7 @@ Time convention: ``t`` in [0, 1], **t = 0 is noise, t = 1 is data**;
 ``u_t = d_alpha_t x_data + d_sigma_t x_noise``. No ``torch.nn`` here.
 """
 
+from latent_flow.flow.likelihood import LikelihoodResult, log_likelihood
 from latent_flow.flow.path import AffinePath, PathSample
 from latent_flow.flow.schedulers import (
     SCHEDULERS,
@@ -23,6 +24,8 @@ from latent_flow.flow.time_sampling import (
 )
 
 __all__ = [
+    "LikelihoodResult",
+    "log_likelihood",
     "AffinePath",
     "PathSample",
     "SCHEDULERS",

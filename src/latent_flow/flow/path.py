@@ -18,6 +18,10 @@ CondOT and VP paths: -(1 - sigma_min) and -d_alpha/sigma). Divisions are not
 guarded: ``data_to_velocity`` divides by ``sigma_t`` (0 at t = 1 for CondOT
 with sigma_min = 0 and for VP), ``noise_to_velocity`` divides by ``alpha_t``
 (0 at t = 0 for CondOT); evaluate them away from those endpoints.
+
+Score (Gaussian noise): ``score = grad log p_t(x_t) = -E[x_noise | x_t] / sigma_t``
+= ``(alpha v - d_alpha x_t) / (sigma (d_alpha sigma - alpha d_sigma))``
+(:meth:`AffinePath.velocity_to_score`), the one place the SDE sampler takes it from.
 """
 
 from __future__ import annotations
@@ -134,3 +138,22 @@ class AffinePath:
         c = self.coefficients(t, x_t)
         x_data = (x_t - c.sigma_t * x_noise) / c.alpha_t
         return c.d_alpha_t * x_data + c.d_sigma_t * x_noise
+
+    # ------------------------------------------------------------------ score
+    def velocity_to_score(self, x_t: Tensor, velocity: Tensor, t: Tensor) -> Tensor:
+        """The score ``grad_x log p_t(x_t)`` of the marginal from the marginal velocity.
+
+        For Gaussian noise ``x_noise ~ N(0, I)``, Tweedie gives ``score = -E[x_noise | x_t] / sigma_t``,
+        and ``E[x_noise | x_t]`` is :meth:`velocity_to_noise` (the 2x2 system above), so
+
+            score(x, t) = (alpha_t v - d_alpha_t x) / (sigma_t (d_alpha_t sigma_t - alpha_t d_sigma_t)).
+
+        Derivation, t = 0 noise, t = 1 data: ``x = alpha E[x_data|x] + sigma E[x_noise|x]`` and
+        ``v = d_alpha E[x_data|x] + d_sigma E[x_noise|x]``; eliminating ``E[x_data|x]`` gives
+        ``alpha v - d_alpha x = (alpha d_sigma - sigma d_alpha) E[x_noise|x]``. CondOT
+        (``sigma_min = 0``): ``score = (t v - x) / (1 - t)``, ``-x`` at t = 0; VP:
+        ``score = (alpha v - d_alpha x) / d_alpha``. Singular where ``sigma_t = 0`` (t = 1 for
+        CondOT with ``sigma_min = 0`` and for VP): evaluate it at t < 1 (the SDE sampler does).
+        """
+        c = self.coefficients(t, x_t)
+        return (c.alpha_t * velocity - c.d_alpha_t * x_t) / (c.sigma_t * (c.d_alpha_t * c.sigma_t - c.alpha_t * c.d_sigma_t))

@@ -333,6 +333,11 @@ class FlowTurboSolver(Solver):
                 "FlowTurboSolver.sample needs the model's guided velocity (use model.sample_latents(solver, ...) "
                 f"or solver.integrate(x_init, cond, null_cond, scale)), got {type(velocity_fn).__name__}"
             )
+        if velocity_fn.batched and not velocity_fn.interval_is_everywhere:
+            raise ValueError(
+                f"sampler=flowturbo does not support a guidance interval yet (cfg_interval={list(velocity_fn.interval)}): "
+                "its blocks carry the guided velocities across steps; use cfg_interval=null, or another sampler"
+            )
         return self.integrate(
             x_init, velocity_fn.cond, velocity_fn.null_cond, velocity_fn.scale,
             return_trajectory=return_trajectory, no_grad=no_grad,

@@ -12,21 +12,39 @@ channels,
   condition tensor concatenated with its null counterpart along dim 0), split
   in two halves and combined.
 
+Guidance interval (``interval=(t_lo, t_hi)``, Kynkaenniemi et al. 2024, "Applying guidance in
+a limited interval", in this project's time: t = 0 noise, t = 1 data): guidance only for
+``t_lo <= t < t_hi`` (the right end closed when ``t_hi == 1``, like the last bin of
+``numpy.histogram``: ``(0, 1)`` is all of [0, 1], ``(0, c)`` and ``(c, 1)`` split [0, 1] in
+two, and ``(a, a)`` is empty, ``(1, 1)`` included); outside it the plain conditional velocity
+``v_c``. Times are compared in ``t``'s dtype (a grid time 0.7 and an end 0.7 are equal).
+
+- every row of the call inside: the batched ``[cond; null]`` call of ``2B`` rows, the same
+  code path as without an interval (so ``(0, 1)`` equals plain CFG bit for bit);
+- every row outside: the plain conditional call of ``B`` rows (as for ``scale == 1``);
+- some rows inside (per-row times differ): one call on ``[cond (all B); null (the k inside)]``,
+  ``B + k`` rows.
+
+``interval=None`` guides everywhere. Invalid intervals (not two numbers, ``t_lo > t_hi``,
+outside [0, 1]) raise ``ValueError``.
+
 Counting: one velocity evaluation is one model call, so a solver's NFE equals
 the number of model calls (a batched CFG call counts as 1 NFE). The returned
-:class:`GuidedVelocity` also records ``model_calls`` and ``forward_samples``
+:class:`GuidedVelocity` also records ``model_calls``, ``forward_samples``
 (rows pushed through the model: ``2B`` per call with guidance, ``B`` for
-scale 1), for cost accounting.
+scale 1 or outside the guidance interval) and ``guided_calls`` (calls in which
+some row was guided), for cost accounting.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["ModelFn", "GuidedVelocity", "classifier_free_guidance"]
+__all__ = ["ModelFn", "GuidedVelocity", "classifier_free_guidance", "check_guidance_interval"]
 
 ModelFn = Callable[[Tensor, Tensor, dict[str, Tensor]], Tensor]
 """``model_fn(x, t, cond_dict) -> velocity`` with ``t`` ``(B,)`` (t = 0 noise, t = 1 data)."""
@@ -42,13 +60,40 @@ def _match_batch(name: str, value: Tensor, batch: int) -> Tensor:
     raise ValueError(f"condition {name!r} has batch size {value.shape[0]}, expected {batch} (or 1)")
 
 
+def check_guidance_interval(interval) -> tuple[float, float] | None:
+    """``None`` or a validated ``(t_lo, t_hi)`` with ``0 <= t_lo <= t_hi <= 1`` (t = 0 noise, t = 1 data).
+
+    Raises:
+        ValueError: not two numbers, NaN, ``t_lo > t_hi`` or an end outside [0, 1]; the message
+            names the value and the convention.
+    """
+    if interval is None:
+        return None
+    hint = "cfg_interval=[t_lo, t_hi] with 0 <= t_lo <= t_hi <= 1 (t = 0 noise, t = 1 data), or null"
+    try:
+        values = [float(v) for v in interval]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"invalid guidance interval {interval!r}: expected {hint}") from err
+    if len(values) != 2:
+        raise ValueError(f"invalid guidance interval {interval!r}: expected two numbers, {hint}")
+    lo, hi = values
+    if math.isnan(lo) or math.isnan(hi) or not (0.0 <= lo <= 1.0 and 0.0 <= hi <= 1.0):
+        raise ValueError(f"invalid guidance interval {interval!r}: both ends must lie in [0, 1]; {hint}")
+    if lo > hi:
+        raise ValueError(f"invalid guidance interval {interval!r}: t_lo={lo} > t_hi={hi}; {hint}")
+    return lo, hi
+
+
 class GuidedVelocity:
     """Velocity function with classifier-free guidance; see the module docstring.
 
     Attributes:
         scale: guidance scale (1 = no guidance).
+        interval: ``(t_lo, t_hi)`` where guidance applies (``t_lo <= t < t_hi``, ``t <= 1`` when
+            ``t_hi == 1``; empty when ``t_lo == t_hi``), or ``None`` (everywhere).
         model_calls: number of ``model_fn`` calls so far (= NFE).
         forward_samples: total number of samples (rows) passed to ``model_fn``.
+        guided_calls: calls in which at least one row was guided.
     """
 
     def __init__(
@@ -57,6 +102,7 @@ class GuidedVelocity:
         cond: Mapping[str, Tensor],
         null_cond: Mapping[str, Tensor],
         scale: float,
+        interval: Sequence[float] | None = None,
     ) -> None:
         if not callable(model_fn):
             raise TypeError(f"model_fn must be callable, got {type(model_fn).__name__}")
@@ -71,23 +117,46 @@ class GuidedVelocity:
         self.cond = dict(cond)
         self.null_cond = dict(null_cond)
         self.scale = float(scale)
+        self.interval = check_guidance_interval(interval)
         self.model_calls = 0
         self.forward_samples = 0
+        self.guided_calls = 0
 
     @property
     def batched(self) -> bool:
-        """Whether calls run the doubled ``[cond; null]`` batch (``scale != 1``)."""
+        """Whether guided calls run the doubled ``[cond; null]`` batch (``scale != 1``)."""
         return self.scale != 1.0
 
     @property
     def samples_per_row(self) -> int:
-        """Model rows per input sample: 2 with guidance, 1 for scale 1."""
+        """Model rows per input sample of a guided call: 2 with guidance, 1 for scale 1."""
         return 2 if self.batched else 1
+
+    @property
+    def interval_is_everywhere(self) -> bool:
+        """Whether the guidance interval covers all of [0, 1] (``None`` or ``(0, 1)``)."""
+        return self.interval is None or self.interval == (0.0, 1.0)
+
+    def inside(self, t: Tensor) -> Tensor:
+        """Boolean ``(B,)``: rows whose time lies in the guidance interval (all ``True`` without one)."""
+        if self.interval is None:
+            return torch.ones(t.shape, dtype=torch.bool, device=t.device)
+        lo, hi = self.interval
+        if lo == hi:  # empty
+            return torch.zeros(t.shape, dtype=torch.bool, device=t.device)
+        # compared in t's dtype: a grid time and an interval end written alike (0.7) compare equal
+        dtype = t.dtype if t.is_floating_point() else torch.float64
+        tt = t.to(dtype)
+        lo_t = torch.tensor(lo, dtype=dtype, device=t.device)
+        hi_t = torch.tensor(hi, dtype=dtype, device=t.device)
+        upper = (tt <= hi_t) if hi == 1.0 else (tt < hi_t)
+        return (tt >= lo_t) & upper
 
     def reset(self) -> None:
         """Set the counters back to 0."""
         self.model_calls = 0
         self.forward_samples = 0
+        self.guided_calls = 0
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         batch = x.shape[0]
@@ -96,21 +165,48 @@ class GuidedVelocity:
             self.model_calls += 1
             self.forward_samples += batch
             return self.model_fn(x, t, cond)
+        if self.interval is None:
+            inside = None
+        else:
+            mask = self.inside(t.reshape(-1).expand(batch))
+            n_in = int(mask.sum())
+            inside = None if n_in == batch else mask
+            if n_in == 0:  # outside the interval: the plain conditional velocity, B rows
+                self.model_calls += 1
+                self.forward_samples += batch
+                return self.model_fn(x, t, cond)
         null = {k: _match_batch(k, v, batch) for k, v in self.null_cond.items()}
-        both = {k: torch.cat([cond[k], null[k].to(device=cond[k].device)], dim=0) for k in cond}
-        x2 = torch.cat([x, x], dim=0)
-        t2 = torch.cat([t, t], dim=0)
         self.model_calls += 1
-        self.forward_samples += 2 * batch
-        out = self.model_fn(x2, t2, both)
-        if out.shape[0] != 2 * batch:
-            raise ValueError(f"model_fn returned batch {out.shape[0]}, expected {2 * batch}")
+        self.guided_calls += 1
+        if inside is None:  # every row guided: [cond; null], 2B rows (plain CFG, bit for bit)
+            both = {k: torch.cat([cond[k], null[k].to(device=cond[k].device)], dim=0) for k in cond}
+            x2 = torch.cat([x, x], dim=0)
+            t2 = torch.cat([t, t], dim=0)
+            self.forward_samples += 2 * batch
+            out = self.model_fn(x2, t2, both)
+            if out.shape[0] != 2 * batch:
+                raise ValueError(f"model_fn returned batch {out.shape[0]}, expected {2 * batch}")
+            v_c, v_u = out[:batch], out[batch:]
+            return v_u + self.scale * (v_c - v_u)
+        # some rows inside: [cond (all B); null (the k inside)], B + k rows in one call
+        idx = inside.nonzero().reshape(-1)
+        k = idx.numel()
+        both = {
+            key: torch.cat([cond[key], null[key].to(cond[key].device).index_select(0, idx.to(cond[key].device))], 0)
+            for key in cond
+        }
+        idx = idx.to(x.device)
+        out = self.model_fn(torch.cat([x, x.index_select(0, idx)], 0), torch.cat([t, t.index_select(0, idx.to(t.device))], 0), both)
+        self.forward_samples += batch + k
+        if out.shape[0] != batch + k:
+            raise ValueError(f"model_fn returned batch {out.shape[0]}, expected {batch + k}")
         v_c, v_u = out[:batch], out[batch:]
-        return v_u + self.scale * (v_c - v_u)
+        guided = v_u + self.scale * (v_c.index_select(0, idx) - v_u)
+        return v_c.index_copy(0, idx, guided)
 
     def __repr__(self) -> str:
         return (
-            f"GuidedVelocity(scale={self.scale}, keys={sorted(self.cond)}, "
+            f"GuidedVelocity(scale={self.scale}, interval={self.interval}, keys={sorted(self.cond)}, "
             f"model_calls={self.model_calls}, forward_samples={self.forward_samples})"
         )
 
@@ -120,6 +216,7 @@ def classifier_free_guidance(
     cond: Mapping[str, Tensor],
     null_cond: Mapping[str, Tensor],
     scale: float,
+    interval: Sequence[float] | None = None,
 ) -> GuidedVelocity:
     """Velocity function ``v_u + scale (v_c - v_u)`` on all channels, one model call per evaluation.
 
@@ -128,5 +225,7 @@ def classifier_free_guidance(
         cond: conditioning tensors, batch ``B`` (or 1, broadcast) along dim 0.
         null_cond: the "no condition" tensors with the same keys (e.g. the null class).
         scale: guidance scale; 1 gives the plain conditional model (no batching).
+        interval: ``(t_lo, t_hi)``: guidance only for ``t_lo <= t < t_hi`` (``<= 1`` when
+            ``t_hi == 1``), the conditional velocity elsewhere; ``None``: everywhere.
     """
-    return GuidedVelocity(model_fn, cond, null_cond, scale)
+    return GuidedVelocity(model_fn, cond, null_cond, scale, interval)

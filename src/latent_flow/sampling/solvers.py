@@ -341,10 +341,13 @@ SOLVERS: dict[str, type[Solver]] = {
 
 
 def build_solver(name: str, **options: Any) -> Solver:
-    """Build a solver by name: ``"euler"``, ``"heun"``, ``"midpoint"`` or ``"dopri5"``.
+    """Build a solver by name: ``"euler"``, ``"heun"``, ``"midpoint"``, ``"dopri5"`` or ``"euler_maruyama"``.
 
     Fixed-step solvers take ``steps`` (required), ``time_grid`` and ``shift``;
-    dopri5 takes ``atol``, ``rtol``, ``trajectory_times``, ``max_num_steps``.
+    dopri5 takes ``atol``, ``rtol``, ``trajectory_times``, ``max_num_steps``;
+    euler_maruyama (the SDE sampler of :mod:`latent_flow.sampling.sde`, registered on import of
+    ``latent_flow.sampling``) takes ``steps``, ``diffusion``, ``diffusion_form``, ``time_grid``,
+    ``shift`` and ``path`` (``model.sample_latents`` passes the model's path).
 
     Raises:
         ValueError: unknown name, unknown option (the message names it and

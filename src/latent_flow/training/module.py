@@ -188,12 +188,15 @@ class LatentFlowModule(L.LightningModule):
     def forward(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
         return self.velocity(x_t, t, cond or {})
 
-    def velocity_fn(self, cond: dict[str, Tensor], *, cfg_scale: float = 1.0, use_ema: bool = True):
-        """A ``velocity_fn(x, t)`` for the solvers, with classifier-free guidance when ``cfg_scale != 1``."""
+    def velocity_fn(
+        self, cond: dict[str, Tensor], *, cfg_scale: float = 1.0, use_ema: bool = True, cfg_interval=None
+    ):
+        """A ``velocity_fn(x, t)`` for the solvers, with classifier-free guidance when ``cfg_scale != 1``
+        (only for ``t`` in ``cfg_interval = [t_lo, t_hi]`` when given; see ``sampling/guidance.py``)."""
         model_fn = lambda x, t, c: self.velocity(x, t, c, use_ema=use_ema)  # noqa: E731
         if cfg_scale != 1.0 and not (self.condition.uses_label or self.condition.spatial_channels):
             raise ValueError(f"cfg_scale={cfg_scale} needs a conditional model (condition=none was trained)")
-        return classifier_free_guidance(model_fn, cond, self.condition.null(cond), cfg_scale)
+        return classifier_free_guidance(model_fn, cond, self.condition.null(cond), cfg_scale, cfg_interval)
 
     # ------------------------------------------------------------------ autoencoder
     @property
@@ -317,9 +320,13 @@ class LatentFlowModule(L.LightningModule):
         seed: int = 0,
         use_ema: bool = True,
         spatial_cond: dict[str, Tensor] | None = None,
+        cfg_interval: Sequence[float] | None = None,
     ):
         """Sample latents for the given sample indices (noise seeded per index).
 
+        ``cfg_interval=[t_lo, t_hi]``: guidance only for ``t_lo <= t < t_hi`` (t = 0 noise), the
+        conditional velocity elsewhere. Stochastic solvers (``solver.stochastic``, e.g.
+        ``euler_maruyama``) also get this model's path (for the score) and per-index step noise.
         Returns the solver's ``SampleResult`` (``.x`` latents, ``.nfe`` model calls).
         """
         x_init = noise_for_indices(indices, self.latent_shape, seed=seed, device=self.device)
@@ -342,7 +349,10 @@ class LatentFlowModule(L.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            return solver.sample(self.velocity_fn(cond, cfg_scale=cfg_scale, use_ema=use_ema), x_init)
+            velocity = self.velocity_fn(cond, cfg_scale=cfg_scale, use_ema=use_ema, cfg_interval=cfg_interval)
+            if getattr(solver, "stochastic", False):  # SDE: the score from this path, noise per sample index
+                return solver.sample(velocity, x_init, path=self.path, noise_indices=list(indices), noise_seed=seed)
+            return solver.sample(velocity, x_init)
         finally:
             self.train(was_training)
 
