@@ -174,10 +174,14 @@ def sample_spatial(
     cfg_scale: float = 1.0,
     seed: int = 0,
     use_ema: bool = True,
+    cfg_interval=None,
 ) -> tuple[Tensor, int]:
-    """Decoded images (N, 3, H, W) in [-1, 1] for spatial conditions (batch N) and the NFE."""
+    """Decoded images (N, 3, H, W) in [-1, 1] for spatial conditions (batch N) and the NFE.
+
+    ``cfg_interval=[t_lo, t_hi]``: guidance only there (t = 0 noise), the conditional velocity elsewhere."""
     result = model.sample_latents(
-        solver, indices=indices, labels=labels, cfg_scale=cfg_scale, seed=seed, use_ema=use_ema, spatial_cond=spatial_cond
+        solver, indices=indices, labels=labels, cfg_scale=cfg_scale, seed=seed, use_ema=use_ema, spatial_cond=spatial_cond,
+        cfg_interval=cfg_interval,
     )
     return model.decode(result.x), result.nfe
 
@@ -257,7 +261,7 @@ def run_conditional_sampling(cfg, model) -> dict:
     from omegaconf import OmegaConf
 
     from latent_flow.conditioning import InpaintCondition, SemanticCondition
-    from latent_flow.sample import parse_labels, sampling_settings
+    from latent_flow.sample import cfg_interval_of, parse_labels, sampling_settings
     from latent_flow.flowturbo import build_model_solver
     from latent_flow.utils.images import make_grid_image, save_png, to_uint8
     from latent_flow.utils.io import write_json
@@ -308,6 +312,7 @@ def run_conditional_sampling(cfg, model) -> dict:
         images, nfe = sample_spatial(
             model, solver, cond, indices=range(lo, hi), labels=None if labels is None else labels[lo:hi],
             cfg_scale=float(cfg.cfg_scale), seed=int(cfg.seed), use_ema=bool(cfg.use_ema),
+            cfg_interval=cfg_interval_of(cfg),
         )
         arr = to_uint8(images)
         if inpaint:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from latent_flow.runtime import CONFIG_DIR
 
-__all__ = ["run_sampling", "main", "parse_labels", "sampling_settings"]
+__all__ = ["run_sampling", "main", "parse_labels", "sampling_settings", "cfg_interval_of"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,17 @@ def parse_labels(label, num_samples: int, num_classes: int, uses_label: bool) ->
     return torch.tensor(values * (num_samples // len(values) + 1))[:num_samples]
 
 
+def cfg_interval_of(cfg: DictConfig) -> list[float] | None:
+    """``cfg.cfg_interval`` as ``[t_lo, t_hi]`` (validated; t = 0 noise, t = 1 data) or ``None`` (guide everywhere)."""
+    from latent_flow.sampling.guidance import check_guidance_interval
+
+    value = cfg.get("cfg_interval")
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    interval = check_guidance_interval(value)
+    return None if interval is None else list(interval)
+
+
 def sampling_settings(cfg: DictConfig) -> dict:
     """The settings that determine a set of samples (written next to them by sample and evaluate)."""
     return {
@@ -50,6 +61,7 @@ def sampling_settings(cfg: DictConfig) -> dict:
         "num_samples": int(cfg.num_samples),
         "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
         "cfg_scale": float(cfg.cfg_scale),
+        "cfg_interval": cfg_interval_of(cfg),
         "seed": int(cfg.seed),
         "use_ema": bool(cfg.use_ema),
     }
@@ -62,6 +74,7 @@ def run_sampling(cfg: DictConfig) -> dict:
 
     if cfg.num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {cfg.num_samples}")
+    cfg_interval = cfg_interval_of(cfg)  # invalid intervals fail before the model loads
     out_dir = Path(cfg.out_dir)
     model = load_model(cfg.ckpt_path, device=cfg.device)
     if model.condition.spatial_channels or any(cfg.get(k) for k in ("inputs", "masks", "semantic")):
@@ -83,7 +96,10 @@ def run_sampling(cfg: DictConfig) -> dict:
         from latent_flow.compositional.cli import composed_generator
 
         composer = composed_generator(cfg, model)
+        if cfg_interval is not None:
+            raise ValueError("cfg_interval= is not supported with compose= (energy guidance) yet; use cfg_interval=null")
     generate_fn = composer or generate
+    interval_kw = {} if cfg_interval is None else {"cfg_interval": cfg_interval}
     all_images, nfe_total, batches = [], 0, 0
     refiner_nfe_total = 0  # sampler=flowturbo: refiner calls, counted apart from the base model's
     start = time.time()
@@ -98,6 +114,7 @@ def run_sampling(cfg: DictConfig) -> dict:
             seed=cfg.seed,
             first_index=lo,
             use_ema=cfg.use_ema,
+            **interval_kw,
             **sampler,
         )
         nfe_total += result.nfe

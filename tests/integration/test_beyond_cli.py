@@ -1,0 +1,73 @@
+"""CLI of the likelihood, the guidance interval and the SDE sampler on a tiny trained checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY_TRAIN
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from conftest import compose
+
+    from latent_flow.train import run_training
+
+    root = tmp_path_factory.mktemp("beyondrun")
+    run_training(compose("train", TINY_TRAIN, root))
+    return root
+
+
+def test_likelihood_cli_writes_bits_per_dim_of_the_validation_split(tiny_run, compose_cfg):
+    from latent_flow.data.datamodule import split_indices
+    from latent_flow.likelihood import held_out_split, run_likelihood
+
+    ckpt = tiny_run / "run" / "checkpoints" / "last.ckpt"
+    cfg = compose_cfg("likelihood", [f"ckpt_path={ckpt}", "num_samples=3", "batch_size=2", "rtol=1e-3", "atol=1e-3",
+                                     "num_probes=2", f"paths.cache_dir={tiny_run / 'cache'}"])
+    summary = run_likelihood(cfg)
+    saved = json.loads((Path(cfg.out_dir) / "likelihood.json").read_text())
+    assert saved["bits_per_dim"] == summary["bits_per_dim"] and math.isfinite(saved["bits_per_dim"])
+    assert saved["space"] == "latent"
+    assert saved["statement"] == "bits/dim in the autoencoder's latent space, normalised latents"
+    assert saved["num_samples"] == 3 and saved["num_dims"] == 4 * 8 * 8 and len(saved["nfe_per_batch"]) == 2
+    assert saved["condition"] == "the true label, no guidance" and saved["hutchinson_std_error_of_mean"] > 0
+    assert saved["held_out"]["split"] == "validation" and saved["held_out"]["num_held_out"] == 5  # 2% of 256
+    # the held-out items are the training run's validation split (TINY_TRAIN: 256 items, seed 42)
+    _, idx, _ = held_out_split(ckpt)
+    assert idx == split_indices(256, 0.02, 42)[1].tolist()
+
+
+def test_sample_cli_sde_with_guidance_interval_records_it_and_any_batch_split_is_the_same(tiny_run, compose_cfg, tmp_path):
+    from PIL import Image
+
+    from latent_flow.sample import run_sampling
+
+    ckpt = tiny_run / "run" / "checkpoints" / "last.ckpt"
+    common = [f"ckpt_path={ckpt}", "num_samples=4", "sampler=euler_maruyama", "sampler.steps=3", "sampler.diffusion=1.0",
+              "cfg_scale=2.0", "cfg_interval=[0.3,1.0]"]
+    runs = []
+    for batch in (4, 3):
+        cfg = compose_cfg("sample", common + [f"batch_size={batch}"], run_dir=tmp_path / f"b{batch}")
+        summary = run_sampling(cfg)
+        assert summary["cfg_interval"] == [0.3, 1.0] and summary["sampler"]["name"] == "euler_maruyama"
+        assert summary["nfe_per_sample"] == 3
+        saved = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
+        assert saved["cfg_interval"] == [0.3, 1.0]
+        runs.append(np.stack([np.asarray(Image.open(Path(cfg.out_dir) / "images" / f"{i:06d}.png")) for i in range(4)]))
+    diff = np.abs(runs[0].astype(int) - runs[1].astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99  # per-index step noise: the same samples
+
+
+def test_invalid_cfg_interval_fails_before_sampling(tiny_run, compose_cfg):
+    from latent_flow.sample import run_sampling
+
+    ckpt = tiny_run / "run" / "checkpoints" / "last.ckpt"
+    cfg = compose_cfg("sample", [f"ckpt_path={ckpt}", "num_samples=2", "cfg_scale=2.0", "cfg_interval=[0.8,0.2]"])
+    with pytest.raises(ValueError, match="invalid guidance interval"):
+        run_sampling(cfg)
