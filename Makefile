@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev,fid]'
+	$(PY) -m pip install -q -e '.[dev,fid,emoji]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create the virtual environment and install latent-flow with its dev extras
