@@ -35,8 +35,11 @@ def _module_from_cfg(cfg, num_samples: int = 8):
     spec = {"name": ae_cfg["name"], **ae_cfg.get("config", {})}
     if ae_cfg["name"] == "identity":
         spec["space_to_depth"] = ae_cfg["space_to_depth"]
-    ae = build_autoencoder(spec)
-    latent_shape = ae.latent_shape(cfg.data.resolution)
+    if ae_cfg["name"] == "taesd":  # pretrained weights (tested in test_pretrained_autoencoders): shape only
+        res = cfg.data.resolution
+        latent_shape = (int(ae_cfg["latent_channels"]), res // 8, res // 8)
+    else:
+        latent_shape = build_autoencoder(spec).latent_shape(cfg.data.resolution)
     module = LatentFlowModule(
         backbone=cfg.backbone,
         condition=cfg.condition,
@@ -109,12 +112,19 @@ def test_every_experiment_composes_and_instantiates(experiment, compose_cfg):
         ]
         if "root:" in text:  # the experiment itself sets a data root
             overrides.append("~data.dataset.root")
+    elif experiment.startswith("emoji64_"):  # the study's arms: real configs, data rendered as 64 px shapes
+        assert full.data.name == "emoji" and full.trainer.max_time == "00:00:30:00"
+        assert full.backbone.name in ("DiT-T/1", "DiT-T/2") and full.condition.name == "label"
+        overrides += ["data=shapes", "data.dataset.resolution=64"]
     else:
         overrides.append("backbone=dit_xs2")
     cfg = compose_cfg("train", overrides)
     _, module, latent_shape = _module_from_cfg(cfg)
     if experiment in PAPER_EXPERIMENTS:
         assert latent_shape == (4, full.data.dataset.resolution // 8, full.data.dataset.resolution // 8)
+    if experiment.startswith("emoji64_"):  # every arm: 64 tokens of DiT-T
+        patch = int(full.backbone.name[-1])
+        assert latent_shape[1] // patch * latent_shape[2] // patch == 64
     batch = 2
     x = torch.randn(batch, *latent_shape)
     cond = module.condition.from_batch({"label": torch.zeros(batch, dtype=torch.long)})
