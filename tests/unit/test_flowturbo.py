@@ -337,3 +337,104 @@ def test_inpainting_base_refiner_sees_the_spatial_channels_and_samples():
     spatial = {k: v for k, v in cond.items() if k != "label"}
     result = base.sample_latents(solver, indices=range(b), labels=batch["label"], cfg_scale=2.0, spatial_cond=spatial)
     assert result.x.shape == (b, 4, 8, 8) and (result.base_nfe, result.refiner_nfe) == (3, 2)
+
+
+# ----------------------------------------------------------------------------- EMA base: backbone + condition encoder
+
+_CONDITIONS = {
+    "label": {"name": "label", "label_dropout": 0.1},
+    "semantic": {"name": "semantic", "resolution": 32, "num_semantic_classes": 4, "cond_dropout": 0.1},
+    "semantic_label": {"name": "semantic", "resolution": 32, "num_semantic_classes": 4, "cond_dropout": 0.1,
+                       "use_label": True, "label_dropout": 0.1},
+    "inpaint_label": {"name": "inpaint", "resolution": 32, "masks": {}, "mask_variants": 2, "cond_dropout": 0.1,
+                      "use_label": True, "label_dropout": 0.1},
+}
+
+
+def _perturbed_base(kind: str, seed: int = 0):
+    """A base whose EMA copies (backbone and, when trainable, condition encoder) differ from the raw weights."""
+    from latent_flow.training.module import LatentFlowModule
+
+    torch.manual_seed(seed)
+    model = LatentFlowModule(
+        backbone={"name": "DiT-XS/2"}, condition=_CONDITIONS[kind], path={"scheduler": {"name": "condot"}},
+        optim={"lr": 1e-3}, ema={"decay": 0.9}, latent_shape=[4, 8, 8], num_classes=3,
+    )
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        emas = [model.ema.module] + ([model.condition_ema.module] if model.condition_ema is not None else [])
+        for module in emas:  # DiT's zero-initialised output layers too: the velocity is not identically 0
+            for p in module.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def _spatial_inputs(model, b: int):
+    gen = torch.Generator().manual_seed(5)
+    if model.condition.spatial_keys == ("semantic",):
+        return {"semantic": torch.randint(0, 4, (b, 32, 32), generator=gen)}
+    mask = (torch.rand(b, 1, 32, 32, generator=gen) > 0.5).float()
+    return model.condition.encode(torch.randn(b, 4, 8, 8, generator=gen), mask)
+
+
+@pytest.mark.parametrize("kind", list(_CONDITIONS))
+@pytest.mark.parametrize("scale", [1.0, 2.5])
+def test_heun_only_flowturbo_equals_heun_for_every_condition(kind, scale):
+    """H-only FlowTurbo is Heun on the same networks that ``model.velocity(use_ema=True)`` calls."""
+    from latent_flow.flowturbo import build_flowturbo_solver
+    from latent_flow.sampling import HeunSolver
+
+    model = _perturbed_base(kind)
+    if model.condition_ema is not None:  # the EMA encoder differs from the raw one
+        raw = dict(model.condition.named_parameters())
+        assert any(not torch.equal(raw[k], p) for k, p in model.condition_ema.module.named_parameters())
+    b = 3
+    spatial = _spatial_inputs(model, b) if model.condition.spatial_channels else None
+    labels = torch.tensor([0, 1, 2]) if model.condition.uses_label else None
+    kwargs = dict(indices=range(b), labels=labels, cfg_scale=scale, spatial_cond=spatial, seed=3)
+    ours = model.sample_latents(build_flowturbo_solver(model, schedule="H6"), **kwargs)
+    ref = model.sample_latents(HeunSolver(6), **kwargs)
+    assert ref.x.abs().max() > 0.1 and ours.nfe == ref.nfe == 12
+    diff = (ours.x - ref.x).abs().max().item()
+    # float32 rounding only (the two solvers order their sums differently); a wrong network gives O(1)
+    assert diff <= 1e-5 * (1 + ref.x.abs().max().item()), f"{kind}: FlowTurbo H6 differs from Heun(6) by {diff}"
+
+
+def test_refiner_base_hash_covers_the_condition_encoder_ema(tmp_path):
+    from latent_flow.flowturbo import RefinerBaseMismatchError, RefinerModule, load_refiner
+    from latent_flow.flowturbo.module import base_weights_hash
+
+    base = _perturbed_base("semantic")
+    module = RefinerModule(base_ckpt_path="unused.ckpt", optim={"lr": 1e-3}, base_model=base)
+    assert module.hparams.base_hash == base_weights_hash(base)
+    ckpt = tmp_path / "refiner.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, ckpt)
+    assert load_refiner(ckpt, base) is not None  # the same base: accepted
+    with torch.no_grad():  # only the EMA condition encoder changes; the backbone is untouched
+        next(base.condition_ema.module.parameters()).add_(1e-3)
+    with pytest.raises(RefinerBaseMismatchError, match="weights hash"):
+        load_refiner(ckpt, base)
+    # the raw (non-EMA) encoder is not what FlowTurbo runs with an EMA base: changing it keeps the hash
+    digest = base_weights_hash(base)
+    with torch.no_grad():
+        next(base.condition.parameters()).add_(1.0)
+    assert base_weights_hash(base) == digest
+    # label models (no trainable condition) keep the hash of the backbone alone (old refiners stay valid)
+    from latent_flow.flowturbo import base_network, weights_hash
+
+    label = _perturbed_base("label")
+    assert base_weights_hash(label) == weights_hash(base_network(label))
+
+
+def test_refiner_training_inputs_use_the_ema_condition_encoder():
+    """The refiner sees the map through the same (EMA) encoder as the base calls of its targets and of sampling."""
+    from latent_flow.flowturbo import RefinerModule
+
+    base = _perturbed_base("semantic")
+    module = RefinerModule(base_ckpt_path="unused.ckpt", optim={"lr": 1e-3}, base_model=base, label_dropout=0.0)
+    seen = []
+    module.refiner.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+    batch = {"latent": torch.randn(2, 4, 8, 8), "semantic": torch.randint(0, 4, (2, 32, 32))}
+    module.refiner_loss(batch, generator=torch.Generator().manual_seed(0))
+    emb = base.condition_ema.module.embed(batch["semantic"])
+    assert torch.allclose(seen[0][:, 4:8], emb)  # x_in = [x', emb(map)]

@@ -13,7 +13,9 @@ Time convention: ``t`` in [0, 1], **t = 0 noise, t = 1 data**.
 from latent_flow.flowturbo.module import (
     RefinerBaseMismatchError,
     RefinerModule,
+    base_condition,
     base_network,
+    base_weights_hash,
     load_refiner,
     weights_hash,
 )
@@ -36,7 +38,9 @@ __all__ = [
     "Schedule",
     "TurboNetworks",
     "VelocityRefiner",
+    "base_condition",
     "base_network",
+    "base_weights_hash",
     "build_flowturbo_solver",
     "build_model_solver",
     "build_refiner",

@@ -13,8 +13,12 @@ and the *same* choice is used for the three calls (base at t, base at t', refine
 refiner also learns the unconditional velocity that guidance needs.
 
 The base is loaded from ``base_ckpt_path`` (its EMA weights), frozen, kept in eval mode and kept
-*out* of the checkpoint (it is not a submodule). The checkpoint records the base's path and a
-SHA-1 of its weights (``base_hash``); resuming or loading a refiner with a different base raises
+*out* of the checkpoint (it is not a submodule). "The base" is every network its velocity
+``model.velocity(..., use_ema=True)`` runs: the EMA backbone (:func:`base_network`) and the EMA
+condition encoder (:func:`base_condition`; the semantic map encoder of ``condition=semantic``, the
+parameter-free encoder of the other conditions). The refiner's inputs go through the same encoder.
+The checkpoint records the base's path and a SHA-1 of those weights (``base_hash``,
+:func:`base_weights_hash`); resuming or loading a refiner with a different base raises
 :class:`RefinerBaseMismatchError`.
 """
 
@@ -37,7 +41,9 @@ from latent_flow.training.ema import EMA
 __all__ = [
     "RefinerBaseMismatchError",
     "RefinerModule",
+    "base_condition",
     "base_network",
+    "base_weights_hash",
     "load_refiner",
     "weights_hash",
 ]
@@ -54,13 +60,42 @@ def base_network(model) -> nn.Module:
     return model.ema.module if getattr(model, "ema", None) is not None else model.backbone
 
 
+def base_condition(model) -> nn.Module:
+    """The condition encoder FlowTurbo uses with :func:`base_network`: the EMA copy when the model has one.
+
+    The same encoder as ``model.velocity(..., use_ema=True)``: a trainable encoder (``condition=semantic``)
+    has an EMA copy next to the EMA backbone; parameter-free encoders (label, inpaint) have none.
+    """
+    ema = getattr(model, "condition_ema", None) if getattr(model, "ema", None) is not None else None
+    return ema.module if ema is not None else model.condition
+
+
+def _update_hash(h, module: nn.Module, prefix: str = "") -> None:
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{prefix}{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def weights_hash(module: nn.Module) -> str:
     """SHA-1 over every parameter and buffer of ``module`` (names, dtypes, shapes, bytes)."""
     h = hashlib.sha1()
-    for name, tensor in module.state_dict().items():
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    _update_hash(h, module)
+    return h.hexdigest()
+
+
+def base_weights_hash(model) -> str:
+    """SHA-1 of every network the base velocity runs: :func:`base_network` and :func:`base_condition`.
+
+    A condition encoder without parameters or buffers (label, inpaint, none) adds nothing, so the
+    hash is then :func:`weights_hash` of the backbone alone (what refiners recorded before the
+    condition encoder was included).
+    """
+    net, condition = base_network(model), base_condition(model)
+    h = hashlib.sha1()
+    _update_hash(h, net)
+    if condition.state_dict():
+        _update_hash(h, condition, prefix="condition.")
     return h.hexdigest()
 
 
@@ -130,7 +165,7 @@ class RefinerModule(L.LightningModule):
         base_model.eval()
         base_model.requires_grad_(False)
         net = base_network(base_model)
-        digest = weights_hash(net)
+        digest = base_weights_hash(base_model)  # EMA backbone + EMA condition encoder
         if base_hash is not None and base_hash != digest:
             raise RefinerBaseMismatchError(
                 f"this refiner was trained for a base with weights hash {base_hash}, but base_ckpt_path={base_ckpt_path} "
@@ -216,7 +251,8 @@ class RefinerModule(L.LightningModule):
             step = (t_next - t).reshape(-1, *([1] * (x_t.dim() - 1)))
             x_next = x_t + step * v0
             target = base.velocity(x_next, t_next, cond, use_ema=True)
-        x_in, y = base.condition.network_inputs(x_next, cond)
+        # the refiner sees the condition through the encoder of the base calls above (the EMA one)
+        x_in, y = base_condition(base).network_inputs(x_next, cond)
         pred = v0 + self.refiner_network(use_ema)(x_in, v0, t_next, y)
         return {
             "loss": F.mse_loss(pred.float(), target.float()),
@@ -289,7 +325,7 @@ def load_refiner(ckpt_path: str | os.PathLike, model, *, use_ema: bool = True) -
     hp = ckpt.get("hyper_parameters", {})
     if "refiner_spec" not in hp or "base_hash" not in hp:
         raise ValueError(f"{ckpt_path} is not a FlowTurbo refiner checkpoint (no refiner_spec / base_hash hyper-parameters)")
-    digest = weights_hash(base_network(model))
+    digest = base_weights_hash(model)
     if digest != hp["base_hash"]:
         raise RefinerBaseMismatchError(
             f"refiner {ckpt_path} was trained for the base {hp.get('base_ckpt_path')} (weights hash {hp['base_hash']}), "

@@ -155,7 +155,9 @@ class TurboNetworks(nn.Module):
             ``LatentFlowModule``), in eval mode.
         refiner: ``refiner(x_in, v_prev, t, y) -> offset`` (:class:`~latent_flow.flowturbo.refiner.VelocityRefiner`)
             or ``None`` (then R blocks are refused).
-        condition: the base model's condition encoder (``network_inputs(x, cond) -> (x_in, y)``).
+        condition: the base model's condition encoder (``network_inputs(x, cond) -> (x_in, y)``), the
+            one that goes with ``base``: its EMA copy for the EMA backbone
+            (:func:`~latent_flow.flowturbo.module.base_condition`), as ``model.velocity(use_ema=True)``.
     """
 
     def __init__(self, base: nn.Module, refiner: nn.Module | None, condition: nn.Module) -> None:
@@ -427,8 +429,8 @@ def build_flowturbo_solver(model, *, use_ema: bool = True, **options: Any) -> Fl
 
     Options (:data:`FLOWTURBO_OPTIONS`): ``schedule``, ``refiner_ckpt_path`` (needed when the
     schedule has R steps), ``compile``, ``compile_backend``, ``compile_mode``, ``time_grid``, ``shift``.
-    The base network is the model's EMA copy (what the refiner was trained against); the refiner
-    checkpoint must record this base (checked by a hash of its weights, see
+    The base network is the model's EMA copy with the EMA condition encoder (what the refiner was
+    trained against); the refiner checkpoint must record this base (checked by a hash of both, see
     :func:`~latent_flow.flowturbo.module.load_refiner`). Solvers are cached per model and options,
     so sampling batch after batch loads the refiner and compiles the blocks once.
     """
@@ -458,12 +460,13 @@ def build_flowturbo_solver(model, *, use_ema: bool = True, **options: Any) -> Fl
     # compiled block functions (torch.compile's guards check the networks' identity)
     nets_key = ("nets", refiner_ckpt_path)
     if nets_key not in per_model:
-        from latent_flow.flowturbo.module import base_network, load_refiner
+        from latent_flow.flowturbo.module import base_condition, base_network, load_refiner
 
         refiner = None
         if refiner_ckpt_path is not None:
             refiner = load_refiner(refiner_ckpt_path, model).to(model.device).eval()
-        per_model[nets_key] = TurboNetworks(base_network(model), refiner, model.condition).eval()
+        # the EMA backbone with the EMA condition encoder: the networks of model.velocity(use_ema=True)
+        per_model[nets_key] = TurboNetworks(base_network(model), refiner, base_condition(model)).eval()
     nets = per_model[nets_key]
     solver = FlowTurboSolver(
         parsed, nets, time_grid=time_grid, shift=shift, compile=compile,
