@@ -113,7 +113,7 @@ def test_every_experiment_composes_and_instantiates(experiment, compose_cfg):
         if "root:" in text:  # the experiment itself sets a data root
             overrides.append("~data.dataset.root")
     elif experiment.startswith("emoji64_"):  # the study's arms: real configs, data rendered as 64 px shapes
-        assert full.data.name == "emoji" and full.trainer.max_time == "00:00:30:00"
+        assert full.data.name == "emoji" and full.data.flip and full.trainer.max_time == "00:00:30:00"
         assert full.backbone.name in ("DiT-T/1", "DiT-T/2") and full.condition.name == "label"
         overrides += ["data=shapes", "data.dataset.resolution=64"]
     else:

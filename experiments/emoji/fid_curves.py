@@ -1,0 +1,92 @@
+"""FID against the held-out statistics for every time checkpoint of the emoji study's runs, a table
+and the plot (FID vs minutes of training).
+
+    .venv/bin/python experiments/emoji/fid_curves.py --runs taef2=outputs/emoji/taef2 kl=outputs/emoji/kl \
+        pixel=outputs/emoji/pixel [--num-samples 396] [--steps 10] [--cfg-scale 2.0]
+
+Each checkpoint is scored by ``python -m latent_flow.evaluate`` (the standard Inception, EMA weights,
+Heun, per-index seeds; resumable) into ``<run>/fid/<checkpoint>/``. The checkpoints are written every
+7.5 minutes of training by ``ModelCheckpoint(train_time_interval=...)`` (k-th = k x 7.5 min; last.ckpt
+= the end of the budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _checkpoints(run: Path) -> list[tuple[float, int, Path]]:
+    """(minutes of training, global step, path) of the time checkpoints and last.ckpt."""
+    ckpts = sorted((run / "checkpoints").glob("step_*.ckpt"))
+    out = []
+    for k, path in enumerate(ckpts, start=1):
+        step = int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+        out.append((7.5 * k, step, path))
+    last = run / "checkpoints" / "last.ckpt"
+    if last.exists():
+        step = int(torch.load(last, map_location="cpu", weights_only=False)["global_step"])
+        if not out or step > out[-1][1]:
+            out.append((30.0, step, last))  # the end of the 30-minute budget (trainer.max_time)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", required=True, help="name=run_dir")
+    parser.add_argument("--reference", default="outputs/reference/emoji64_val")
+    parser.add_argument("--num-samples", type=int, default=396)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--cfg-scale", type=float, default=2.0)
+    parser.add_argument("--out", default="experiments/emoji")
+    args = parser.parse_args()
+    rows = []
+    for spec in args.runs:
+        name, run = spec.split("=", 1)
+        for minutes, step, ckpt in _checkpoints(Path(run)):
+            out_dir = Path(run) / "fid" / ckpt.stem
+            metrics_file = out_dir / "metrics.json"
+            if not metrics_file.exists():
+                cmd = [sys.executable, "-m", "latent_flow.evaluate", f"ckpt_path={ckpt}",
+                       f"num_samples={args.num_samples}", "batch_size=132", "sampler=heun",
+                       f"sampler.steps={args.steps}", f"cfg_scale={args.cfg_scale}", "metrics=[fid,kid]",
+                       f"evaluation.reference_stats={args.reference}", f"out_dir={out_dir}",
+                       f"hydra.run.dir={out_dir}/hydra"]
+                print(" ".join(cmd), flush=True)
+                subprocess.run(cmd, check=True, env={**os.environ})
+            summary = json.loads(metrics_file.read_text())
+            rows.append({"arm": name, "minutes": minutes, "step": step, "fid": summary["metrics"]["fid"],
+                         "kid": summary["metrics"].get("kid_mean"), "named": summary.get("reported", {}),
+                         "ms_per_image": summary.get("ms_per_image"), "checkpoint": str(ckpt)})
+            print(rows[-1], flush=True)
+    out = Path(args.out)
+    (out / "fid_curves.json").write_text(json.dumps(rows, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r["arm"] for r in rows):
+        pts = [r for r in rows if r["arm"] == name]
+        ax.plot([r["minutes"] for r in pts], [r["fid"] for r in pts], marker="o", label=name)
+    ax.set_xlabel("minutes of training (2-core CPU)")
+    ax.set_ylabel(f"FID@{args.num_samples} vs held-out")
+    ax.set_title(f"64 px OpenMoji, class-conditional, Heun {args.steps}, CFG {args.cfg_scale}, EMA")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "fid_vs_time.png", dpi=120)
+    print("| arm | minutes | step | FID | KID |\n| --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['arm']} | {r['minutes']} | {r['step']} | {r['fid']:.1f} | {r['kid']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()

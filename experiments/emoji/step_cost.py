@@ -1,0 +1,69 @@
+"""Training-step cost of the emoji study's three arms, measured side by side in one process.
+
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/emoji/step_cost.py [--rounds 3] [--steps 10]
+
+Each arm's LatentFlowModule (its experiment config: backbone, condition, path, optimiser) takes a
+full step on a batch of 64 cached-latent-shaped tensors (loss, backward, AdamW, EMA update); the arms
+alternate for ``--rounds`` rounds and each keeps its best round, so machine load hits all alike.
+The autoencoder costs nothing per step (latents are cached), so this is the cost of a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+ARMS = {"taef2": (32, 8, 8), "kl": (4, 16, 16), "pixel": (48, 16, 16)}
+
+
+def _module(arm: str, latent_shape):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from latent_flow.runtime import CONFIG_DIR
+    from latent_flow.training.module import LatentFlowModule
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"+experiment=emoji64_{arm}"])
+    module = LatentFlowModule(backbone=cfg.backbone, condition=cfg.condition, path=cfg.path, optim=cfg.optim,
+                              ema=cfg.ema, latent_shape=latent_shape, num_classes=9, autoencoder=None)
+    return module, int(cfg.data.batch_size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    setups = {}
+    for arm, shape in ARMS.items():
+        module, batch = _module(arm, shape)
+        opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3)
+        data = {"latent": torch.randn(batch, *shape), "label": torch.randint(0, 9, (batch,))}
+        setups[arm] = (module, opt, data)
+    best = {arm: float("inf") for arm in ARMS}
+    for _ in range(args.rounds):
+        for arm, (module, opt, data) in setups.items():
+            module.train()
+            for i in range(args.steps + 2):
+                if i == 2:
+                    start = time.perf_counter()
+                loss = module._loss(data, use_ema=False)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                module.ema.update(module.backbone)
+            best[arm] = min(best[arm], (time.perf_counter() - start) / args.steps)
+    base = best["taef2"]
+    print(f"threads: {torch.get_num_threads()}\n| arm | latents | parameters | ms / step | relative to taef2 |")
+    print("| --- | --- | --- | --- | --- |")
+    for arm, shape in ARMS.items():
+        params = sum(p.numel() for p in setups[arm][0].backbone.parameters())
+        print(f"| {arm} | {'x'.join(map(str, shape))} | {params / 1e6:.2f}M | {1000 * best[arm]:.0f} | {best[arm] / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
