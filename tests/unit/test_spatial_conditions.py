@@ -202,3 +202,59 @@ def test_cache_extras():
     assert cache_extras({"name": "inpaint", "masks": {"hole_min": 0.2}, "mask_variants": 2}) == {
         "masks": {"hole_min": 0.2}, "mask_variants": 2
     }
+
+
+@pytest.mark.parametrize("name", ["inpaint", "semantic"])
+def test_spatial_label_models_train_the_joint_null_at_the_configured_rate(name):
+    """What the networks see while training (20k draws): CFG's null (map *and* label null) at rate cond_dropout."""
+    p_cond, p_label, n, chunk = 0.1, 0.1, 20_000, 2_000
+    options = {"resolution": 32, "cond_dropout": p_cond, "use_label": True, "label_dropout": p_label}
+    options.update({"num_semantic_classes": 6} if name == "semantic" else {"masks": {}, "mask_variants": 2})
+    module = LatentFlowModule(
+        backbone={"name": "DiT-XS/2"}, condition={"name": name, **options}, path={"scheduler": {"name": "condot"}},
+        optim={"lr": 1e-3}, ema=None, latent_shape=LATENT, num_classes=5,
+    ).train()
+    seen_labels, spatial_null = [], []
+    module.backbone.y_embedder.embedding_table.register_forward_hook(
+        lambda m, args, out: seen_labels.append(args[0].clone())  # the labels after any dropout
+    )
+    network_inputs = module.condition.network_inputs
+
+    def spy(x_t, cond):
+        if name == "inpaint":
+            spatial_null.append(cond["mask"].flatten(1).sum(1) == 0)
+        else:
+            spatial_null.append((cond["semantic"] == 6).flatten(1).all(1))
+        return network_inputs(x_t, cond)
+
+    module.condition.network_inputs = spy
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for _ in range(n // chunk):
+            batch = _inpaint_batch(chunk) if name == "inpaint" else _semantic_batch(chunk)
+            batch["label"] = torch.arange(chunk) % 5
+            module._loss({"latent": torch.randn(chunk, *LATENT), **batch}, use_ema=False)
+    label_null = torch.cat(seen_labels) == 5
+    spatial = torch.cat(spatial_null)
+    assert label_null.shape == spatial.shape == (n,)
+    both = (label_null & spatial).float().mean().item()
+    se = (p_cond * (1 - p_cond) / n) ** 0.5
+    assert abs(both - p_cond) < 4 * se, f"P(both null) = {both:.4f}, configured {p_cond}"
+    assert abs(spatial.float().mean().item() - p_cond) < 4 * se  # the map is only ever dropped with the label
+    assert not bool((spatial & ~label_null).any())
+    p_label_total = p_cond + (1 - p_cond) * p_label  # + the label alone among the rest
+    se_l = (p_label_total * (1 - p_label_total) / n) ** 0.5
+    assert abs(label_null.float().mean().item() - p_label_total) < 4 * se_l
+    module.eval()  # no dropout at all outside training
+    with torch.no_grad():
+        batch = _inpaint_batch(64) if name == "inpaint" else _semantic_batch(64)
+        module._loss({"latent": torch.randn(64, *LATENT), **batch}, use_ema=False)
+    assert not bool((seen_labels[-1] == 5).any()) and not bool(spatial_null[-1].any())
+
+
+def test_label_only_models_keep_the_backbone_label_dropout():
+    module = LatentFlowModule(
+        backbone={"name": "DiT-XS/2"}, condition={"name": "label", "label_dropout": 0.3},
+        path={"scheduler": {"name": "condot"}}, optim={"lr": 1e-3}, ema=None, latent_shape=LATENT, num_classes=5,
+    )
+    assert module.backbone.y_embedder.dropout_prob == 0.3

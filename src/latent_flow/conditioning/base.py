@@ -6,8 +6,13 @@ The LightningModule builds its backbone with
 ``backbone(x_in, t, label)``.  Guidance uses ``condition.null(cond)``.
 
 While training, ``condition.train_dropout(cond)`` replaces a spatial condition by its null
-per sample with probability ``cond_dropout`` (label dropout stays in the backbone), so the
-same network also learns the unconditional velocity that classifier-free guidance needs.
+per sample with probability ``cond_dropout``, so the same network also learns the unconditional
+velocity that classifier-free guidance needs. Label dropout: for ``condition=label`` in the
+backbone (``class_dropout_prob``); for spatial + label conditions in ``train_dropout``, where the
+label is nulled *together* with the spatial condition (the joint null, what ``null(cond)`` gives)
+with probability ``cond_dropout`` and alone with ``label_dropout`` among the rest
+(``drops_labels = True``: the backbone is then built without label dropout; see
+:mod:`latent_flow.conditioning.spatial`).
 
 Names (``build_condition``): ``none``, ``label``, ``inpaint`` and ``semantic`` (the last two
 in :mod:`latent_flow.conditioning.spatial`; ``use_label=true`` adds class labels to them).
@@ -32,6 +37,8 @@ class ConditionEncoder(nn.Module):
     spatial_channels: int = 0
     #: whether the backbone receives class labels
     uses_label: bool = False
+    #: whether ``train_dropout`` drops the labels itself (the backbone then has no label dropout)
+    drops_labels: bool = False
 
     def from_batch(self, batch: dict[str, Tensor]) -> Cond:
         """Extract the condition tensors of a (latent) batch."""
@@ -46,7 +53,7 @@ class ConditionEncoder(nn.Module):
         return x_t, None
 
     def train_dropout(self, cond: Cond) -> Cond:
-        """Condition dropout while training (spatial conditions); labels are dropped in the backbone."""
+        """Condition dropout while training (spatial conditions; their labels too when ``drops_labels``)."""
         return cond
 
     def extra_repr(self) -> str:

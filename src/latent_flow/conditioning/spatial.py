@@ -1,8 +1,9 @@
 """Spatial conditions: inpainting and semantic-map-to-image (LFM, Dao et al. 2023, section 2 of methods.md).
 
 Both concatenate channels to the noisy latent ``x_t`` (time convention: t = 0 noise, t = 1 data)
-and may be combined with class labels (``use_label=True``; the null label and label dropout are
-the backbone's, as for ``condition=label``).
+and may be combined with class labels (``use_label=True``; the null label is the backbone's, as
+for ``condition=label``, but the label dropout is done here, jointly with the spatial one: see
+"Condition dropout" below).
 
 ``inpaint`` (``spatial_channels = C + 1``)
     ``cond = {"masked_latent": (B, C, h, w), "mask": (B, 1, h, w)}``: the normalised autoencoder
@@ -20,9 +21,20 @@ the backbone's, as for ``condition=label``).
     Null condition: the map filled with the extra id ``K = num_semantic_classes``, encoded by the
     same network, i.e. a *learned* null embedding (like the null class of labels).
 
-Condition dropout (``cond_dropout``): while training, each sample's spatial condition is replaced
-by its null with that probability (:meth:`train_dropout`), so the model also learns the
-unconditional velocity and classifier-free guidance works.
+Condition dropout (:meth:`SpatialCondition.train_dropout`, training only), one uniform draw ``u``
+per sample, ``p = cond_dropout``, ``q = label_dropout``:
+
+- ``u < p``: the **whole** condition is null, the spatial part *and* the label together, i.e.
+  exactly ``null(cond)``, the unconditional velocity that classifier-free guidance extrapolates from;
+- spatial + label models only, ``p <= u < p + (1 - p) q``: the label alone is null (map / known
+  region kept);
+- otherwise nothing is dropped.
+
+So P(joint null) = P(spatial null) = ``p``, P(label null) = ``p + (1 - p) q`` (0.19 for the
+defaults 0.1 / 0.1), and the spatial part is never dropped without the label. Spatial + label
+models build their backbone with ``class_dropout_prob = 0``: independent drops in the backbone
+gave the joint null only ``p q`` of the samples (1%). Without labels this is the old per-sample
+spatial drop with probability ``p``.
 """
 
 from __future__ import annotations
@@ -71,17 +83,28 @@ def check_semantic_ids(semantic: Tensor, num_semantic_classes: int, what: str = 
 
 
 class SpatialCondition(ConditionEncoder):
-    """Shared part of the spatial conditions: optional class labels and per-sample condition dropout."""
+    """Shared part of the spatial conditions: optional class labels and per-sample condition dropout.
+
+    ``cond_dropout`` (p): probability of the joint null (spatial condition and label together, what
+    CFG's :meth:`null` gives); ``label_dropout`` (q, with ``use_label`` only): probability of the label
+    alone among the other samples. See the module docstring; :attr:`drops_labels` tells the
+    LightningModule to build its backbone without label dropout of its own.
+    """
 
     #: keys of the spatial tensors in ``cond``
     spatial_keys: tuple[str, ...] = ()
 
-    def __init__(self, *, use_label: bool = False, num_classes: int = 0, cond_dropout: float = 0.1) -> None:
+    def __init__(
+        self, *, use_label: bool = False, num_classes: int = 0, cond_dropout: float = 0.1, label_dropout: float = 0.1
+    ) -> None:
         super().__init__()
         if not 0.0 <= float(cond_dropout) < 1.0:
             raise ValueError(f"condition.cond_dropout must be in [0, 1), got {cond_dropout}")
+        if not 0.0 <= float(label_dropout) <= 1.0:
+            raise ValueError(f"condition.label_dropout must be in [0, 1], got {label_dropout}")
         self.cond_dropout = float(cond_dropout)
         self.uses_label = bool(use_label)
+        self.label_dropout = float(label_dropout) if self.uses_label else 0.0
         if self.uses_label and int(num_classes) < 1:
             raise ValueError(
                 f"condition.use_label=true needs a dataset with class labels, got num_classes={num_classes}"
@@ -108,22 +131,38 @@ class SpatialCondition(ConditionEncoder):
     def null(self, cond: Cond) -> Cond:
         return {**self.spatial_null(cond), **self._null_label(cond)}
 
+    @property
+    def drops_labels(self) -> bool:
+        """Whether :meth:`train_dropout` drops the labels (then the backbone must not drop them too)."""
+        return self.uses_label
+
     def train_dropout(self, cond: Cond) -> Cond:
-        """Replace the spatial condition by its null per sample with probability ``cond_dropout`` (training only)."""
-        if not self.training or self.cond_dropout <= 0.0:
+        """Joint null with probability ``cond_dropout``, else the label alone with ``label_dropout`` (training only).
+
+        One uniform draw per sample (module docstring): ``u < p`` -> ``null(cond)`` (spatial and label);
+        ``p <= u < p + (1 - p) q`` -> only the label null (spatial + label models).
+        """
+        p, q = self.cond_dropout, self.label_dropout
+        if not self.training or (p <= 0.0 and q <= 0.0):
             return cond
-        null = self.spatial_null(cond)
         first = cond[self.spatial_keys[0]]
-        drop = torch.rand(first.shape[0], device=first.device) < self.cond_dropout
+        u = torch.rand(first.shape[0], device=first.device)
+        joint = u < p
         out = dict(cond)
+        null = self.spatial_null(cond)
         for key in self.spatial_keys:
             value = cond[key]
-            keep = drop.view(-1, *([1] * (value.dim() - 1)))
+            keep = joint.view(-1, *([1] * (value.dim() - 1)))
             out[key] = torch.where(keep, null[key].to(value.device), value)
+        if self.uses_label and "label" in cond:
+            label = cond["label"]
+            drop_label = (u < p + (1.0 - p) * q).to(label.device)
+            out["label"] = torch.where(drop_label, torch.full_like(label, self.num_classes), label)
         return out
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", cond_dropout={self.cond_dropout}"
+        extra = f", cond_dropout={self.cond_dropout}"
+        return super().extra_repr() + extra + (f", label_dropout={self.label_dropout}" if self.uses_label else "")
 
 
 class InpaintCondition(SpatialCondition):
@@ -146,8 +185,11 @@ class InpaintCondition(SpatialCondition):
         use_label: bool = False,
         num_classes: int = 0,
         cond_dropout: float = 0.1,
+        label_dropout: float = 0.1,
     ) -> None:
-        super().__init__(use_label=use_label, num_classes=num_classes, cond_dropout=cond_dropout)
+        super().__init__(
+            use_label=use_label, num_classes=num_classes, cond_dropout=cond_dropout, label_dropout=label_dropout
+        )
         channels, height, width = (int(v) for v in latent_shape)
         self.latent_channels = channels
         self.latent_size = (height, width)
@@ -223,8 +265,11 @@ class SemanticCondition(SpatialCondition):
         use_label: bool = False,
         num_classes: int = 0,
         cond_dropout: float = 0.1,
+        label_dropout: float = 0.1,
     ) -> None:
-        super().__init__(use_label=use_label, num_classes=num_classes, cond_dropout=cond_dropout)
+        super().__init__(
+            use_label=use_label, num_classes=num_classes, cond_dropout=cond_dropout, label_dropout=label_dropout
+        )
         if num_semantic_classes is None:
             raise ValueError(
                 "condition=semantic needs condition.num_semantic_classes (classes of the semantic maps, "
@@ -288,8 +333,9 @@ def build_spatial_condition(
     if latent_shape is None:
         raise ValueError(f"condition '{name}' needs the latent shape (C, h, w)")
     valid = {
-        "inpaint": {"resolution", "masks", "mask_variants", "use_label", "cond_dropout"},
-        "semantic": {"resolution", "num_semantic_classes", "embed_channels", "hidden_channels", "use_label", "cond_dropout"},
+        "inpaint": {"resolution", "masks", "mask_variants", "use_label", "cond_dropout", "label_dropout"},
+        "semantic": {"resolution", "num_semantic_classes", "embed_channels", "hidden_channels", "use_label", "cond_dropout",
+                     "label_dropout"},
     }[name]
     unknown = sorted(set(options) - valid)
     if unknown:

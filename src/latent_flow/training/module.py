@@ -60,7 +60,10 @@ class LatentFlowModule(L.LightningModule):
     Args:
         backbone: ``{"name": "DiT-T/2", **preset overrides}``; input size, channels and
             classes are derived from ``latent_shape``, ``condition`` and ``num_classes``.
-        condition: ``{"name": "label" | "none", "label_dropout": p}``.
+        condition: ``{"name": "label" | "none" | "inpaint" | "semantic", "label_dropout": p, ...}``
+            (``conf/condition/``). ``condition=label``: labels dropped in the backbone with ``p``;
+            spatial + label: the condition drops the label with the spatial part (joint null with
+            probability ``cond_dropout``) and alone with ``p`` among the rest, the backbone not at all.
         path: ``{"scheduler": {"name": "condot", ...}, "time_sampler": {"name": "uniform", ...}}``.
         optim: AdamW and schedule settings (lr, weight_decay, betas, eps, warmup_steps,
             cosine, min_lr_ratio, fused).
@@ -122,9 +125,13 @@ class LatentFlowModule(L.LightningModule):
         cond_opts = dict(condition)
         cond_name = cond_opts.pop("name")
         label_dropout = float(cond_opts.pop("label_dropout", 0.0))
+        if cond_name in ("inpaint", "semantic"):  # spatial (+ label): the condition drops the label jointly
+            cond_opts["label_dropout"] = label_dropout
         self.condition = build_condition(
             cond_name, num_classes=int(num_classes), latent_shape=tuple(latent_shape), **cond_opts
         )
+        # label dropout in the backbone only when the condition does not do it (condition=label)
+        backbone_label_dropout = label_dropout if self.condition.uses_label and not self.condition.drops_labels else 0.0
 
         channels, height, width = latent_shape
         if height != width:
@@ -137,7 +144,7 @@ class LatentFlowModule(L.LightningModule):
             in_channels=channels + self.condition.spatial_channels,
             out_channels=channels,
             num_classes=int(num_classes) if self.condition.uses_label else 0,
-            class_dropout_prob=label_dropout if self.condition.uses_label else 0.0,
+            class_dropout_prob=backbone_label_dropout,
             **bb_opts,
         )
         self.ema = EMA(self.backbone, **ema) if ema else None
