@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections import deque
 from pathlib import Path
@@ -340,8 +341,12 @@ def make_tree(root: Path) -> None:
 
 def test_image_folder_classes_conversion_and_skipping(tmp_path):
     make_tree(tmp_path)
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable file\(s\).*corrupt\.png"):
+    with pytest.warns(UserWarning) as record:
         ds = ImageFolderDataset(tmp_path, resolution=32)
+    messages = [str(w.message) for w in record]
+    assert any(re.search(r"skipped 1 unreadable file\(s\).*corrupt\.png", m) for m in messages), messages
+    assert any(re.search(r"ignored 1 file\(s\) whose extension.*dogs/notes\.txt \(\.txt x1\)", m) for m in messages)
+    assert [p.name for p in ds.ignored_files] == ["notes.txt"]
     assert ds.class_names == ["cats", "dogs"] and ds.num_classes == 2
     assert len(ds) == 6
     assert [p.name for p in ds.skipped_files] == ["corrupt.png"]
@@ -419,3 +424,41 @@ def test_image_folder_fingerprint(tmp_path):
     assert changed != fp
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "img2.png")
     assert ImageFolderDataset(tmp_path, resolution=32).fingerprint() != changed
+
+
+def test_image_folder_reads_gif_and_tiff_and_reports_other_extensions(tmp_path):
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    Image.fromarray(pixels).save(tmp_path / "b.tif")
+    Image.fromarray(pixels).save(tmp_path / "c.TIFF")
+    Image.fromarray(pixels).convert("P").save(tmp_path / "d.gif")
+    Image.fromarray(pixels).save(tmp_path / "e.tga")  # PIL reads it, but it is not a listed extension
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / ".hidden.txt").write_text("hidden files stay silent")
+    with pytest.warns(UserWarning, match=r"ignored 2 file\(s\) whose extension is not one of .*e\.tga.*notes\.txt"):
+        ds = ImageFolderDataset(tmp_path, resolution=32)
+    assert sorted(p.name for p, _ in ds.samples) == ["a.png", "b.tif", "c.TIFF", "d.gif"]
+    assert sorted(p.name for p in ds.ignored_files) == ["e.tga", "notes.txt"] and not ds.skipped_files
+    by_name = {p.name: i for i, (p, _) in enumerate(ds.samples)}
+    ref = ds[by_name["a.png"]]["image"]
+    assert torch.equal(ds[by_name["b.tif"]]["image"], ref) and torch.equal(ds[by_name["c.TIFF"]]["image"], ref)
+    assert ds[by_name["d.gif"]]["image"].shape == (3, 32, 32)
+    # an explicit list is honoured (.tga read, the rest reported)
+    with pytest.warns(UserWarning, match=r"ignored 4 file\(s\)"):
+        only = ImageFolderDataset(tmp_path, resolution=32, extensions=[".png", "tga"])
+    assert sorted(p.name for p, _ in only.samples) == ["a.png", "e.tga"]
+    assert torch.equal(only[[p.name for p, _ in only.samples].index("e.tga")]["image"], ref)
+    with warnings.catch_warnings():  # a folder of accepted images only: nothing to report
+        warnings.simplefilter("error")
+        (tmp_path / "clean").mkdir()
+        Image.fromarray(pixels).save(tmp_path / "clean" / "x.tiff")
+        assert len(ImageFolderDataset(tmp_path / "clean", resolution=32)) == 1
+
+
+def test_image_folder_no_images_message_names_the_ignored_files(tmp_path):
+    (tmp_path / "scan.heic").write_bytes(b"\x00" * 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=r"no images found.*1 file\(s\) with other extensions.*scan\.heic"):
+            ImageFolderDataset(tmp_path, resolution=32)

@@ -6,7 +6,9 @@ Layouts accepted::
     root/001.png, root/002.png, ...           -> a single class 0 (named after the root folder)
 
 Files are found recursively inside each class folder; hidden files and folders (``.name``) are
-ignored. Every image is converted to RGB (grayscale, palette, 16-bit and CMYK images converted;
+ignored. Accepted endings (``extensions``, case-insensitive): ``.png .jpg .jpeg .bmp .webp .gif .tif
+.tiff`` by default (GIF / multi-page TIFF: the first frame). Other files are left out and reported:
+counted in ``ignored_files`` and named in a ``warnings.warn`` (with their endings), like unreadable ones. Every image is converted to RGB (grayscale, palette, 16-bit and CMYK images converted;
 transparency composited on white; EXIF orientation applied), resized so that its shorter side is
 ``resolution`` (bicubic, antialiased) and centre-cropped to ``resolution x resolution`` (or resized
 to the square directly with ``center_crop=False``).
@@ -38,7 +40,7 @@ from torch.utils.data import Dataset
 
 __all__ = ["DEFAULT_EXTENSIONS", "ImageFolderDataset", "pil_to_tensor", "resize_center_crop"]
 
-DEFAULT_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+DEFAULT_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 _NUM_NAMED_SKIPPED = 5  # file names listed in the warning
 
 # Pillow >= 9.1 has Image.Resampling; older versions expose the constant on Image
@@ -119,8 +121,9 @@ class ImageFolderDataset(Dataset):
             False, resize the whole image to ``resolution x resolution`` (aspect not kept).
 
     Attributes: ``class_names``, ``num_classes``, ``samples`` (list of (path, label)),
-    ``skipped_files`` (unreadable files, skipped), ``num_resized`` (readable images whose size
-    is not ``resolution x resolution``).
+    ``skipped_files`` (unreadable files, skipped), ``ignored_files`` (non-hidden files left out for
+    their extension, reported), ``num_resized`` (readable images whose size is not
+    ``resolution x resolution``).
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class ImageFolderDataset(Dataset):
             raise NotADirectoryError(
                 f"'{self.root}' is not a folder: expected a folder of images or of class sub-folders"
             )
+        self.ignored_files: list[Path] = []
         self.class_names, candidates = self._discover()
         self.num_classes = len(self.class_names)
         self.samples: list[tuple[Path, int]] = []
@@ -158,24 +162,48 @@ class ImageFolderDataset(Dataset):
     def _is_image(self, path: Path) -> bool:
         return path.suffix.lower() in self.extensions and not path.name.startswith(".")
 
-    def _files_under(self, folder: Path) -> list[Path]:
+    def _files_under(self, folder: Path, ignored: list[Path] | None = None) -> list[Path]:
         files = []
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files.extend(Path(dirpath) / name for name in sorted(filenames) if self._is_image(Path(name)))
+            for name in sorted(filenames):
+                if self._is_image(Path(name)):
+                    files.append(Path(dirpath) / name)
+                elif ignored is not None and not name.startswith("."):
+                    ignored.append(Path(dirpath) / name)
         return files
 
+    def _ignored_summary(self) -> str:
+        """``"N file(s) ... : a.txt, b.heic (.txt x1, .heic x1)"`` of :attr:`ignored_files`."""
+        ignored = self.ignored_files
+        names = ", ".join(p.relative_to(self.root).as_posix() for p in ignored[:_NUM_NAMED_SKIPPED])
+        more = f" and {len(ignored) - _NUM_NAMED_SKIPPED} more" if len(ignored) > _NUM_NAMED_SKIPPED else ""
+        counts: dict[str, int] = {}
+        for p in ignored:
+            counts[p.suffix.lower() or "(none)"] = counts.get(p.suffix.lower() or "(none)", 0) + 1
+        endings = ", ".join(f"{ext} x{n}" for ext, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        return f"{names}{more} ({endings})"
+
     def _no_images_error(self) -> ValueError:
+        ignored = ""
+        if self.ignored_files:
+            ignored = f"; {len(self.ignored_files)} file(s) with other extensions were ignored: {self._ignored_summary()}"
         return ValueError(
             f"no images found in '{self.root}' (looked for files ending in {', '.join(self.extensions)}, "
-            "directly in the folder or in class sub-folders)"
+            f"directly in the folder or in class sub-folders{ignored})"
         )
 
     def _discover(self) -> tuple[list[str], list[tuple[Path, int]]]:
+        """Class folders (or the root) and their image files; fills :attr:`ignored_files` on the way."""
+        ignored: list[Path] = []
+        self.ignored_files = ignored
         subdirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        per_class = [(d.name, self._files_under(d)) for d in subdirs]
+        per_class = [(d.name, self._files_under(d, ignored)) for d in subdirs]
         per_class = [(name, files) for name, files in per_class if files]
-        top_level = sorted(p for p in self.root.iterdir() if p.is_file() and self._is_image(p))
+        top_files = sorted(p for p in self.root.iterdir() if p.is_file() and not p.name.startswith("."))
+        top_level = [p for p in top_files if self._is_image(p)]
+        ignored.extend(p for p in top_files if not self._is_image(p))
+        ignored.sort()
         if per_class:
             if top_level:
                 warnings.warn(
@@ -222,6 +250,13 @@ class ImageFolderDataset(Dataset):
         self.samples = samples
         self.skipped_files = skipped
         self.num_resized = num_resized
+        if self.ignored_files:
+            warnings.warn(
+                f"ImageFolderDataset: ignored {len(self.ignored_files)} file(s) whose extension is not one of "
+                f"{', '.join(self.extensions)} in '{self.root}': {self._ignored_summary()}; "
+                "pass data.dataset.extensions=[...] to include them",
+                stacklevel=3,
+            )
         if skipped:
             names = ", ".join(p.relative_to(self.root).as_posix() for p in skipped[:_NUM_NAMED_SKIPPED])
             more = f" and {len(skipped) - _NUM_NAMED_SKIPPED} more" if len(skipped) > _NUM_NAMED_SKIPPED else ""
