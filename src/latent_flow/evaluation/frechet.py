@@ -56,6 +56,15 @@ def gaussian_stats(features: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarra
     return mu, np.atleast_2d(sigma)
 
 
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    """``scipy.linalg.sqrtm(a)`` in its supported form (no ``disp``: deprecated in SciPy 1.16, removed in 1.18).
+
+    ``disp=False`` only added an error estimate to the return value; the square root is the same array.
+    """
+    out = linalg.sqrtm(a)
+    return out[0] if isinstance(out, tuple) else out
+
+
 def frechet_distance(
     mu1: np.ndarray | Tensor,
     sigma1: np.ndarray | Tensor,
@@ -87,15 +96,13 @@ def frechet_distance(
     diff = mu1 - mu2
     with warnings.catch_warnings():  # a singular product is handled below (non-finite -> eps retry)
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+        covmean = _sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
         warnings.warn(
             f"frechet_distance: singular product of covariances; adding {eps} to the diagonal", RuntimeWarning, stacklevel=2
         )
         offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
-        if isinstance(covmean, tuple):  # older scipy returned (sqrtm, errest) with disp=False only
-            covmean = covmean[0]
+        covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
     if np.iscomplexobj(covmean):
         max_imag = float(np.max(np.abs(np.diagonal(covmean).imag)))
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=imag_tol):
