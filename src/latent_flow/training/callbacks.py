@@ -326,11 +326,13 @@ class SampleMetricsCallback(L.Callback):
         start = time.perf_counter()
         images, nfe = self._sample(pl_module, labels)
         metrics: dict[str, float] = {}
+        if shapes_metrics:  # the oracle scores uint8 pixels read back (u8 / 127.5 - 1), as evaluate's PNGs
+            pixels = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         if "fd_shapes" in self.metrics:
-            metrics["eval/fd_shapes"] = oracle_mod.fd_shapes(self._oracle, images, self._reference)
+            metrics["eval/fd_shapes"] = oracle_mod.fd_shapes(self._oracle, pixels, self._reference)
         if "label_accuracy" in self.metrics and labels is not None:
             metrics["eval/label_accuracy"] = oracle_mod.oracle_metrics_on_samples(
-                self._oracle, images, labels=labels
+                self._oracle, pixels, labels=labels
             )["label_accuracy"]
         if self.feature_metrics:
             from latent_flow.evaluation.metrics import compute_features, count_label, image_metrics, metric_names
