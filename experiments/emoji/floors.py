@@ -1,7 +1,7 @@
 """Floors and ceilings of the emoji study, with the standard FID against the held-out statistics.
 
     LATENT_FLOW_TAEF2_DIR=../shared/weights/taef2 .venv/bin/python experiments/emoji/floors.py \
-        --reference outputs/reference/emoji64_val [--kl] [--out experiments/emoji/floors.json]
+        --reference outputs/reference/emoji64_val [--kl .cache/autoencoders/kl-<key>.pt] [--out ...]
 
 * data floor: FID of N random training images (N = the held-out count) against the held-out set,
   i.e. what a perfect model of the training split scores at this sample count;
@@ -21,12 +21,11 @@ import numpy as np
 import torch
 
 from latent_flow.autoencoders import build_autoencoder, load_autoencoder
-from latent_flow.data.emoji_set import EmojiDataset
+from latent_flow.data.emoji import EmojiDataset
 from latent_flow.evaluation.frechet import frechet_distance, gaussian_stats
 from latent_flow.evaluation.inception import InceptionFeatures
 from latent_flow.evaluation.metrics import compute_features
 from latent_flow.evaluation.reference import load_reference_stats
-from latent_flow.train_autoencoder import autoencoder_cache_path
 
 
 def _images(ds: EmojiDataset, indices) -> torch.Tensor:
@@ -48,14 +47,13 @@ def _reconstruct(ae, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", default="outputs/reference/emoji64_val")
-    parser.add_argument("--root", default="data/emoji")
-    parser.add_argument("--cache-dir", default=".cache")
-    parser.add_argument("--kl", action="store_true", help="also the own KL autoencoder (must be trained)")
+    parser.add_argument("--root", default=".cache/emoji", help="data.dataset.root of data=emoji")
+    parser.add_argument("--kl", default=None, help="the own KL autoencoder's file (.cache/autoencoders/kl-*.pt)")
     parser.add_argument("--out", default="experiments/emoji/floors.json")
     args = parser.parse_args()
     ref = load_reference_stats(args.reference)
-    held_out = EmojiDataset(args.root, split="val", prepare=False)
-    train = EmojiDataset(args.root, split="train", prepare=False)
+    held_out = EmojiDataset(args.root, split="val")
+    train = EmojiDataset(args.root, split="train")
     n = len(held_out)
     extractor = InceptionFeatures()
     results = {"num_held_out": n, "reference": args.reference}
@@ -71,13 +69,7 @@ def main() -> None:
     results[f"TAEF2 reconstruction: fid@{n} vs {n} held-out"] = _fid(extractor, _reconstruct(taef2, val_images), ref)
     print(results, flush=True)
     if args.kl:
-        from omegaconf import OmegaConf
-
-        ae_cfg = OmegaConf.load("conf/autoencoder/kl_emoji64.yaml")
-        base = OmegaConf.load("conf/autoencoder/kl_shapes.yaml")
-        ae_cfg = OmegaConf.merge(base, {k: v for k, v in ae_cfg.items() if k != "defaults"})
-        path = autoencoder_cache_path(ae_cfg, train, args.cache_dir)
-        kl = load_autoencoder("kl", ckpt_path=path).eval()
+        kl = load_autoencoder("kl", ckpt_path=args.kl).eval()
         results[f"own KL AE reconstruction: fid@{n} vs {n} held-out"] = _fid(extractor, _reconstruct(kl, val_images), ref)
         print(results, flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
