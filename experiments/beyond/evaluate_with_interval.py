@@ -3,7 +3,7 @@
 ``latent_flow.evaluate`` (owned by another change) does not yet pass ``cfg_interval`` to
 ``model.sample_latents``; until it does (one keyword in ``evaluate._generate``), this wrapper
 passes it (``sample_latents``'s default is set to the interval) and adds the key to the config
-(``+cfg_interval=...``), so ``metrics.json`` / ``recipe.json`` record it through
+(``++cfg_interval=...``: adds the key, or sets it once evaluate.yaml has it), so ``metrics.json`` / ``recipe.json`` record it through
 ``sample.sampling_settings``. Every other argument goes to ``latent_flow.evaluate`` unchanged.
 
     .venv/bin/python experiments/beyond/evaluate_with_interval.py cfg_interval=[0.3,1.0] ckpt_path=... num_samples=500
@@ -35,7 +35,7 @@ def main() -> None:
 
     LatentFlowModule.sample_latents = sample_latents
     if interval is not None:
-        rest.append(f"+cfg_interval=[{interval[0]},{interval[1]}]")
+        rest.append(f"++cfg_interval=[{interval[0]},{interval[1]}]")  # adds or overrides the key
     sys.argv = [sys.argv[0], *rest]
     from latent_flow.evaluate import main as evaluate_main
 
