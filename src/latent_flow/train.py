@@ -96,6 +96,9 @@ def run_training(cfg: DictConfig) -> dict:
     autoencoder.set_latent_stats(torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
     stage_cache = time.time()
 
+    # the initial weights depend on the seed alone, not on whether the autoencoder / latent cache stages ran
+    # in this process (they draw from the global RNG): a rerun with a warm cache starts from the same weights
+    L.seed_everything(cfg.seed, workers=True)
     model = LatentFlowModule(
         backbone=cfg.backbone,
         condition=cfg.condition,

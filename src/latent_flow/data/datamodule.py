@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from latent_flow.autoencoders.base import Autoencoder
 from latent_flow.data.latent_cache import LatentCache, LatentDataset
+from latent_flow.data.samplers import ResumableSampler
 
 __all__ = ["ImageDataModule", "LatentDataModule", "split_indices"]
 
@@ -29,15 +30,26 @@ def split_indices(num_items: int, val_fraction: float, seed: int = 0) -> tuple[n
     return np.sort(perm[num_val:]), np.sort(perm[:num_val])
 
 
-def _loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool, drop_last: bool) -> DataLoader:
+def _loader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    shuffle: bool,
+    drop_last: bool,
+    *,
+    sampler=None,
+    generator: torch.Generator | None = None,
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else None,
+        sampler=sampler,
         drop_last=drop_last and len(dataset) >= batch_size,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
+        generator=generator,
     )
 
 
@@ -68,6 +80,15 @@ class LatentDataModule(L.LightningDataModule):
     are available after ``setup``. ``cache_extras`` (from
     :func:`latent_flow.conditioning.cache_extras` of the condition config) adds what spatial
     conditions need to the cache: semantic maps and / or masks with masked-image latents.
+
+    Resumable data order: the training loader draws with a
+    :class:`~latent_flow.data.samplers.ResumableSampler` (a permutation per ``(seed, epoch)``, split
+    over the DDP ranks, per-item flips / mask variants keyed by the position). :meth:`state_dict`
+    (written into every checkpoint by Lightning) records the epoch and how many items of it were
+    trained on (the trainer's finished batches x batch size x world size); :meth:`load_state_dict`
+    makes the first epoch after a resume start there. Neither loader draws from torch's global
+    RNG (their worker seeds come from their own generators), so the training noise does not depend
+    on when loaders are created.
     """
 
     def __init__(
@@ -106,6 +127,8 @@ class LatentDataModule(L.LightningDataModule):
         self.seed = seed
         self.train_set: LatentDataset | None = None
         self.val_set: LatentDataset | None = None
+        self.train_sampler: ResumableSampler | None = None
+        self._sampler_state: dict | None = None  # loaded from a checkpoint, applied to the next sampler
 
     @property
     def num_classes(self) -> int:
@@ -144,12 +167,49 @@ class LatentDataModule(L.LightningDataModule):
         meta = self.cache.meta()
         return {"mean": list(meta.mean), "std": list(meta.std)}
 
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
-        return _loader(self.train_set, self.batch_size, self.num_workers, True, True)
+        rank, world = self._world()
+        sampler = ResumableSampler(len(self.train_set), seed=self.seed, num_replicas=world, rank=rank)
+        if self._sampler_state is not None:
+            sampler.load_state_dict(self._sampler_state)
+            self._sampler_state = None
+        self.train_sampler = sampler
+        gen = torch.Generator().manual_seed(self.seed)  # worker base seeds: not from the global RNG
+        return _loader(self.train_set, self.batch_size, self.num_workers, False, True, sampler=sampler, generator=gen)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_set is None:
             self.setup("fit")
-        return _loader(self.val_set, self.batch_size, self.num_workers, False, False)
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        return _loader(self.val_set, self.batch_size, self.num_workers, False, False, generator=gen)
+
+    # ------------------------------------------------------------------ resumable data order
+    def state_dict(self) -> dict:
+        """``{"train_sampler": {epoch, consumed, ...}}`` at the moment a checkpoint is written (module docstring)."""
+        trainer = getattr(self, "trainer", None)
+        if self.train_sampler is None or trainer is None:
+            return {}
+        batches = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # finished in this epoch
+        _, world = self._world()
+        return {"train_sampler": self.train_sampler.state_dict(consumed=batches * self.batch_size * world)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = state_dict.get("train_sampler")
+        if state is None:
+            return
+        # Lightning warns that a mid-epoch resume of a plain DataLoader repeats data; this one resumes its position
+        import warnings
+
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+        if self.train_sampler is not None:
+            self.train_sampler.load_state_dict(state)
+        else:
+            self._sampler_state = dict(state)

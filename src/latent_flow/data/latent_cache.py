@@ -352,6 +352,10 @@ class LatentDataset(Dataset):
     With flips cached and ``random_flip=True`` each access picks one of the two views (the
     semantic map and mask are flipped with it). With ``random_variant=True`` each access picks
     one of the cached masks; otherwise item ``i`` uses variant ``i % K`` (fixed validation).
+    The key of an access is ``i`` (the choices then come from torch's global RNG) or
+    ``(i, draw_key)`` as :class:`~latent_flow.data.samplers.ResumableSampler` yields them (the
+    choices are then a function of ``draw_key``: independent of the global RNG, of prefetching and
+    of worker processes, so a resumed run makes the same ones).
     """
 
     def __init__(
@@ -389,9 +393,23 @@ class LatentDataset(Dataset):
         shard, offset = divmod(int(index), self.meta.shard_size)
         return np.asarray(self._latents[shard][offset, view])
 
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
+    def _choices(self, key: int | None, index: int) -> tuple[int, int]:
+        """``(view, mask variant)`` of one access: from ``key`` when given, else from the global RNG."""
+        if key is not None:
+            key = int(key)
+            view = key % self.meta.num_views if self.random_flip else 0
+            variant = (key >> 20) % self.num_variants if (self.num_variants and self.random_variant) else None
+        else:
+            view = int(torch.randint(self.meta.num_views, ())) if self.random_flip else 0
+            variant = int(torch.randint(self.num_variants, ())) if (self.num_variants and self.random_variant) else None
+        if variant is None and self.num_variants:
+            variant = index % self.num_variants
+        return view, (variant or 0)
+
+    def __getitem__(self, i: int | tuple[int, int]) -> dict[str, Tensor]:
+        i, key = (i if isinstance(i, tuple) else (i, None))
         index = int(self.indices[i])
-        view = int(torch.randint(self.meta.num_views, ())) if self.random_flip else 0
+        view, variant = self._choices(key, index)
         latent = (torch.from_numpy(self.raw_latent(index, view).copy()) - self._mean) / self._std
         item = {
             "latent": latent,
@@ -407,7 +425,6 @@ class LatentDataset(Dataset):
                 semantic = semantic[:, ::-1]
             item["semantic"] = torch.from_numpy(semantic.astype(np.int64))
         if self._masks is not None:
-            variant = int(torch.randint(self.num_variants, ())) if self.random_variant else index % self.num_variants
             width = self.meta.image_size[1]
             mask = np.unpackbits(np.asarray(self._masks[shard][offset, variant]), axis=-1, count=width)
             if view == 1:

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from latent_flow.flowturbo.refiner import VelocityRefiner, parameter_count, refiner_spec
 from latent_flow.training.ema import EMA
+from latent_flow.training.resume import ResumableRNG
 
 __all__ = [
     "RefinerBaseMismatchError",
@@ -107,7 +108,7 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-class RefinerModule(L.LightningModule):
+class RefinerModule(ResumableRNG, L.LightningModule):
     """Trains a :class:`~latent_flow.flowturbo.refiner.VelocityRefiner` for a frozen base checkpoint.
 
     Args:
@@ -117,7 +118,8 @@ class RefinerModule(L.LightningModule):
         ema: EMA of the refiner (``{"decay", "warmup"}``) or ``None``; sampling uses it when present.
         time_offset: ``{"min": 0.0, "max": 0.12}``: ``dt ~ U(min, max]``, ``t + dt`` clamped to 1.
         label_dropout: probability of the null label, the same for all three calls.
-        seed: reseeds torch's RNG at the start of training (``seed + global_rank``).
+        seed: reseeds torch's RNG at the start of training (``seed + global_rank``); a resumed run
+            restores the RNG states its checkpoint saved per rank instead (:mod:`latent_flow.training.resume`).
         base_hash: expected SHA-1 of the base weights (set from a checkpoint's hparams when
             loading / resuming; ``None`` accepts the base found at ``base_ckpt_path``).
         base_model: an already loaded base ``LatentFlowModule`` (skips loading it again).
@@ -290,10 +292,14 @@ class RefinerModule(L.LightningModule):
         return LatentFlowModule.configure_optimizers(self)
 
     def on_train_start(self) -> None:
-        torch.manual_seed(int(self.hparams.seed) + int(self.global_rank))
+        self.seed_or_restore_rng(int(self.hparams.seed))  # seed + rank, or the saved states when resuming
 
     # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.save_rng_states(checkpoint)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.load_rng_states(checkpoint)
         saved = checkpoint.get("hyper_parameters", {})
         if saved.get("base_hash") not in (None, self.hparams.base_hash):
             raise RefinerBaseMismatchError(

@@ -111,6 +111,7 @@ def run_refiner_training(cfg: DictConfig) -> dict:
     _check_latents(base, datamodule, cfg.data.name, base_path)
 
     r = OmegaConf.to_container(cfg.refiner, resolve=True)
+    L.seed_everything(cfg.seed, workers=True)  # initial weights from the seed alone (not from the stages above)
     model = RefinerModule(
         base_ckpt_path=base_path,
         refiner={"num_blocks": r.get("num_blocks", 1)},

@@ -34,6 +34,7 @@ from latent_flow.sampling.noise import noise_for_indices
 from latent_flow.sampling.solvers import Solver
 from latent_flow.training.ema import EMA
 from latent_flow.training.lr_schedule import warmup_cosine_factor
+from latent_flow.training.resume import ResumableRNG
 
 __all__ = ["LatentFlowModule", "BackboneMismatchError"]
 
@@ -54,7 +55,7 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-class LatentFlowModule(L.LightningModule):
+class LatentFlowModule(ResumableRNG, L.LightningModule):
     """Conditional flow matching on autoencoder latents.
 
     Args:
@@ -80,6 +81,11 @@ class LatentFlowModule(L.LightningModule):
             which draw the training noise ``x_noise`` and times ``t``, are reseeded with
             ``seed + global_rank``, so DDP ranks draw *different* noise and times instead of
             identical (correlated) ones. Validation uses its own fixed generators.
+
+    Exact resume: every checkpoint holds each rank's RNG states (``checkpoint["rng_states"]``,
+    :mod:`latent_flow.training.resume`); a run resumed with ``ckpt_path=`` restores its rank's
+    entry at ``on_train_start`` instead of reseeding, and the datamodule restores the data order
+    and position, so the resumed run continues bit for bit.
 
     Distributed runs: at ``on_train_end`` with ``world_size > 1`` a float64 checksum of the
     backbone and EMA parameters is all-gathered; rank 0 writes ``<default_root_dir>/ddp_sync.json``
@@ -306,7 +312,11 @@ class LatentFlowModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.save_rng_states(checkpoint)  # every rank's RNG states, for an exact resume
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.load_rng_states(checkpoint)
         saved = checkpoint.get("hyper_parameters", {})
         for key in ("backbone", "latent_shape", "condition", "num_classes"):
             if key in saved and _plain(saved[key]) != _plain(self.hparams[key]):
@@ -377,9 +387,10 @@ class LatentFlowModule(L.LightningModule):
 
     # ------------------------------------------------------------------ distributed
     def on_train_start(self) -> None:
-        """Reseed the noise / time RNGs with ``seed + global_rank`` (different draws per DDP rank)."""
-        self._rank_seed = int(self.hparams.get("seed", 0)) + int(self.global_rank)
-        torch.manual_seed(self._rank_seed)  # CPU generator and every CUDA device's generator
+        """Reseed the noise / time RNGs with ``seed + global_rank`` (different draws per DDP rank), or,
+        resuming, restore the RNG states the checkpoint saved for this rank (exact continuation)."""
+        seeded = self.seed_or_restore_rng(int(self.hparams.get("seed", 0)))
+        self._rank_seed = seeded if seeded is not None else -1  # -1: restored from the checkpoint
         self._first_noise_checksum = None
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
