@@ -104,6 +104,7 @@ def _spatial_inputs(cfg: DictConfig, model):
 
 def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: int) -> dict:
     from latent_flow.flowturbo import build_model_solver
+    from latent_flow.sample import cfg_interval_of
     from latent_flow.utils.images import save_png, to_uint8
 
     todo = [i for i in rank_indices(cfg.num_samples, rank, world_size) if not (image_dir / f"{i:06d}.png").exists()]
@@ -111,6 +112,7 @@ def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: in
     name = sampler.pop("name")
     solver = build_model_solver(model, name, use_ema=cfg.use_ema, **sampler)  # flowturbo: base + refiner
     spatial_inputs = _spatial_inputs(cfg, model)
+    cfg_interval = cfg_interval_of(cfg)  # guidance only for t in [t_lo, t_hi) when set
     nfe, seconds, refiner_nfe = [], 0.0, []
     from tqdm.auto import tqdm
 
@@ -128,7 +130,7 @@ def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: in
             )
         result = model.sample_latents(
             solver, indices=batch, labels=_labels_for(batch, model, inputs), cfg_scale=cfg.cfg_scale, seed=cfg.seed,
-            use_ema=cfg.use_ema, spatial_cond=spatial_cond,
+            use_ema=cfg.use_ema, spatial_cond=spatial_cond, cfg_interval=cfg_interval,
         )
         images = to_uint8(model.decode(result.x))
         if inputs is not None and "masks" in inputs:  # the known region is the input's, bit for bit

@@ -123,6 +123,11 @@ def test_resuming_into_a_folder_of_another_recipe_refuses_and_overwrite_starts_o
     assert (tmp_path / "e" / "images" / "000000.png").read_bytes() != first
     assert json.loads((tmp_path / "e" / "recipe.json").read_text())["sampler"]["steps"] == 2
     run_evaluation(compose_cfg("evaluate", common + ["sampler.steps=2", "num_samples=4"]))  # more samples: fine
+    with pytest.raises(ValueError, match=r"cfg_interval: None there, \[0.3, 1.0\] now"):
+        run_evaluation(compose_cfg("evaluate", common + ["sampler.steps=2", "cfg_interval=[0.3,1.0]"]))
+    guided = run_evaluation(compose_cfg("evaluate", common + ["sampler.steps=2", "cfg_scale=2.0",
+                                                             "cfg_interval=[0.3,1.0]", f"out_dir={tmp_path / 'g'}"]))
+    assert guided["cfg_interval"] == [0.3, 1.0] and guided["cfg_scale"] == 2.0
 
 
 def test_training_callback_logs_fd_shapes_and_accuracy(compose_cfg, tmp_path, untrained_oracle):
