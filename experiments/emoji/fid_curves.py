@@ -44,12 +44,16 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=396)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--cfg-scale", type=float, default=2.0)
+    parser.add_argument("--minutes", type=float, nargs="*", default=None,
+                        help="score only the checkpoints at these minutes of training (default: all)")
     parser.add_argument("--out", default="experiments/emoji")
     args = parser.parse_args()
     rows = []
     for spec in args.runs:
         name, run = spec.split("=", 1)
         for minutes, step, ckpt in _checkpoints(Path(run)):
+            if args.minutes is not None and minutes not in args.minutes:
+                continue
             out_dir = Path(run) / "fid" / ckpt.stem
             metrics_file = out_dir / "metrics.json"
             if not metrics_file.exists():
@@ -66,6 +70,10 @@ def main() -> None:
                          "ms_per_image": summary.get("ms_per_image"), "checkpoint": str(ckpt)})
             print(rows[-1], flush=True)
     out = Path(args.out)
+    previous = json.loads((out / "fid_curves.json").read_text()) if (out / "fid_curves.json").exists() else []
+    keep = {(r["arm"], r["minutes"]) for r in rows}
+    rows = sorted([r for r in previous if (r["arm"], r["minutes"]) not in keep] + rows,
+                  key=lambda r: (r["arm"], r["minutes"]))  # runs scored in several calls add up
     (out / "fid_curves.json").write_text(json.dumps(rows, indent=2))
     import matplotlib
 
