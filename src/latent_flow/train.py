@@ -46,6 +46,18 @@ def _check_ckpt_path(ckpt_path: str | None) -> str | None:
     return str(path)
 
 
+def _save_final_checkpoint(trainer: L.Trainer) -> None:
+    """``last.ckpt`` holds the final weights however training stopped (``max_time``, ``max_steps`` off the
+    checkpoint interval): ModelCheckpoint alone leaves it at the last interval boundary."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
+            if getattr(callback, "_last_global_step_saved", -1) != trainer.global_step and trainer.state.finished:
+                trainer.save_checkpoint(str(Path(callback.dirpath) / "last.ckpt"))
+            return
+
+
 def run_training(cfg: DictConfig) -> dict:
     """Run all stages for a composed config; returns the final metrics."""
     if cfg.get("base_ckpt_path") or "refiner" in cfg:  # FlowTurbo: a velocity refiner for a trained checkpoint
@@ -122,6 +134,7 @@ def run_training(cfg: DictConfig) -> dict:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer = build_trainer(cfg, callbacks=instantiate_callbacks(cfg.get("callbacks")), loggers=loggers)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    _save_final_checkpoint(trainer)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     summary = {

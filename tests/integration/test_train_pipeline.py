@@ -54,6 +54,19 @@ def test_checkpoint_holds_ema_and_no_autoencoder_weights(trained_run):
     assert int(ckpt["state_dict"]["ema.num_updates"]) == 6
 
 
+def test_last_checkpoint_holds_the_final_step_off_the_checkpoint_interval(trained_run, tmp_path):
+    """max_time / max_steps between two checkpoint intervals: last.ckpt still holds the final weights."""
+    from conftest import compose
+
+    from latent_flow.train import run_training
+
+    root, _, _ = trained_run
+    cfg = compose("train", TINY_TRAIN + ["trainer.max_steps=5", f"paths.cache_dir={root / 'cache'}"], tmp_path)
+    assert run_training(cfg)["global_step"] == 5
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 5 and int(ckpt["state_dict"]["ema.num_updates"]) == 5
+
+
 def test_resume_continues_global_step_and_ema(trained_run, tmp_path):
     from conftest import compose
 
