@@ -250,7 +250,8 @@ def _feature_metrics(cfg: DictConfig, arr: np.ndarray, metrics: tuple[str, ...])
         real_f = ref["features"]
         info = ref["info"]
         out["reference"] = {k: info.get(k) for k in ("data", "split", "num_images")}
-        out["reference_name"] = " ".join(str(info[k]) for k in ("data", "split") if info.get(k))
+        split = info.get("dataset_split") if info.get("split") == "all" and info.get("dataset_split") else info.get("split")
+        out["reference_name"] = " ".join(str(v) for v in (info.get("data"), split) if v)  # e.g. "emoji val"
     else:
         real_f, _ = compute_features(extractor, np.load(ev.reference_npz)["arr_0"], device=device)
         out["reference_name"] = Path(ev.reference_npz).name

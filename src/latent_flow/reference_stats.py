@@ -53,6 +53,8 @@ def run_reference_stats(cfg: DictConfig) -> dict | None:
         "resolution": int(cfg.data.resolution),
         "dataset_fingerprint": fingerprint,
         "split": cfg.split,
+        # the dataset's own split (e.g. data=emoji data.dataset.split=val: the held-out emoji), if it has one
+        "dataset_split": cfg.data.dataset.get("split"),
         "val_fraction": float(cfg.data.val_fraction),
         "seed": int(cfg.seed),
         "augmentation": "none (no flip)",
