@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--cfg-scale", type=float, default=2.0)
     parser.add_argument("--minutes", type=float, nargs="*", default=None,
                         help="score only the checkpoints at these minutes of training (default: all)")
+    parser.add_argument("--floor", type=float, default=None, help="draw the data floor (FID of real images)")
     parser.add_argument("--out", default="experiments/emoji")
     args = parser.parse_args()
     rows = []
@@ -80,15 +81,21 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for name in dict.fromkeys(r["arm"] for r in rows):
         pts = [r for r in rows if r["arm"] == name]
-        ax.plot([r["minutes"] for r in pts], [r["fid"] for r in pts], marker="o", label=name)
-    ax.set_xlabel("minutes of training (2-core CPU)")
-    ax.set_ylabel(f"FID@{args.num_samples} vs held-out")
-    ax.set_title(f"64 px OpenMoji, class-conditional, Heun {args.steps}, CFG {args.cfg_scale}, EMA")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        for ax, key in zip(axes, ("minutes", "step")):
+            ax.plot([r[key] for r in pts], [r["fid"] for r in pts], marker="o", label=name)
+    for ax, label in zip(axes, ("minutes of training (shared 2-core CPU)", "training steps (batch 64)")):
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    if args.floor is not None:
+        for ax in axes:
+            ax.axhline(args.floor, color="grey", linestyle="--", linewidth=1)
+        axes[1].text(0.02, args.floor + 5, f"data floor {args.floor:.1f}", transform=axes[1].get_yaxis_transform())
+    axes[0].set_ylabel(f"FID@{args.num_samples} vs held-out")
+    axes[0].legend()
+    fig.suptitle(f"64 px OpenMoji, class-conditional, Heun {args.steps}, CFG {args.cfg_scale}, EMA")
     fig.tight_layout()
     fig.savefig(out / "fid_vs_time.png", dpi=120)
     print("| arm | minutes | step | FID | KID |\n| --- | --- | --- | --- | --- |")

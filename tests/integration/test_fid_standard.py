@@ -22,7 +22,7 @@ from latent_flow.evaluation.inception import torch_fidelity_state_dict  # noqa: 
 from latent_flow.utils.images import save_png  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-N = 40
+N = 30
 
 
 def write_folder(folder: Path, seed: int, shift: float) -> None:
