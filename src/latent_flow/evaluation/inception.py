@@ -112,15 +112,11 @@ def resize_bilinear_tf1(images: Tensor, size: int = INCEPTION_SIZE) -> Tensor:
     return top + (bottom - top) * wy[:, None]
 
 
-def fid_preprocess(images01: Tensor, *, quantise: bool = True) -> Tensor:
+def fid_preprocess(images01: Tensor) -> Tensor:
     """Images in [0, 1] -> the network's input: uint8 values, TF 1.x resize to 299, ``x / 128 - 1``."""
     if images01.ndim != 4 or images01.shape[1] != 3:
         raise ValueError(f"expected images of shape (B, 3, H, W) in [0, 1], got {tuple(images01.shape)}")
-    x = images01.float()
-    if quantise:
-        x = (x.clamp(0, 1) * 255).round()
-    else:
-        x = x * 255
+    x = (images01.float().clamp(0, 1) * 255).round()
     return resize_bilinear_tf1(x) / 128 - 1
 
 
@@ -244,6 +240,7 @@ class InceptionFeatures(nn.Module):
             return features.float(), logits.float()
         x = fid_preprocess(images01.to(device))
         if self.kind == "nvlabs":  # uint8 range in; its resize is the identity at 299
+            # two passes: its TorchScript returns either the features or the head's probabilities
             x255 = (x + 1) * 128
             features = self.net(x255, return_features=True)
             probs = self.net(x255, no_output_bias=True)

@@ -346,7 +346,7 @@ class SampleMetricsCallback(L.Callback):
                 if isinstance(value, float):
                     stem, _, rest = key.partition("_")
                     metrics[f"eval/{stem}@{n}" + (f"_{rest}" if rest else "")] = value
-            reference = f"{self.reference_split}" if self.reference_stats is None else str(self.reference_stats)
+            reference = self.reference_split if self.reference_stats is None else str(self.reference_stats)
             named = metric_names(scores, num_samples=self.num_samples, num_reference=len(real), reference=reference)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
