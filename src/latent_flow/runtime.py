@@ -43,11 +43,15 @@ def configure_torch(cfg: DictConfig) -> None:
 
 
 def _instantiate_entries(cfg: DictConfig | None, group: str) -> list:
-    """Instantiate every entry of a ``callbacks`` / ``logger`` group (each must name its ``_target_``)."""
+    """Instantiate every entry of a ``callbacks`` / ``logger`` group (each must name its ``_target_``).
+
+    An entry set to ``null`` (``callbacks.sample_grid=null``) is removed, the lightning-hydra-template way."""
     from hydra.utils import instantiate
 
     objects = []
     for name, entry in (cfg or {}).items():
+        if entry is None:
+            continue
         if not (isinstance(entry, DictConfig) and "_target_" in entry):
             raise ValueError(f"{group}.{name} has no _target_; every {group} entry must name its class")
         objects.append(instantiate(entry, _convert_="object"))

@@ -20,8 +20,8 @@ __all__ = ["ComposedGenerator", "composed_generator", "guidance_options"]
 
 
 def guidance_options(cfg: DictConfig) -> dict[str, float]:
-    """``guidance_scale`` and the ``guidance`` node (max_weight, t_min, t_max, not_cap) as keyword arguments."""
-    g = OmegaConf.to_container(cfg.get("guidance") or {}, resolve=True)
+    """``guidance_scale`` and the ``energy_guidance`` node (max_weight, t_min, t_max, not_cap) as keyword arguments."""
+    g = OmegaConf.to_container(cfg.get("energy_guidance") or {}, resolve=True)
     known = {"max_weight", "t_min", "t_max", "not_cap"}
     unknown = sorted(set(g) - known)
     if unknown:
