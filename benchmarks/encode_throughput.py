@@ -77,7 +77,7 @@ def build_autoencoder(name: str, taef2_dir: str | None):
 
 def _worker(rank: int, world: int, args: argparse.Namespace, name: str, root: str, barrier, results) -> None:
     from latent_flow.data.latent_cache import LatentCache
-    from latent_flow.encode import build_cache_distributed
+    from latent_flow.data.latent_cache import build_cache_distributed
 
     torch.set_num_threads(max(1, args.threads // world))
     dataset = build_dataset(args.data, args.num_images, args.resolution)

@@ -76,7 +76,7 @@ def main() -> None:
 
     import torch_fidelity
 
-    from latent_flow.evaluate import load_image_folder
+    from latent_flow.cli.evaluate import load_image_folder
     from latent_flow.evaluation.frechet import frechet_distance, gaussian_stats
     from latent_flow.evaluation.inception import InceptionFeatures, bundled_inception_path, torch_fidelity_state_dict
 

@@ -73,14 +73,15 @@ def compose(experiment: str, overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from latent_flow.runtime import CONFIG_DIR
+    from latent_flow.cli.run import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         return hydra_compose("train", [f"+experiment={experiment}", *overrides])
 
 
 def measure(experiment: str, args, compile_backbone: bool) -> dict:
-    from latent_flow.runtime import configure_torch, resolve_precision
+    from latent_flow.cli.run import configure_torch
+from latent_flow.utils.distributed import resolve_precision
     from latent_flow.training.module import LatentFlowModule
 
     overrides = [f"compile={str(compile_backbone).lower()}", "optim.cosine=false", "optim.warmup_steps=0"]

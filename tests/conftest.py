@@ -22,7 +22,7 @@ def compose(config_name: str, overrides: list[str], run_dir: Path):
 
     from omegaconf import open_dict
 
-    from latent_flow.runtime import CONFIG_DIR
+    from latent_flow.cli.run import CONFIG_DIR
 
     GlobalHydra.instance().clear()
     paths = [f"paths.output_dir={run_dir / 'run'}", f"paths.cache_dir={run_dir / 'cache'}"]

@@ -22,7 +22,7 @@ def _module(arm: str, latent_shape):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from latent_flow.runtime import CONFIG_DIR
+    from latent_flow.cli.run import CONFIG_DIR
     from latent_flow.training.module import LatentFlowModule
 
     GlobalHydra.instance().clear()

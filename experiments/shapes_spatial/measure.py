@@ -25,19 +25,14 @@ import numpy as np
 import torch
 
 from latent_flow.api import load_model
-from latent_flow.conditional_sampling import (
-    colorize_semantic,
-    paste_known,
-    sample_spatial,
-    spatial_condition,
-)
+from latent_flow.generation import paste_known, spatial_condition
 from latent_flow.data import ShapesDataset
 from latent_flow.evaluation.oracle import (
     load_or_train_oracle,
     oracle_metrics_on_samples,
 )
 from latent_flow.sampling.solvers import build_solver
-from latent_flow.utils.images import make_grid_image, save_png, to_uint8
+from latent_flow.utils.images import colorize_semantic, make_grid_image, save_png, to_uint8
 
 HERE = Path(__file__).parent
 HELD_OUT_SEED = 777
@@ -85,8 +80,8 @@ def main(args: dict[str, str]) -> None:
 
             def run(lo, hi, scale=scale):
                 cond = spatial_condition(model, semantic=maps[lo:hi])
-                imgs, nfe = sample_spatial(model, solver, cond, indices=range(lo, hi), cfg_scale=scale)
-                return to_uint8(imgs), nfe
+                res = model.sample_latents(solver, indices=range(lo, hi), cfg_scale=scale, spatial_cond=cond)
+                return to_uint8(model.decode(res.x)), res.nfe
 
             samples, nfe = _batched(run, n, 250)
             res = oracle_metrics_on_samples(oracle, _float(samples), semantic=sem_t)
@@ -129,8 +124,8 @@ def main(args: dict[str, str]) -> None:
         def run(lo, hi):
             idx = owner[lo:hi]
             cond = spatial_condition(model, images_u8=images_u8[idx], masks=masks[idx])
-            imgs, nfe = sample_spatial(model, solver, cond, indices=range(lo, hi))
-            return paste_known(to_uint8(imgs), images_u8[idx], masks[idx]), nfe
+            res = model.sample_latents(solver, indices=range(lo, hi), spatial_cond=cond)
+            return paste_known(to_uint8(model.decode(res.x)), images_u8[idx], masks[idx]), res.nfe
 
         samples, nfe = _batched(run, n * per_input, 250)
         exact = bool(np.all(samples[masks[owner]] == images_u8[owner][masks[owner]]))

@@ -23,33 +23,22 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from latent_flow.autoencoders.identity import IdentityAutoencoder
+from latent_flow.flow import likelihood as lik
+from latent_flow.generation import build_model_solver, check_labels
+from latent_flow.training.checkpoints import load_flow_module
+from latent_flow.utils.distributed import resolve_device
+
 __all__ = ["load_model", "generate", "resolve_device", "log_likelihood", "ModelLikelihood", "LIKELIHOOD_SPACES"]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def load_model(ckpt_path: str | os.PathLike, *, device: str | torch.device = "auto"):
     """A ``LatentFlowModule`` from a checkpoint written by ``latent_flow.train``, in eval mode."""
-    from latent_flow.training.module import LatentFlowModule
-
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist (expected a .ckpt written by latent_flow.train)")
-    device = resolve_device(device)
-    header = torch.load(path, map_location="cpu", weights_only=False)
-    if "hyper_parameters" not in header or "backbone" not in header.get("hyper_parameters", {}):
-        raise ValueError(f"{ckpt_path} is not a latent_flow flow checkpoint (no backbone hyper-parameters)")
-    model = LatentFlowModule.load_from_checkpoint(path, map_location=device)
-    return model.to(device).eval()
+    return load_flow_module(ckpt_path, device=device)
 
 
 def generate(
@@ -72,21 +61,17 @@ def generate(
     noise, t = 1 data), the conditional velocity elsewhere (``None``: everywhere).
 
     Inpainting / semantic models take ``spatial_cond`` (batch ``num_samples``), built by
-    :func:`latent_flow.conditional_sampling.spatial_condition` from images + masks or maps; the
-    known region of an inpainting is pasted back by ``conditional_sampling.paste_known``.
+    :func:`latent_flow.generation.spatial_condition` from images + masks or maps; the known region
+    of an inpainting is pasted back by :func:`latent_flow.generation.paste_known`.
     """
-    from latent_flow.flowturbo import build_model_solver  # flowturbo: base + refiner; result.refiner_nfe
-
-    solver = build_model_solver(model, sampler, use_ema=use_ema, **sampler_options)
-    label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
-    if label_tensor is not None and len(label_tensor) != num_samples:
-        raise ValueError(f"got {len(label_tensor)} labels for num_samples={num_samples}")
-    if label_tensor is not None and model.condition.uses_label:
-        bad = label_tensor[(label_tensor < 0) | (label_tensor > model.num_classes)]
-        if len(bad):
-            raise ValueError(
-                f"labels must be in [0, {model.num_classes - 1}] (or {model.num_classes} = null class), got {bad.tolist()}"
-            )
+    solver = build_model_solver(model, sampler, use_ema=use_ema, **sampler_options)  # flowturbo: result.refiner_nfe
+    label_tensor = None
+    if labels is not None:
+        label_tensor = torch.as_tensor(labels, dtype=torch.long)
+        if model.condition.uses_label:
+            label_tensor = check_labels(label_tensor, num_samples, model.num_classes)
+        elif len(label_tensor) != num_samples:
+            raise ValueError(f"got {len(label_tensor)} labels for num_samples={num_samples}")
     result = model.sample_latents(
         solver,
         indices=range(first_index, first_index + num_samples),
@@ -152,9 +137,6 @@ def log_likelihood(
     Returns:
         :class:`ModelLikelihood`.
     """
-    from latent_flow.autoencoders.identity import IdentityAutoencoder
-    from latent_flow.flow import likelihood as lik
-
     if model.condition.spatial_channels:
         raise ValueError("log_likelihood of spatially conditioned models (inpaint / semantic) is not supported")
     x = torch.as_tensor(images_or_latents).to(device=model.device, dtype=torch.float32)

@@ -1,33 +1,17 @@
 """Post-hoc EMA: ``python -m latent_flow.posthoc_ema ckpt_path=RUN/checkpoints/last.ckpt sigma_rel=0.08``.
 
-Reconstructs the power-function EMA of any ``sigma_rel`` at any snapshot step from the snapshots a
-run stored with ``callbacks=posthoc_ema`` (``RUN/posthoc_ema/phema_*.pt``), and writes a checkpoint
-with those EMA weights (default ``RUN/checkpoints/posthoc_sigma<sigma_rel>[_step<step>].ckpt``) for
-``sample`` / ``evaluate``. The maths: :mod:`latent_flow.training.posthoc_ema`.
+A thin Hydra wrapper: the work is :func:`latent_flow.cli.posthoc_ema.run_posthoc_ema` (options: ``conf/posthoc_ema.yaml``).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
-from latent_flow.runtime import CONFIG_DIR
-from latent_flow.training.posthoc_ema import write_posthoc_checkpoint
+from latent_flow.cli.posthoc_ema import run_posthoc_ema
+from latent_flow.cli.run import CONFIG_DIR
 
-__all__ = ["run_posthoc_ema", "main"]
-
-
-def run_posthoc_ema(cfg: DictConfig) -> dict:
-    ckpt = Path(cfg.ckpt_path)
-    suffix = f"posthoc_sigma{float(cfg.sigma_rel):g}" + (f"_step{int(cfg.step)}" if cfg.step is not None else "")
-    out = Path(cfg.out_path) if cfg.out_path else ckpt.parent / f"{suffix}.ckpt"
-    summary = write_posthoc_checkpoint(ckpt, float(cfg.sigma_rel), out, snapshot_dir=cfg.snapshot_dir,
-                                       step=cfg.step)
-    print(json.dumps(summary, indent=2))
-    return summary
+__all__ = ["main", "run_posthoc_ema"]
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="posthoc_ema")

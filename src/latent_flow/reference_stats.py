@@ -1,75 +1,17 @@
 """Reference statistics of a dataset split: ``python -m latent_flow.reference_stats data=... split=train``.
 
-Writes ``stats.npz`` (feature mean / covariance and the features themselves, for FID, KID and
-precision / recall), ``reference.npz`` (the images, uint8 NHWC, ADM evaluator layout) and
-``reference.json`` into ``out_dir``. Pass the directory to ``latent_flow.evaluate`` as
-``evaluation.reference_stats=<out_dir>`` or to the training callback (``callbacks=eval_fid``).
-The maths and the file layout live in :mod:`latent_flow.evaluation.reference`.
+A thin Hydra wrapper: the work is :func:`latent_flow.cli.reference_stats.run_reference_stats` (options: ``conf/reference_stats.yaml``).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from latent_flow.runtime import CONFIG_DIR
+from latent_flow.cli.reference_stats import run_reference_stats
+from latent_flow.cli.run import CONFIG_DIR
 
-__all__ = ["run_reference_stats", "main"]
-
-log = logging.getLogger(__name__)
-
-
-def run_reference_stats(cfg: DictConfig) -> dict | None:
-    import torch
-    from hydra.utils import instantiate
-
-    from latent_flow.encode import distributed_rank
-    from latent_flow.evaluation.reference import build_feature_extractor, compute_reference, reference_indices
-
-    rank, world_size = distributed_rank()
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda":
-            import os
-
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
-    spec = OmegaConf.to_container(cfg.evaluation.feature_extractor, resolve=True)
-    extractor = build_feature_extractor(spec)
-    if isinstance(extractor, torch.nn.Module):
-        extractor.to(device)
-    dataset = instantiate(cfg.data.dataset)
-    indices = reference_indices(
-        len(dataset), split=cfg.split, val_fraction=float(cfg.data.val_fraction), seed=int(cfg.seed),
-        num_images=cfg.num_images,
-    )
-    fingerprint = dataset.fingerprint() if hasattr(dataset, "fingerprint") else None
-    info = {
-        "data": cfg.data.name,
-        "resolution": int(cfg.data.resolution),
-        "dataset_fingerprint": fingerprint,
-        "split": cfg.split,
-        # the dataset's own split (e.g. data=emoji data.dataset.split=val: the held-out emoji), if it has one
-        "dataset_split": cfg.data.dataset.get("split"),
-        "val_fraction": float(cfg.data.val_fraction),
-        "seed": int(cfg.seed),
-        "augmentation": "none (no flip)",
-    }
-    log.info("reference statistics of %s split=%s: %d images -> %s", cfg.data.name, cfg.split, len(indices), cfg.out_dir)
-    summary = compute_reference(
-        dataset, indices, extractor, Path(cfg.out_dir), extractor_spec=spec, info=info,
-        batch_size=int(cfg.batch_size), chunk_size=int(cfg.chunk_size), save_images=bool(cfg.save_images),
-        device=device, rank=rank, world_size=world_size, num_workers=int(cfg.data.get("num_workers", 0)),
-        wait_timeout=float(cfg.wait_timeout),
-    )
-    if summary is not None:
-        print(json.dumps({k: summary[k] for k in ("data", "split", "num_images", "feature_dim", "files")}, indent=2))
-        print(f"reference statistics written to {cfg.out_dir}")
-    return summary
+__all__ = ["main", "run_reference_stats"]
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="reference_stats")

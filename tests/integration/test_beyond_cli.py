@@ -25,7 +25,7 @@ def tiny_run(tmp_path_factory):
 
 def test_likelihood_cli_writes_bits_per_dim_of_the_validation_split(tiny_run, compose_cfg):
     from latent_flow.data.datamodule import split_indices
-    from latent_flow.likelihood import held_out_split, run_likelihood
+    from latent_flow.cli.likelihood import held_out_split, run_likelihood
 
     ckpt = tiny_run / "run" / "checkpoints" / "last.ckpt"
     cfg = compose_cfg("likelihood", [f"ckpt_path={ckpt}", "num_samples=3", "batch_size=2", "rtol=1e-3", "atol=1e-3",

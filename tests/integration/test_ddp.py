@@ -20,7 +20,8 @@ from conftest import TINY_TRAIN
 from latent_flow.autoencoders import IdentityAutoencoder
 from latent_flow.data.datamodule import LatentDataModule
 from latent_flow.data.latent_cache import LatentCache
-from latent_flow.encode import build_cache_distributed, distributed_rank
+from latent_flow.data.latent_cache import build_cache_distributed
+from latent_flow.utils.distributed import distributed_rank
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -153,7 +154,7 @@ def test_datamodule_prepare_data_uses_the_rank_from_the_environment(tmp_path, mo
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LATENT_FLOW_CACHE_WAIT_TIMEOUT", "0.3")
-    import latent_flow.encode as enc
+    import latent_flow.data.latent_cache as enc
 
     monkeypatch.setattr(enc, "DEFAULT_WAIT_TIMEOUT", 0.3)
     dm = LatentDataModule(TinyImages(), IdentityAutoencoder(), cache_dir=tmp_path, shard_size=4, encode_batch_size=4)
@@ -194,7 +195,7 @@ def test_only_rank_zero_trains_the_autoencoder(tmp_path, monkeypatch):
     import threading
 
     from latent_flow.data import ShapesDataset
-    from latent_flow.train_autoencoder import autoencoder_cache_path, ensure_autoencoder
+    from latent_flow.training.autoencoder import autoencoder_cache_path, ensure_autoencoder
 
     ae_cfg = {"name": "kl", "ckpt_path": None, "train_if_missing": True,
               "config": {"latent_channels": 4, "base_channels": 8, "channel_mult": [1, 2]},

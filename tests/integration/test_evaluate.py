@@ -10,7 +10,7 @@ import pytest
 
 from conftest import TINY_TRAIN
 
-from latent_flow.evaluate import rank_indices
+from latent_flow.cli.evaluate import rank_indices
 
 
 

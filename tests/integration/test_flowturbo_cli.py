@@ -150,7 +150,8 @@ def test_refiner_training_resumes(refiner_run, compose_cfg):
 
 def test_build_model_solver_dispatches(refiner_run):
     from latent_flow.api import load_model
-    from latent_flow.flowturbo import FlowTurboSolver, build_model_solver
+    from latent_flow.flowturbo import FlowTurboSolver
+    from latent_flow.generation import build_model_solver
     from latent_flow.sampling import HeunSolver
 
     _, base_ckpt, refiner_ckpt, _ = refiner_run

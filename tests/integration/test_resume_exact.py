@@ -117,7 +117,7 @@ def test_sigterm_interrupted_ckpt_resumes_bit_exact(compose_cfg, tmp_path, monke
 
     from lightning.pytorch.callbacks import Callback
 
-    import latent_flow.train as train_mod
+    import latent_flow.cli.run as train_mod
     from conftest import TINY_TRAIN
     from latent_flow.train import run_training
 

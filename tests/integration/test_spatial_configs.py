@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from latent_flow.runtime import CONFIG_DIR
+from latent_flow.cli.run import CONFIG_DIR
 
 SPATIAL = {
     # experiment: (condition, in_channels of the network at 4 latent channels, reference settings?)

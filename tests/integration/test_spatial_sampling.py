@@ -193,7 +193,7 @@ def test_spatial_model_without_conditions_fails_clearly(semantic_ckpt):
 
 def test_api_generate_takes_spatial_conditions(semantic_ckpt):
     from latent_flow.api import generate, load_model
-    from latent_flow.conditional_sampling import spatial_condition
+    from latent_flow.generation import spatial_condition
 
     model = load_model(semantic_ckpt, device="cpu")
     maps = np.stack([ShapesDataset(num_samples=2, resolution=RES, seed=5).render(i)[2] for i in range(2)])
@@ -256,7 +256,7 @@ def test_evaluate_semantic_model_reports_miou_against_the_requested_maps(
     assert np.load(tmp_path / "eval" / "samples.npz")["labels"].tolist() == want
     assert want != [i % 5 for i in range(5)]  # the old rule i % K would contradict these maps
 
-    from latent_flow.evaluate import _metrics
+    from latent_flow.cli.evaluate import _metrics
 
     class Plain:  # a model without spatial condition
         condition = type("C", (), {"spatial_channels": 0})()
@@ -269,7 +269,7 @@ def test_evaluate_semantic_model_reports_miou_against_the_requested_maps(
 
 def test_evaluate_spatial_model_of_other_data_says_how_to_score_it(semantic_ckpt, compose_cfg):
     from latent_flow.api import load_model
-    from latent_flow.evaluate import _spatial_inputs
+    from latent_flow.cli.evaluate import _spatial_inputs
 
     model = load_model(semantic_ckpt, device="cpu")
     model.hparams["data"] = {"name": "celebamask256", "resolution": 256}

@@ -155,7 +155,7 @@ def test_sigterm_during_training_leaves_a_resumable_checkpoint(compose_cfg, tmp_
             if trainer.global_step == 4:
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    import latent_flow.train as train_mod
+    import latent_flow.cli.run as train_mod
 
     original = train_mod.instantiate_callbacks
     monkeypatch.setattr(train_mod, "instantiate_callbacks", lambda c: original(c) + [KillAtStep()])

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from latent_flow.training.autoencoder import AutoencoderModule
 from latent_flow.autoencoders import (
     Autoencoder,
-    AutoencoderModule,
     IdentityAutoencoder,
     KLAutoencoder,
     build_autoencoder,

@@ -326,11 +326,11 @@ def test_data_config_and_prepare_data_entry_point(compose_cfg, tmp_path, npm_pac
     from hydra.utils import instantiate
 
     from latent_flow.data.datamodule import ImageDataModule
-    from latent_flow.prepare_data import _positional_dataset, run_prepare_data
+    from latent_flow.cli.prepare_data import positional_dataset, run_prepare_data
 
-    assert _positional_dataset(["prepare_data", "emoji", "sources=[noto]"]) == [
+    assert positional_dataset(["prepare_data", "emoji", "sources=[noto]"]) == [
         "prepare_data", "dataset=emoji", "sources=[noto]"]  # fmt: skip
-    assert _positional_dataset(["prepare_data", "dataset=emoji"]) == ["prepare_data", "dataset=emoji"]
+    assert positional_dataset(["prepare_data", "dataset=emoji"]) == ["prepare_data", "dataset=emoji"]
     cfg = compose_cfg("prepare_data", ["sources=[noto]", f"+source_paths.noto={npm_packages['noto']}", "progress=false"])
     assert cfg.out_dir == str(tmp_path / "cache" / "emoji")
     summaries = run_prepare_data(cfg)

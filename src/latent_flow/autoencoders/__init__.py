@@ -4,7 +4,7 @@
   latent statistics, frozen eval mode, ``fingerprint`` for the latent cache).
 * :class:`IdentityAutoencoder` - pixel space (optionally space-to-depth).
 * :class:`KLAutoencoder` - the framework's own small trainable KL autoencoder,
-  trained by :class:`AutoencoderModule`.
+  trained by :class:`latent_flow.training.autoencoder.AutoencoderModule`.
 * :func:`build_autoencoder` (fresh, from ``{"name": ..., **options}``) and
   :func:`load_autoencoder` (frozen, weights from ``ckpt_path``).
 """
@@ -25,24 +25,12 @@ from .identity import IdentityAutoencoder
 from .kl import KLAutoencoder, diagonal_gaussian_kl, load_kl_autoencoder
 from .taesd import DiffusersTinyAutoencoder, TinyAutoencoder
 
-# AutoencoderModule / psnr import Lightning: loaded lazily on first access.
-_LAZY = {"AutoencoderModule", "psnr"}
-
-
-def __getattr__(name: str):  # noqa: ANN202 - PEP 562 module attribute hook
-    if name in _LAZY:
-        from . import lightning_module
-
-        return getattr(lightning_module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 __all__ = [
     "AUTOENCODER_FORMAT_VERSION",
     "Autoencoder",
     "DiffusersKLAutoencoder",
     "DiffusersTinyAutoencoder",
     "TinyAutoencoder",
-    "AutoencoderModule",
     "IdentityAutoencoder",
     "KLAutoencoder",
     "autoencoder_names",
@@ -52,7 +40,6 @@ __all__ = [
     "load_autoencoder_checkpoint",
     "load_kl_autoencoder",
     "measure_latent_stats",
-    "psnr",
     "register_autoencoder",
     "save_autoencoder",
 ]

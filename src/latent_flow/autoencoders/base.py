@@ -43,6 +43,9 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from latent_flow.utils.config import check_options, to_plain
+from latent_flow.utils.hashing import update_with_state_dict
+
 __all__ = [
     "AUTOENCODER_FORMAT_VERSION",
     "Autoencoder",
@@ -258,13 +261,6 @@ class Autoencoder(nn.Module, ABC):
             self.latent_std.copy_(std_t.to(self.latent_std))
             self.latent_stats_set.fill_(True)
 
-    def reset_latent_stats(self) -> None:
-        """Back to mean 0 / std 1 and ``has_latent_stats`` False."""
-        with torch.no_grad():
-            self.latent_mean.zero_()
-            self.latent_std.fill_(1.0)
-            self.latent_stats_set.fill_(False)
-
     # -------------------------------------------------------------- frozen
     @property
     def is_frozen(self) -> bool:
@@ -313,17 +309,6 @@ class Autoencoder(nn.Module, ABC):
 _AE = TypeVar("_AE", bound=Autoencoder)
 
 
-def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A plain dict from a mapping (OmegaConf DictConfig resolved to containers)."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return dict(cfg)
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg)
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -335,17 +320,12 @@ def _jsonable(value: Any) -> Any:
 
 
 # ------------------------------------------------------------ latent stats
-def weights_fingerprint(ae: "Autoencoder", config: Mapping[str, Any]) -> str:
+def weights_fingerprint(ae: Autoencoder, config: Mapping[str, Any]) -> str:
     """SHA-1 over the class, ``config`` (as JSON) and every parameter / buffer except the latent stats."""
     h = hashlib.sha1()
     h.update(f"{type(ae).__module__}.{type(ae).__qualname__}".encode())
     h.update(json.dumps(_jsonable(dict(config)), sort_keys=True).encode())
-    for name, tensor in ae.state_dict().items():
-        if name in _STAT_BUFFERS:
-            continue
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    update_with_state_dict(h, ae, skip=_STAT_BUFFERS)
     return h.hexdigest()
 
 
@@ -431,13 +411,7 @@ def _lookup(name: str) -> type[Autoencoder]:
 
 
 def _construct(cls: type[_AE], options: Mapping[str, Any]) -> _AE:
-    import inspect
-
-    params = inspect.signature(cls.__init__).parameters
-    unknown = sorted(k for k in options if k not in params or k == "self")
-    if unknown:
-        allowed = sorted(k for k in params if k != "self")
-        raise ValueError(f"unknown option(s) {unknown} for {cls.__name__}; allowed: {allowed}")
+    check_options(cls, options, cls.__name__)
     return cls(**options)
 
 
@@ -447,7 +421,7 @@ def build_autoencoder(cfg: Mapping[str, Any]) -> Autoencoder:
 
     Unknown names or options raise ValueError.
     """
-    cfg = _plain(cfg)
+    cfg = to_plain(cfg)
     if "name" not in cfg:
         raise ValueError(f"autoencoder config needs a 'name' (one of {autoencoder_names()}), got keys {sorted(cfg)}")
     options = {k: v for k, v in cfg.items() if k != "name"}
@@ -481,7 +455,7 @@ def load_autoencoder(
         FileNotFoundError: ``ckpt_path`` does not exist.
     """
     if isinstance(cfg_or_name, Mapping):
-        cfg = _plain(cfg_or_name)
+        cfg = to_plain(cfg_or_name)
         if options:
             cfg.update(options)
         if "name" not in cfg:
@@ -591,7 +565,7 @@ def load_autoencoder_checkpoint(
         raise ValueError(f"{str(path)!r} holds an unknown autoencoder class {class_name!r}; known: {sorted(classes)}")
 
     config = dict(payload["config"])
-    options = _plain(options)
+    options = to_plain(options)
     mismatched = {
         k: (v, config[k])
         for k, v in options.items()

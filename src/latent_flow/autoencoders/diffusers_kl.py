@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,7 +70,7 @@ class PretrainedWeightsNotFoundError(OSError):
     Hugging Face cache, and the Hub cannot be reached (offline)."""
 
 
-def _torch_dtype(dtype: str) -> torch.dtype:
+def parse_dtype(dtype: str) -> torch.dtype:
     key = str(dtype).lower().replace("torch.", "")
     if key not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of float32, float16, bfloat16")
@@ -198,7 +199,7 @@ def _load_diffusers_model(
     if path.is_dir():
         try:
             return model_cls.from_pretrained(str(path), local_files_only=True, **kwargs)
-        except (OSError, ValueError, EnvironmentError) as exc:
+        except (OSError, ValueError) as exc:
             where = path / subfolder if subfolder else path
             raise ValueError(
                 f"{str(where)!r} does not hold a diffusers {kind} (expected config.json and "
@@ -267,8 +268,6 @@ def _hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
     except Exception:  # noqa: BLE001 - unreachable for whatever reason
         pass
     try:  # older huggingface_hub without a usable session
-        import urllib.request
-
         urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)  # noqa: S310
         return True
     except Exception:  # noqa: BLE001
@@ -326,7 +325,7 @@ class DiffusersKLAutoencoder(Autoencoder):
     ) -> None:
         from diffusers import AutoencoderKL
 
-        torch_dtype = _torch_dtype(dtype)
+        torch_dtype = parse_dtype(dtype)
         vae = load_diffusers_model(
             AutoencoderKL,
             pretrained,
@@ -353,18 +352,18 @@ class DiffusersKLAutoencoder(Autoencoder):
         #: the published constants in use: raw latent = (posterior mean - shift) * scale
         self.scale = float(scaling_factor)
         self.shift = float(shift_factor)
-        self._torch_dtype = torch_dtype
+        self.torch_dtype = torch_dtype
 
     def encode_raw(self, images: Tensor) -> Tensor:
         out_dtype = images.dtype if images.is_floating_point() else torch.float32
-        x = images.to(self._torch_dtype)
+        x = images.to(self.torch_dtype)
         mean = self.vae.encode(x).latent_dist.mean
         return ((mean.to(out_dtype) - self.shift) * self.scale).to(out_dtype)
 
     def decode_raw(self, raw_latents: Tensor) -> Tensor:
         out_dtype = raw_latents.dtype if raw_latents.is_floating_point() else torch.float32
         z = raw_latents.to(torch.float32) / self.scale + self.shift
-        images = self.vae.decode(z.to(self._torch_dtype)).sample
+        images = self.vae.decode(z.to(self.torch_dtype)).sample
         return images.to(out_dtype).clamp(-1.0, 1.0)
 
     def config(self) -> dict[str, Any]:
@@ -380,5 +379,5 @@ class DiffusersKLAutoencoder(Autoencoder):
     def fingerprint(self) -> str:
         """Class, effective scale / shift, dtype and weights; not the path the weights came from."""
         return weights_fingerprint(
-            self, {"scaling_factor": self.scale, "shift_factor": self.shift, "dtype": str(self._torch_dtype)}
+            self, {"scaling_factor": self.scale, "shift_factor": self.shift, "dtype": str(self.torch_dtype)}
         )

@@ -145,7 +145,7 @@ class KLAutoencoder(Autoencoder):
         num_res_blocks: residual blocks per level (encoder and decoder).
         use_attention: add self-attention (+ a second ResBlock) to the mid blocks.
 
-    Train it with :class:`latent_flow.autoencoders.AutoencoderModule`; load
+    Train it with :class:`latent_flow.training.autoencoder.AutoencoderModule`; load
     the exported file with :func:`load_kl_autoencoder`.
     """
 
@@ -239,11 +239,6 @@ class KLAutoencoder(Autoencoder):
 
     def decode_raw(self, raw_latents: Tensor) -> Tensor:
         return self.decode_unclamped(raw_latents).clamp(-1.0, 1.0)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], **expected_config: Any) -> KLAutoencoder:
-        """Same as :func:`load_kl_autoencoder`."""
-        return load_kl_autoencoder(path, **expected_config)
 
 
 def load_kl_autoencoder(path: str | os.PathLike[str], **expected_config: Any) -> KLAutoencoder:

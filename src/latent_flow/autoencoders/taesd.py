@@ -29,9 +29,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .base import Autoencoder, register_autoencoder
-from .base import weights_fingerprint
-from .diffusers_kl import _torch_dtype, load_diffusers_model
+from .base import Autoencoder, register_autoencoder, weights_fingerprint
+from .diffusers_kl import load_diffusers_model, parse_dtype
 
 __all__ = ["Block", "Clamp", "DiffusersTinyAutoencoder", "TinyAutoencoder", "tiny_decoder", "tiny_encoder"]
 
@@ -234,7 +233,7 @@ class DiffusersTinyAutoencoder(Autoencoder):
     ) -> None:
         from diffusers import AutoencoderTiny
 
-        torch_dtype = _torch_dtype(dtype)
+        torch_dtype = parse_dtype(dtype)
         model = load_diffusers_model(
             AutoencoderTiny,
             pretrained,
@@ -251,15 +250,15 @@ class DiffusersTinyAutoencoder(Autoencoder):
         self._subfolder = subfolder
         self._dtype_name = str(dtype)
         self._local_files_only = local_files_only
-        self._torch_dtype = torch_dtype
+        self.torch_dtype = torch_dtype
 
     def encode_raw(self, images: Tensor) -> Tensor:
         # diffusers' EncoderTiny maps [-1, 1] -> [0, 1] itself
-        return self.taesd.encode(images.to(self._torch_dtype)).latents.to(images.dtype)
+        return self.taesd.encode(images.to(self.torch_dtype)).latents.to(images.dtype)
 
     def decode_raw(self, raw_latents: Tensor) -> Tensor:
         # DecoderTiny soft-clamps the latents and maps its output to [-1, 1] itself
-        out = self.taesd.decode(raw_latents.to(self._torch_dtype)).sample
+        out = self.taesd.decode(raw_latents.to(self.torch_dtype)).sample
         return out.clamp(-1, 1).to(raw_latents.dtype)
 
     def config(self) -> dict[str, Any]:
@@ -272,4 +271,4 @@ class DiffusersTinyAutoencoder(Autoencoder):
 
     def fingerprint(self) -> str:
         """Class, dtype and weights; not where they were loaded from."""
-        return weights_fingerprint(self, {"dtype": str(self._torch_dtype)})
+        return weights_fingerprint(self, {"dtype": str(self.torch_dtype)})

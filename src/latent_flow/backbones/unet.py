@@ -36,7 +36,7 @@ from latent_flow.backbones.embeddings import LabelEmbedder, TimestepEmbedder, as
 __all__ = ["UNet", "ResBlock", "AttentionBlock", "UNET_PRESETS", "unet_preset"]
 
 
-def _group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
+def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
     """GroupNorm with the largest group count ``<= max_groups`` that divides ``channels``."""
     groups = math.gcd(channels, max_groups)
     return nn.GroupNorm(groups, channels, eps=1e-6)
@@ -56,10 +56,10 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.in_norm = _group_norm(in_channels)
+        self.in_norm = group_norm(in_channels)
         self.in_conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_channels))
-        self.out_norm = _group_norm(out_channels)
+        self.out_norm = group_norm(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.out_conv = _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
@@ -80,7 +80,7 @@ class AttentionBlock(nn.Module):
         if channels % num_heads:
             raise ValueError(f"attention channels {channels} must be divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.norm = _group_norm(channels)
+        self.norm = group_norm(channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = _zero(nn.Linear(channels, channels))
 
@@ -235,7 +235,7 @@ class UNet(nn.Module):
         assert not skip_channels
 
         self.out = nn.Sequential(
-            _group_norm(ch),
+            group_norm(ch),
             nn.SiLU(),
             _zero(nn.Conv2d(ch, out_channels, 3, padding=1)),
         )

@@ -28,6 +28,7 @@ from latent_flow.compositional.classifier import (
 from latent_flow.compositional.energy import DEFAULT_NOT_CAP, ComposedEnergy
 from latent_flow.compositional.guidance import EnergyGuidedVelocity, GuidanceSettings
 from latent_flow.sampling.noise import noise_for_indices
+from latent_flow.sampling.solvers import build_solver
 
 __all__ = [
     "GuidedSampleResult",
@@ -152,7 +153,6 @@ def guided_solver(name: str, **options):
             "sampler=flowturbo's refiner steps skip the base model, so the guidance would not apply. "
             "Use sampler=euler|heun|midpoint|dopri5 here."
         )
-    from latent_flow.sampling.solvers import build_solver
 
     return build_solver(name, **options)
 

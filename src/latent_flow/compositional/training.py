@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from latent_flow.compositional.classifier import (
     AttributeSpec,
@@ -113,8 +114,6 @@ def train_classifier(
     classifier.train()
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=steps, desc="classifier", unit="step", mininterval=5.0)
     n = len(latents)
     for step in range(steps):

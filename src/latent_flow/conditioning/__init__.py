@@ -6,13 +6,8 @@ channels it concatenates to the noisy latent (``spatial_channels``), and knows i
 ``semantic`` (the spatial ones optionally with labels, ``use_label=true``).
 """
 
-from latent_flow.conditioning.base import (
-    CONDITION_NAMES,
-    ConditionEncoder,
-    LabelCondition,
-    NoCondition,
-    build_condition,
-)
+from latent_flow.conditioning.base import ConditionEncoder, LabelCondition, NoCondition
+from latent_flow.conditioning.factory import CONDITION_NAMES, build_condition
 from latent_flow.conditioning.spatial import (
     InpaintCondition,
     SemanticCondition,

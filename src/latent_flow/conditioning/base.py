@@ -20,12 +20,10 @@ in :mod:`latent_flow.conditioning.spatial`; ``use_label=true`` adds class labels
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CONDITION_NAMES", "ConditionEncoder", "LabelCondition", "NoCondition", "build_condition"]
+__all__ = ["ConditionEncoder", "LabelCondition", "NoCondition"]
 
 Cond = dict[str, Tensor]
 
@@ -92,26 +90,3 @@ class LabelCondition(ConditionEncoder):
 
     def network_inputs(self, x_t: Tensor, cond: Cond) -> tuple[Tensor, Tensor | None]:
         return x_t, cond.get("label")
-
-
-CONDITION_NAMES: tuple[str, ...] = ("none", "label", "inpaint", "semantic")
-
-
-def build_condition(
-    name: str, *, num_classes: int = 0, latent_shape: tuple[int, int, int] | None = None, **options: Any
-) -> ConditionEncoder:
-    """Build a condition encoder by name (:data:`CONDITION_NAMES`); unknown options raise.
-
-    ``latent_shape`` ``(C, h, w)`` is needed by the spatial conditions (``inpaint``, ``semantic``).
-    """
-    if name in ("inpaint", "semantic"):
-        from latent_flow.conditioning.spatial import build_spatial_condition
-
-        return build_spatial_condition(name, num_classes=num_classes, latent_shape=latent_shape, **options)
-    if name not in CONDITION_NAMES:
-        raise ValueError(f"unknown condition '{name}'; valid: {', '.join(CONDITION_NAMES)}")
-    if options:
-        raise ValueError(f"condition '{name}': unknown options {sorted(options)}")
-    if name == "none":
-        return NoCondition()
-    return LabelCondition(num_classes)

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latent_flow.conditioning.base import Cond, ConditionEncoder
+from latent_flow.data.masks import MaskGenerator
 
 __all__ = [
     "InpaintCondition",
@@ -202,8 +203,6 @@ class InpaintCondition(SpatialCondition):
 
     def mask_generator(self):
         """The :class:`~latent_flow.data.masks.MaskGenerator` of the training masks."""
-        from latent_flow.data.masks import MaskGenerator
-
         return MaskGenerator(self.resolution, **self.masks)
 
     def encode(self, masked_latent: Tensor, mask: Tensor) -> Cond:

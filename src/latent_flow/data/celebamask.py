@@ -34,8 +34,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from latent_flow.data.image_folder import _to_rgb
-from latent_flow.data.image_folder import pil_to_tensor, resize_center_crop
+from latent_flow.data.image_folder import pil_to_tensor, resize_center_crop, to_rgb
 
 __all__ = ["CelebAMaskHQDataset", "PART_NAMES", "SEMANTIC_CLASSES"]
 
@@ -47,7 +46,7 @@ PART_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 SEMANTIC_CLASSES: tuple[str, ...] = ("background", *PART_NAMES)
 
-_NEAREST = getattr(getattr(Image, "Resampling", Image), "NEAREST")
+_NEAREST = getattr(Image, "Resampling", Image).NEAREST
 _PART_FILE = re.compile(r"^(\d+)_(" + "|".join(PART_NAMES) + r")\.png$")
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -214,7 +213,7 @@ class CelebAMaskHQDataset(Dataset):
         try:
             with Image.open(path) as image:
                 image.load()
-                image = _to_rgb(ImageOps.exif_transpose(image))
+                image = to_rgb(ImageOps.exif_transpose(image))
         except Exception as error:  # noqa: BLE001 - re-raised with the file name
             raise RuntimeError(f"failed to decode image file '{path}': {error}") from error
         semantic = self.load_semantic_full(index, image.size)

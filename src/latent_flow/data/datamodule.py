@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import lightning as L
 import numpy as np
@@ -11,8 +12,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from latent_flow.autoencoders.base import Autoencoder
-from latent_flow.data.latent_cache import LatentCache, LatentDataset
+from latent_flow.data.latent_cache import LatentCache, LatentDataset, build_cache_distributed
 from latent_flow.data.samplers import ResumableSampler
+from latent_flow.utils.distributed import distributed_rank
 
 __all__ = ["ImageDataModule", "LatentDataModule", "split_indices"]
 
@@ -138,14 +140,12 @@ class LatentDataModule(L.LightningDataModule):
         """Build the latent cache when missing, split over the ranks the launcher declares.
 
         Under torchrun / srun every rank calls this before the Trainer exists: each rank encodes
-        its shards and waits for the complete cache (see ``latent_flow.encode.build_cache_distributed``).
+        its shards and waits for the complete cache (see :func:`latent_flow.data.latent_cache.build_cache_distributed`).
         Without a world size in the environment (a single process, or rank 0 of Lightning's own
         ``strategy=ddp`` launcher before ``trainer.fit``) the whole cache is built here.
         """
         if self.cache.is_complete():
             return
-        from latent_flow.encode import build_cache_distributed, distributed_rank
-
         rank, world_size = distributed_rank()
         log.info("building the latent cache %s (rank %d of %d)", self.cache.root, rank, world_size)
         build_cache_distributed(self.cache, rank, world_size)
@@ -206,8 +206,6 @@ class LatentDataModule(L.LightningDataModule):
         if state is None:
             return
         # Lightning warns that a mid-epoch resume of a plain DataLoader repeats data; this one resumes its position
-        import warnings
-
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
         if self.train_sampler is not None:
             self.train_sampler.load_state_dict(state)

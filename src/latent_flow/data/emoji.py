@@ -63,6 +63,7 @@ import torch
 from PIL import Image, ImageColor
 from torch import Tensor
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from latent_flow.data.image_folder import pil_to_tensor
 
@@ -711,8 +712,6 @@ def _prepare_source(
     (folder / "images").mkdir(parents=True, exist_ok=True)
     _check_settings(folder, settings)
 
-    from tqdm.auto import tqdm
-
     records: list[dict] = []
     skipped: dict[str, list] = {reason: [] for reason in _SKIP_REASONS}
     rendered = reused = 0
@@ -1021,7 +1020,7 @@ class EmojiDataset(Dataset):
         }
 
 
-def _summary_table(summaries: Mapping[str, dict]) -> str:
+def summary_table(summaries: Mapping[str, dict]) -> str:
     """A short text table of :func:`prepare_emoji` summaries (used by ``latent_flow.prepare_data``)."""
     lines = []
     for name, s in summaries.items():

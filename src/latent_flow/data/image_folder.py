@@ -38,13 +38,20 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["DEFAULT_EXTENSIONS", "ImageFolderDataset", "pil_to_tensor", "resize_center_crop"]
+__all__ = [
+    "DEFAULT_EXTENSIONS",
+    "ImageFolderDataset",
+    "list_image_files",
+    "load_image",
+    "pil_to_tensor",
+    "resize_center_crop",
+]
 
 DEFAULT_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 _NUM_NAMED_SKIPPED = 5  # file names listed in the warning
 
 # Pillow >= 9.1 has Image.Resampling; older versions expose the constant on Image
-_BICUBIC = getattr(getattr(Image, "Resampling", Image), "BICUBIC")
+_BICUBIC = getattr(Image, "Resampling", Image).BICUBIC
 
 
 def _normalise_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
@@ -61,7 +68,7 @@ def _normalise_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL image to RGB; transparency is composited on white."""
     if image.mode == "RGB":
         return image
@@ -108,6 +115,44 @@ def pil_to_tensor(image: Image.Image) -> Tensor:
     array = np.asarray(image, dtype=np.uint8)
     out = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
     return torch.from_numpy(out)
+
+
+def list_image_files(path: str | os.PathLike, what: str) -> list[Path]:
+    """``path`` itself when it is a file, else the image files of the folder (sorted by name).
+
+    ``what`` names the option in errors (``inputs``, ``images_dir``, ...)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in DEFAULT_EXTENSIONS and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"{what} folder '{path}' has no image files ({', '.join(DEFAULT_EXTENSIONS)})")
+        return files
+    raise FileNotFoundError(f"{what} '{path}' does not exist")
+
+
+def load_image(path: str | os.PathLike, resolution: int, *, resize: bool = False, what: str = "input image") -> np.ndarray:
+    """RGB uint8 ``(resolution, resolution, 3)`` of an image file (transparency composited on white).
+
+    ``resize=False`` (inpainting inputs, whose masks are pixel-aligned): a file of another size
+    raises a ``ValueError`` naming it. ``resize=True`` (editing a photo): the shorter side is
+    resized to ``resolution`` and the centre cropped, as the datasets do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist ({what}: expected an image file)")
+    with Image.open(path) as img:
+        image = to_rgb(img)
+        if resize:
+            image = resize_center_crop(image, resolution)
+        arr = np.asarray(image, dtype=np.uint8)
+    if arr.shape[:2] != (resolution, resolution):
+        raise ValueError(
+            f"{what} '{path}' is {arr.shape[1]}x{arr.shape[0]}, but the model generates "
+            f"{resolution}x{resolution} images; resize or crop it first"
+        )
+    return arr
 
 
 class ImageFolderDataset(Dataset):
@@ -304,7 +349,7 @@ class ImageFolderDataset(Dataset):
             with Image.open(path) as image:
                 image.load()
                 image = ImageOps.exif_transpose(image)
-                image = _to_rgb(image)
+                image = to_rgb(image)
         except Exception as error:  # noqa: BLE001 - re-raised with the file name
             raise RuntimeError(f"failed to decode image file '{path}': {error}") from error
         return self._resize(image)

@@ -27,8 +27,8 @@ from latent_flow.data.image_folder import ImageFolderDataset
 
 __all__ = ["ImageNetDataset", "adm_center_crop"]
 
-_BOX = getattr(getattr(Image, "Resampling", Image), "BOX")
-_BICUBIC = getattr(getattr(Image, "Resampling", Image), "BICUBIC")
+_BOX = getattr(Image, "Resampling", Image).BOX
+_BICUBIC = getattr(Image, "Resampling", Image).BICUBIC
 
 
 def adm_center_crop(pil_image: Image.Image, resolution: int) -> Image.Image:

@@ -43,10 +43,13 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
 
 from latent_flow.autoencoders.base import Autoencoder, measure_latent_stats
+from latent_flow.data.masks import MaskGenerator
+from latent_flow.utils.distributed import DEFAULT_WAIT_TIMEOUT, wait_until
 
-__all__ = ["LatentCache", "LatentDataset", "cache_key", "CACHE_FORMAT_VERSION"]
+__all__ = ["LatentCache", "LatentDataset", "build_cache_distributed", "cache_key", "CACHE_FORMAT_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +196,6 @@ class LatentCache:
         return torch.stack(views, dim=1).float().cpu()
 
     def mask_generator(self, resolution: int):
-        from latent_flow.data.masks import MaskGenerator
-
         return MaskGenerator(resolution, **self.extras["masks"])
 
     def _encode_extras(self, batch: dict, out: dict[str, list]) -> None:
@@ -231,8 +232,6 @@ class LatentCache:
         total_items = sum(min(self.shard_size, len(self.dataset) - s * self.shard_size) for s in todo)
         bar = None
         if progress and total_items:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=total_items, desc=f"encoding latents -> {self.root.name}", unit="img")
         start = time.time()
         for shard in todo:
@@ -271,10 +270,10 @@ class LatentCache:
         if todo:
             log.info("encoded %d images in %.1fs into %s", total_items, time.time() - start, self.root)
         if rank == 0 and len(self.shards_done()) == self.num_shards:
-            self._write_meta()
+            self.write_meta()
         return self.root
 
-    def _write_meta(self) -> None:
+    def write_meta(self) -> None:
         shards = [np.load(self._shard_paths(s)["latents"], mmap_mode="r") for s in range(self.num_shards)]
         num_views, channels, height, width = shards[0].shape[1:]
         mean, std = measure_latent_stats(
@@ -339,7 +338,7 @@ class LatentCache:
 
     def dataset_view(
         self, *, random_flip: bool = True, indices: Sequence[int] | None = None, random_variant: bool = True
-    ) -> "LatentDataset":
+    ) -> LatentDataset:
         return LatentDataset(self, random_flip=random_flip, indices=indices, random_variant=random_variant)
 
 
@@ -433,3 +432,55 @@ class LatentDataset(Dataset):
             masked = torch.from_numpy(np.array(self._masked[shard][offset, variant, view]))
             item["masked_latent"] = (masked - self._mean) / self._std
         return item
+
+
+def build_cache_distributed(
+    cache,
+    rank: int = 0,
+    world_size: int = 1,
+    *,
+    progress: bool = True,
+    timeout: float | None = None,
+    poll: float = 2.0,
+) -> Path:
+    """Build ``cache`` split over ranks: rank r encodes the shards ``shard % world_size == r``.
+
+    Rank 0 then waits until every shard exists and writes ``meta.json`` (statistics over all
+    shards); the other ranks wait until ``meta.json`` is complete. A rank that sees no
+    progress for ``timeout`` seconds (default ``$LATENT_FLOW_CACHE_WAIT_TIMEOUT`` or 1800)
+    raises ``TimeoutError`` naming the missing shards. ``world_size == 1`` is the plain build.
+    """
+    if world_size <= 1:
+        return cache.build(progress=progress)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    timeout = DEFAULT_WAIT_TIMEOUT if timeout is None else float(timeout)
+    if cache.is_complete():
+        return cache.root
+    cache.build(rank=rank, world_size=world_size, progress=progress)
+    if progress:
+        print(f"[rank {rank}/{world_size}] encoded shards {list(range(rank, cache.num_shards, world_size))} "
+              f"of {cache.num_shards}", flush=True)
+    count = lambda: len(cache.shards_done())  # noqa: E731
+    if rank == 0:
+        wait_until(
+            lambda: cache.is_complete() or count() == cache.num_shards,
+            lambda: (
+                f"rank 0 waited {timeout:.0f}s without progress for the shards of the other ranks in "
+                f"{cache.root}: missing shards {sorted(set(range(cache.num_shards)) - set(cache.shards_done()))} "
+                f"(did every rank start? is the cache directory shared by all nodes?)"
+            ),
+            timeout=timeout, poll=poll, progress=count,
+        )
+        if not cache.is_complete():
+            cache.write_meta()
+    else:
+        wait_until(
+            cache.is_complete,
+            lambda: (
+                f"rank {rank} waited {timeout:.0f}s without progress for rank 0 to write {cache.meta_path} "
+                f"({count()}/{cache.num_shards} shards present; did rank 0 fail? is the cache directory shared?)"
+            ),
+            timeout=timeout, poll=poll, progress=count,
+        )
+    return cache.root

@@ -41,7 +41,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from latent_flow.data.image_folder import _to_rgb, pil_to_tensor, resize_center_crop
+from latent_flow.data.image_folder import pil_to_tensor, resize_center_crop, to_rgb
 
 __all__ = ["LMDBImageDataset"]
 
@@ -323,7 +323,7 @@ class LMDBImageDataset(Dataset):
             else:
                 with Image.open(io.BytesIO(value)) as opened:
                     opened.load()
-                    image = _to_rgb(ImageOps.exif_transpose(opened))
+                    image = to_rgb(ImageOps.exif_transpose(opened))
         except Exception as error:  # noqa: BLE001 - re-raised with the key
             raise RuntimeError(f"failed to decode LMDB entry {key!r} (item {index}) of '{self.path}': {error}") from error
         return resize_center_crop(image, self.resolution, self.center_crop)

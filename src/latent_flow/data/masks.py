@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 __all__ = ["MaskGenerator", "check_mask", "hole_ratio", "load_mask"]
 
@@ -48,8 +49,6 @@ def load_mask(path: str | os.PathLike, size: tuple[int, int] | None = None, *, i
     are holes). ``size = (H, W)`` must match the image the mask belongs to; all-hole and no-hole
     masks are rejected (:func:`check_mask`).
     """
-    from PIL import Image
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask file '{path}' does not exist")

@@ -337,13 +337,6 @@ def _random_layout(n: int, size: float, hpos: int, rng: np.random.Generator) -> 
     return centers
 
 
-def _muted_color(rng: np.random.Generator) -> np.ndarray:
-    h = rng.uniform()
-    s = rng.uniform(0.0, 0.35)
-    v = rng.uniform(0.07, 0.42)
-    return np.array(colorsys.hsv_to_rgb(h, s, v))
-
-
 # --------------------------------------------------------------------------------------------
 # Dataset
 # --------------------------------------------------------------------------------------------

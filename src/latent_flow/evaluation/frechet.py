@@ -130,7 +130,7 @@ class RunningStats:
         self.sum = np.zeros(self.dim, dtype=np.float64)
         self.outer = np.zeros((self.dim, self.dim), dtype=np.float64)
 
-    def add(self, features: Tensor | np.ndarray) -> "RunningStats":
+    def add(self, features: Tensor | np.ndarray) -> RunningStats:
         arr = _as_float64(features)
         if arr.shape[1] != self.dim:
             raise ValueError(f"expected features of dimension {self.dim}, got {arr.shape[1]}")
@@ -139,7 +139,7 @@ class RunningStats:
         self.outer += arr.T @ arr
         return self
 
-    def merge(self, other: "RunningStats") -> "RunningStats":
+    def merge(self, other: RunningStats) -> RunningStats:
         if other.dim != self.dim:
             raise ValueError(f"cannot merge stats of dimension {other.dim} into {self.dim}")
         self.n += other.n
@@ -161,7 +161,7 @@ class RunningStats:
         return {"dim": self.dim, "n": self.n, "sum": self.sum.copy(), "outer": self.outer.copy()}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "RunningStats":
+    def from_state_dict(cls, state: dict) -> RunningStats:
         out = cls(int(state["dim"]))
         out.n = int(state["n"])
         out.sum = np.asarray(state["sum"], dtype=np.float64).copy()
@@ -177,7 +177,7 @@ class RunningStats:
         )
 
     @classmethod
-    def from_tensors(cls, n: Tensor, total: Tensor, outer: Tensor) -> "RunningStats":
+    def from_tensors(cls, n: Tensor, total: Tensor, outer: Tensor) -> RunningStats:
         out = cls(int(total.shape[0]))
         out.n = int(round(float(n.reshape(-1)[0])))
         out.sum = total.detach().to("cpu", torch.float64).numpy().copy()

@@ -228,7 +228,7 @@ class InceptionFeatures(nn.Module):
             p.requires_grad_(False)
         self.has_logits = self.kind != "features"
 
-    def train(self, mode: bool = True) -> "InceptionFeatures":
+    def train(self, mode: bool = True) -> InceptionFeatures:
         return super().train(False)  # always inference (batch norm in eval)
 
     @torch.no_grad()

@@ -175,7 +175,7 @@ class ShapesOracle(nn.Module):
         }
 
     @classmethod
-    def from_config(cls, config: dict) -> "ShapesOracle":
+    def from_config(cls, config: dict) -> ShapesOracle:
         cfg = dict(config)
         cfg["widths"] = tuple(cfg["widths"])
         return cls(**cfg)

@@ -21,6 +21,7 @@ resumes where it stopped, and chunks are spread over ranks under torchrun / srun
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,9 +32,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
+from latent_flow.data.datamodule import split_indices
 from latent_flow.evaluation.frechet import gaussian_stats
+from latent_flow.utils.config import to_plain
+from latent_flow.utils.distributed import wait_until
 from latent_flow.utils.images import to_uint8
 from latent_flow.utils.io import write_json
 
@@ -61,8 +69,6 @@ def reference_indices(
 ) -> np.ndarray:
     """Dataset indices of ``split`` (the training split rule); the first ``num_images`` of a
     seeded permutation of the split when ``num_images`` is set (a fixed random subset)."""
-    from latent_flow.data.datamodule import split_indices
-
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not one of {SPLITS}")
     if split == "all":
@@ -89,13 +95,7 @@ def extractor_identity(spec: Mapping[str, Any] | None) -> dict:
     """A JSON-able description of a feature-extractor config (what the statistics depend on)."""
     if spec is None:
         return {}
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(spec):
-            spec = OmegaConf.to_container(spec, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
+    spec = to_plain(spec)
     return json.loads(json.dumps(dict(spec), default=str, sort_keys=True))
 
 
@@ -113,8 +113,6 @@ def build_feature_extractor(spec: Mapping[str, Any] | torch.nn.Module | Callable
             f"feature_extractor needs a _target_ (a class or function returning a module that maps images in "
             f"[0, 1] to (B, D) features), got {spec}"
         )
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
 
     try:
         extractor = instantiate(spec)
@@ -176,9 +174,6 @@ def compute_reference(
     ``k % world_size == r``; rank 0 waits for all chunks and merges them. Returns the summary
     written to ``reference.json`` on rank 0, ``None`` on other ranks.
     """
-    from torch.utils.data import DataLoader, Subset
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     (out_dir / "parts").mkdir(parents=True, exist_ok=True)
     indices = np.asarray(indices, dtype=np.int64)
@@ -223,17 +218,13 @@ def compute_reference(
     if rank != 0:
         return None
     if world_size > 1:
-        from latent_flow.encode import _wait
-
         missing = lambda: [k for k in range(len(chunks)) if not _chunk_path(out_dir, k).exists()]  # noqa: E731
-        _wait(lambda: not missing(), lambda: f"reference chunks still missing: {missing()[:10]}",
+        wait_until(lambda: not missing(), lambda: f"reference chunks still missing: {missing()[:10]}",
               timeout=wait_timeout, poll=5.0, progress=lambda: len(missing()))
     return _merge(out_dir, len(chunks), identity, info, seconds=time.time() - start)
 
 
 def _sha1(indices: np.ndarray) -> str:
-    import hashlib
-
     return hashlib.sha1(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 

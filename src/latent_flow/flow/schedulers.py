@@ -24,13 +24,14 @@ Schedulers:
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from latent_flow.utils.config import check_options
 
 __all__ = [
     "SchedulerOutput",
@@ -171,15 +172,6 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
 }
 
 
-def _check_options(kind: str, name: str, cls: type, options: dict[str, Any]) -> None:
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for {kind} {name!r}; valid options: {valid}"
-        )
-
-
 def build_scheduler(name: str, **options: Any) -> Scheduler:
     """Build a scheduler by name: ``"condot"`` or ``"vp"``.
 
@@ -191,5 +183,5 @@ def build_scheduler(name: str, **options: Any) -> Scheduler:
     if key not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; valid names: {sorted(SCHEDULERS)}")
     cls = SCHEDULERS[key]
-    _check_options("scheduler", key, cls, options)
+    check_options(cls, options, f"scheduler {key!r}")
     return cls(**options)

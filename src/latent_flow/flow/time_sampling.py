@@ -13,12 +13,13 @@ moved, so the same generator state gives the same times on every device.
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from latent_flow.utils.config import check_options
 
 __all__ = [
     "TimeSampler",
@@ -108,8 +109,5 @@ def build_time_sampler(name: str, **options: Any) -> TimeSampler:
     if key not in TIME_SAMPLERS:
         raise ValueError(f"unknown time sampler {name!r}; valid names: {sorted(TIME_SAMPLERS)}")
     cls = TIME_SAMPLERS[key]
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for time sampler {key!r}; valid options: {valid}")
+    check_options(cls, options, f"time sampler {key!r}")
     return cls(**options)

@@ -26,7 +26,6 @@ from latent_flow.flowturbo.sampler import (
     Schedule,
     TurboNetworks,
     build_flowturbo_solver,
-    build_model_solver,
     parse_schedule,
 )
 
@@ -42,7 +41,6 @@ __all__ = [
     "base_network",
     "base_weights_hash",
     "build_flowturbo_solver",
-    "build_model_solver",
     "build_refiner",
     "load_refiner",
     "parse_schedule",

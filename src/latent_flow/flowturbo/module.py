@@ -36,8 +36,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latent_flow.flowturbo.refiner import VelocityRefiner, parameter_count, refiner_spec
+from latent_flow.training.checkpoints import load_flow_module
 from latent_flow.training.ema import EMA
+from latent_flow.training.module import LatentFlowModule
 from latent_flow.training.resume import ResumableRNG
+from latent_flow.utils.config import to_plain
+from latent_flow.utils.hashing import update_with_state_dict, weights_hash
 
 __all__ = [
     "RefinerBaseMismatchError",
@@ -71,20 +75,6 @@ def base_condition(model) -> nn.Module:
     return ema.module if ema is not None else model.condition
 
 
-def _update_hash(h, module: nn.Module, prefix: str = "") -> None:
-    for name, tensor in module.state_dict().items():
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{prefix}{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-def weights_hash(module: nn.Module) -> str:
-    """SHA-1 over every parameter and buffer of ``module`` (names, dtypes, shapes, bytes)."""
-    h = hashlib.sha1()
-    _update_hash(h, module)
-    return h.hexdigest()
-
-
 def base_weights_hash(model) -> str:
     """SHA-1 of every network the base velocity runs: :func:`base_network` and :func:`base_condition`.
 
@@ -94,18 +84,10 @@ def base_weights_hash(model) -> str:
     """
     net, condition = base_network(model), base_condition(model)
     h = hashlib.sha1()
-    _update_hash(h, net)
+    update_with_state_dict(h, net)
     if condition.state_dict():
-        _update_hash(h, condition, prefix="condition.")
+        update_with_state_dict(h, condition, prefix="condition.")
     return h.hexdigest()
-
-
-def _plain(obj: Any) -> Any:
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(obj, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(obj, resolve=True)
-    return obj
 
 
 class RefinerModule(ResumableRNG, L.LightningModule):
@@ -140,12 +122,10 @@ class RefinerModule(ResumableRNG, L.LightningModule):
         **saved: Any,
     ) -> None:
         super().__init__()
-        from latent_flow.api import load_model
-
         unknown = set(saved) - {"refiner_spec", "base_parameters", "refiner_parameters", "parameter_ratio"}
         if unknown:
             raise TypeError(f"RefinerModule: unknown arguments {sorted(unknown)}")
-        refiner, optim, ema, time_offset = map(_plain, (refiner or {}, optim, ema, time_offset or {}))
+        refiner, optim, ema, time_offset = map(to_plain, (refiner or {}, optim, ema, time_offset or {}))
         offset = {"min": 0.0, "max": 0.12, **dict(time_offset)}
         lo, hi = float(offset["min"]), float(offset["max"])
         if not (0.0 <= lo < hi <= 1.0):
@@ -163,7 +143,7 @@ class RefinerModule(ResumableRNG, L.LightningModule):
                     f"base_ckpt_path={base_ckpt_path} does not exist; expected the flow checkpoint the refiner "
                     "belongs to (e.g. outputs/train/<run>/checkpoints/last.ckpt)"
                 )
-            base_model = load_model(path, device="cpu")
+            base_model = load_flow_module(path, device="cpu")
         base_model.eval()
         base_model.requires_grad_(False)
         net = base_network(base_model)
@@ -286,8 +266,6 @@ class RefinerModule(ResumableRNG, L.LightningModule):
             self.log("val/loss_ema", self.refiner_loss(batch, use_ema=True, generator=gen)["loss"], on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self):
-        from latent_flow.training.module import LatentFlowModule
-
         # the same AdamW + warm-up / cosine schedule as flow training (over the refiner's parameters)
         return LatentFlowModule.configure_optimizers(self)
 

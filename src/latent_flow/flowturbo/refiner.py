@@ -35,7 +35,8 @@ from latent_flow.backbones.embeddings import (
     TimestepEmbedder,
     as_batch_times,
 )
-from latent_flow.backbones.unet import UNET_PRESETS, ResBlock, _group_norm
+from latent_flow.backbones.unet import UNET_PRESETS, ResBlock, group_norm
+from latent_flow.conditioning import build_condition
 
 __all__ = ["UNetRefiner", "VelocityRefiner", "build_refiner", "parameter_count", "refiner_spec"]
 
@@ -63,7 +64,7 @@ class UNetRefiner(nn.Module):
         self.input_conv = nn.Conv2d(in_channels, model_channels, 3, padding=1)
         self.blocks = nn.ModuleList([ResBlock(model_channels, model_channels, emb_dim) for _ in range(num_blocks)])
         self.out = nn.Sequential(
-            _group_norm(model_channels), nn.SiLU(), nn.Conv2d(model_channels, out_channels, 3, padding=1)
+            group_norm(model_channels), nn.SiLU(), nn.Conv2d(model_channels, out_channels, 3, padding=1)
         )
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
@@ -130,10 +131,6 @@ def refiner_spec(base_hparams: dict[str, Any], *, num_blocks: int = 1, condition
     velocity). Width, heads, patch size (DiT) or base width (UNet) are the base's. ``condition``:
     the base's condition encoder (``model.condition``); rebuilt from the hyper-parameters if omitted.
     """
-    import inspect
-
-    from latent_flow.conditioning import build_condition
-
     hp = dict(base_hparams)
     backbone = dict(hp["backbone"])
     name = backbone.pop("name")
@@ -142,8 +139,7 @@ def refiner_spec(base_hparams: dict[str, Any], *, num_blocks: int = 1, condition
         cond_opts = dict(hp["condition"])
         cond_name = cond_opts.pop("name")
         cond_opts.pop("label_dropout", None)
-        if "latent_shape" in inspect.signature(build_condition).parameters:  # spatial conditions need it
-            cond_opts["latent_shape"] = tuple(int(v) for v in hp["latent_shape"])
+        cond_opts["latent_shape"] = tuple(int(v) for v in hp["latent_shape"])
         condition = build_condition(cond_name, num_classes=int(hp.get("num_classes", 0)), **cond_opts)
     spec: dict[str, Any] = {
         "base_backbone": name,

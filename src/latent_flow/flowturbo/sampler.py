@@ -46,7 +46,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from latent_flow.sampling.guidance import GuidedVelocity
+from latent_flow.flowturbo.module import base_condition, base_network, load_refiner
+from latent_flow.sampling.guidance import GuidedVelocity, guidance_rows
 from latent_flow.sampling.solvers import SampleResult, Solver, VelocityFn
 from latent_flow.sampling.time_grids import TIME_GRID_KINDS
 from latent_flow.sampling.time_grids import time_grid as make_time_grid
@@ -58,7 +59,6 @@ __all__ = [
     "Schedule",
     "TurboNetworks",
     "build_flowturbo_solver",
-    "build_model_solver",
     "heun_step",
     "initial_velocity",
     "parse_schedule",
@@ -360,7 +360,7 @@ class FlowTurboSolver(Solver):
             raise ValueError("x_init must be a floating point tensor of shape (B, ...)")
         scale = float(scale)
         batch = x_init.shape[0]
-        cond_rows = _condition_rows(dict(cond or {}), dict(null_cond or {}), batch, scale)
+        cond_rows = guidance_rows(dict(cond or {}), dict(null_cond or {}), batch, scale)
         tdtype = x_init.dtype if x_init.dtype in (torch.float32, torch.float64) else torch.float32
         times = [torch.full((batch,), float(v), dtype=tdtype, device=x_init.device) for v in self._grid.tolist()]
         base_nfe = refiner_nfe = 0
@@ -390,22 +390,6 @@ class FlowTurboSolver(Solver):
     def __repr__(self) -> str:
         return (f"FlowTurboSolver(schedule={str(self.schedule)!r}, time_grid={self.time_grid!r}, shift={self.shift}, "
                 f"compile={self.compile})")
-
-
-def _condition_rows(cond: dict[str, Tensor], null_cond: dict[str, Tensor], batch: int, scale: float) -> dict[str, Tensor]:
-    """Condition tensors for the network rows: ``cond`` (scale 1) or ``[cond; null]`` (guidance)."""
-    if set(cond) != set(null_cond) and scale != 1.0:
-        raise ValueError(f"cond and null_cond must have the same keys, got {sorted(cond)} and {sorted(null_cond)}")
-
-    def _match(name: str, v: Tensor) -> Tensor:
-        if v.dim() == 0 or v.shape[0] not in (1, batch):
-            raise ValueError(f"condition {name!r} must have batch size {batch} (or 1), got shape {tuple(v.shape)}")
-        return v.expand(batch, *v.shape[1:]) if v.shape[0] == 1 else v
-
-    rows = {k: _match(k, v) for k, v in cond.items()}
-    if scale == 1.0:
-        return rows
-    return {k: torch.cat([rows[k], _match(k, null_cond[k]).to(rows[k].device)], dim=0) for k in rows}
 
 
 # --------------------------------------------------------------------------- from a trained model
@@ -460,8 +444,6 @@ def build_flowturbo_solver(model, *, use_ema: bool = True, **options: Any) -> Fl
     # compiled block functions (torch.compile's guards check the networks' identity)
     nets_key = ("nets", refiner_ckpt_path)
     if nets_key not in per_model:
-        from latent_flow.flowturbo.module import base_condition, base_network, load_refiner
-
         refiner = None
         if refiner_ckpt_path is not None:
             refiner = load_refiner(refiner_ckpt_path, model).to(model.device).eval()
@@ -474,17 +456,3 @@ def build_flowturbo_solver(model, *, use_ema: bool = True, **options: Any) -> Fl
     )
     per_model[key] = solver
     return solver
-
-
-def build_model_solver(model, name: str, *, use_ema: bool = True, **options: Any) -> Solver:
-    """Any sampler by name for a trained model: ``flowturbo`` (needs the model) or a plain solver.
-
-    The one call for code that samples a ``LatentFlowModule`` and accepts every ``sampler=...``
-    config: ``solver = build_model_solver(model, **sampler_cfg)`` then
-    ``model.sample_latents(solver, ...)``.
-    """
-    if str(name).lower() == "flowturbo":
-        return build_flowturbo_solver(model, use_ema=use_ema, **options)
-    from latent_flow.sampling.solvers import build_solver
-
-    return build_solver(name, **options)

@@ -44,7 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["ModelFn", "GuidedVelocity", "classifier_free_guidance", "check_guidance_interval"]
+__all__ = ["ModelFn", "GuidedVelocity", "classifier_free_guidance", "check_guidance_interval", "guidance_rows"]
 
 ModelFn = Callable[[Tensor, Tensor, dict[str, Tensor]], Tensor]
 """``model_fn(x, t, cond_dict) -> velocity`` with ``t`` ``(B,)`` (t = 0 noise, t = 1 data)."""
@@ -58,6 +58,27 @@ def _match_batch(name: str, value: Tensor, batch: int) -> Tensor:
     if value.shape[0] == 1:
         return value.expand(batch, *value.shape[1:])
     raise ValueError(f"condition {name!r} has batch size {value.shape[0]}, expected {batch} (or 1)")
+
+
+def _check_same_keys(cond: Mapping[str, Tensor], null_cond: Mapping[str, Tensor]) -> None:
+    if set(cond) != set(null_cond):
+        raise ValueError(f"cond and null_cond must have the same keys, got {sorted(cond)} and {sorted(null_cond)}")
+
+
+def guidance_rows(
+    cond: Mapping[str, Tensor], null_cond: Mapping[str, Tensor], batch: int, scale: float
+) -> dict[str, Tensor]:
+    """The condition rows of one guided network call: ``cond`` (scale 1) or ``[cond; null]`` (2B rows).
+
+    Every tensor is matched to ``batch`` (a batch of 1 is broadcast); ``cond`` and ``null_cond``
+    must have the same keys when guiding. The one place that doubles a batch for guidance
+    (:class:`GuidedVelocity` and FlowTurbo's blocks use it)."""
+    if scale != 1.0:
+        _check_same_keys(cond, null_cond)
+    rows = {k: _match_batch(k, v, batch) for k, v in cond.items()}
+    if scale == 1.0:
+        return rows
+    return {k: torch.cat([rows[k], _match_batch(k, null_cond[k], batch).to(rows[k].device)], dim=0) for k in rows}
 
 
 def check_guidance_interval(interval) -> tuple[float, float] | None:
@@ -106,10 +127,7 @@ class GuidedVelocity:
     ) -> None:
         if not callable(model_fn):
             raise TypeError(f"model_fn must be callable, got {type(model_fn).__name__}")
-        if set(cond) != set(null_cond):
-            raise ValueError(
-                f"cond and null_cond must have the same keys, got {sorted(cond)} and {sorted(null_cond)}"
-            )
+        _check_same_keys(cond, null_cond)
         for name in cond:
             if not isinstance(cond[name], Tensor) or not isinstance(null_cond[name], Tensor):
                 raise TypeError(f"condition {name!r} must be a Tensor in both cond and null_cond")
@@ -179,7 +197,7 @@ class GuidedVelocity:
         self.model_calls += 1
         self.guided_calls += 1
         if inside is None:  # every row guided: [cond; null], 2B rows (plain CFG, bit for bit)
-            both = {k: torch.cat([cond[k], null[k].to(device=cond[k].device)], dim=0) for k in cond}
+            both = guidance_rows(cond, null, batch, self.scale)
             x2 = torch.cat([x, x], dim=0)
             t2 = torch.cat([t, t], dim=0)
             self.forward_samples += 2 * batch

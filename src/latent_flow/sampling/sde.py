@@ -57,7 +57,7 @@ from torch import Tensor
 
 from latent_flow.flow.path import AffinePath
 from latent_flow.sampling.noise import IndexedNoiseStream
-from latent_flow.sampling.solvers import SOLVERS, SampleResult, Solver, VelocityFn, _time_dtype, expand_time
+from latent_flow.sampling.solvers import SOLVERS, SampleResult, Solver, VelocityFn, expand_time, time_dtype
 from latent_flow.sampling.time_grids import TIME_GRID_KINDS
 from latent_flow.sampling.time_grids import time_grid as make_time_grid
 
@@ -195,7 +195,7 @@ class EulerMaruyamaSolver(Solver):
                 x = x + h * (v + (0.5 * g2) * score) + math.sqrt(g2 * h) * z
             if trajectory is not None:
                 trajectory.append(x)
-        times = self._grid.to(device=x.device, dtype=_time_dtype(x)) if return_trajectory else None
+        times = self._grid.to(device=x.device, dtype=time_dtype(x)) if return_trajectory else None
         return x, trajectory, times
 
 

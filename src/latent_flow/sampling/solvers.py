@@ -31,7 +31,6 @@ inside ``torch.enable_grad()`` with inputs or parameters that require grad).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -43,6 +42,7 @@ from torch import Tensor
 
 from latent_flow.sampling.time_grids import TIME_GRID_KINDS
 from latent_flow.sampling.time_grids import time_grid as make_time_grid
+from latent_flow.utils.config import check_options
 
 __all__ = [
     "VelocityFn",
@@ -102,7 +102,7 @@ class NFECounter:
         return f"NFECounter(count={self.count}, fn={self.fn!r})"
 
 
-def _time_dtype(x: Tensor) -> torch.dtype:
+def time_dtype(x: Tensor) -> torch.dtype:
     return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
 
 
@@ -112,7 +112,7 @@ def expand_time(t: float | Tensor, x: Tensor) -> Tensor:
     Scalars (Python floats or 0-d tensors) are expanded; the dtype is ``x``'s
     for float32/float64 ``x`` and float32 otherwise.
     """
-    dtype = _time_dtype(x)
+    dtype = time_dtype(x)
     batch = x.shape[0]
     if isinstance(t, Tensor):
         t = t.to(device=x.device, dtype=dtype)
@@ -214,7 +214,7 @@ class FixedStepSolver(Solver):
             x = self.step(f, x, t, t_next)
             if trajectory is not None:
                 trajectory.append(x)
-        times = self._grid.to(device=x.device, dtype=_time_dtype(x)) if return_trajectory else None
+        times = self._grid.to(device=x.device, dtype=time_dtype(x)) if return_trajectory else None
         return x, trajectory, times
 
 
@@ -307,7 +307,7 @@ class Dopri5Solver(Solver):
         from torchdiffeq import odeint
 
         orig_dtype = x_init.dtype
-        work_dtype = _time_dtype(x_init)
+        work_dtype = time_dtype(x_init)
         y0 = x_init.to(work_dtype)
         t_list = [0.0]
         if return_trajectory and self.trajectory_times:
@@ -357,17 +357,11 @@ def build_solver(name: str, **options: Any) -> Solver:
     if key == "flowturbo":
         raise ValueError(
             "sampler=flowturbo needs the trained model and its velocity refiner, not a velocity function: "
-            "build it with latent_flow.flowturbo.build_model_solver(model, 'flowturbo', refiner_ckpt_path=...) "
+            "build it with latent_flow.generation.build_model_solver(model, 'flowturbo', refiner_ckpt_path=...) "
             "(python -m latent_flow.sample / evaluate do); here use one of " + str(sorted(SOLVERS))
         )
     if key not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; valid names: {sorted(SOLVERS)}")
     cls = SOLVERS[key]
-    params = {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
-    unknown = sorted(set(options) - set(params))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for solver {key!r}; valid options: {list(params)}")
-    missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in options]
-    if missing:
-        raise ValueError(f"solver {key!r} requires option(s) {missing}; valid options: {list(params)}")
+    check_options(cls, options, f"solver {key!r}", required=True)
     return cls(**options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -11,8 +12,19 @@ from typing import Any
 import lightning as L
 import torch
 
+from latent_flow.evaluation import oracle as oracle_mod
+from latent_flow.evaluation.metrics import compute_features, count_label, image_metrics, metric_names
+from latent_flow.evaluation.reference import (
+    SPLITS,
+    build_feature_extractor,
+    compute_reference,
+    extractor_identity,
+    load_reference_stats,
+    reference_indices,
+)
 from latent_flow.sampling.solvers import build_solver
-from latent_flow.utils.images import make_grid_image, save_png
+from latent_flow.training.grids import spatial_training_grid
+from latent_flow.utils.images import make_grid_image, save_png, to_uint8
 from latent_flow.utils.io import write_json
 
 __all__ = ["MetricsJSONCallback", "SampleGridCallback", "SampleMetricsCallback", "check_guidance", "grid_labels"]
@@ -74,9 +86,8 @@ class SampleGridCallback(L.Callback):
             return None
         self._last_step = step
         if pl_module.condition.spatial_channels:  # inpaint / semantic: a row per validation item's condition
-            from latent_flow.conditional_sampling import training_grid
 
-            images, ncol, nfe = training_grid(
+            images, ncol, nfe = spatial_training_grid(
                 pl_module, trainer.datamodule, self.solver, per_row=self.per_class, rows=min(self.max_rows, 4),
                 seed=self.seed, cfg_scale=self.cfg_scale,
             )
@@ -206,7 +217,6 @@ class SampleMetricsCallback(L.Callback):
         self.feature_metrics = tuple(m for m in metrics if m in self.FEATURE_METRICS)
         if self.feature_metrics and feature_extractor is None:
             raise ValueError(f"metrics {list(self.feature_metrics)} need a feature_extractor ({{_target_: ...}})")
-        from latent_flow.evaluation.reference import SPLITS, extractor_identity
 
         if reference_split not in SPLITS:
             raise ValueError(f"reference_split={reference_split!r} is not one of {SPLITS}")
@@ -238,8 +248,6 @@ class SampleMetricsCallback(L.Callback):
             self._feature_reference(trainer, pl_module)
 
     def _feature_reference(self, trainer: L.Trainer, pl_module):
-        from latent_flow.evaluation.reference import build_feature_extractor, load_reference_stats
-
         if self._extractor is None:
             self._extractor = build_feature_extractor(self.feature_spec)
             if isinstance(self._extractor, torch.nn.Module):
@@ -258,10 +266,6 @@ class SampleMetricsCallback(L.Callback):
         return self._extractor, self._real_features
 
     def _cached_reference(self, trainer: L.Trainer, device) -> torch.Tensor:
-        import hashlib
-
-        from latent_flow.evaluation.reference import compute_reference, load_reference_stats, reference_indices
-
         dm = trainer.datamodule
         dataset = getattr(dm, "dataset", None)
         if dataset is None or not hasattr(dataset, "fingerprint"):
@@ -303,8 +307,6 @@ class SampleMetricsCallback(L.Callback):
         if step == self._last_step or not trainer.is_global_zero:
             return None
         self._last_step = step
-        from latent_flow.evaluation import oracle as oracle_mod
-        from latent_flow.utils.images import to_uint8
 
         shapes_metrics = [m for m in self.metrics if m in self.SHAPES_METRICS]
         if shapes_metrics:
@@ -335,8 +337,6 @@ class SampleMetricsCallback(L.Callback):
                 self._oracle, pixels, labels=labels
             )["label_accuracy"]
         if self.feature_metrics:
-            from latent_flow.evaluation.metrics import compute_features, count_label, image_metrics, metric_names
-
             extractor, real = self._feature_reference(trainer, pl_module)
             fake, logits = compute_features(extractor, to_uint8(images), device=pl_module.device)
             scores = image_metrics(real, fake, fake_logits=logits, metrics=self.feature_metrics,

@@ -51,7 +51,7 @@ class EMA(nn.Module):
             ema_b.copy_(b)
         self.num_updates += 1
 
-    def train(self, mode: bool = True) -> "EMA":
+    def train(self, mode: bool = True) -> EMA:
         # the averaged copy is only ever used for inference
         super().train(False)
         return self

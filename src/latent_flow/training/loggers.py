@@ -7,6 +7,8 @@ import netrc
 import os
 from pathlib import Path
 
+from lightning.pytorch.loggers import WandbLogger
+
 __all__ = ["build_wandb_logger", "wandb_has_credentials"]
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,6 @@ def build_wandb_logger(
     ``mode="auto"`` logs online when credentials exist and offline otherwise
     (``wandb sync`` uploads an offline run later).
     """
-    from lightning.pytorch.loggers import WandbLogger
-
     if mode not in {"auto", "online", "offline", "disabled"}:
         raise ValueError(f"logger.wandb.mode must be auto, online, offline or disabled, got {mode!r}")
     if mode == "auto":

@@ -15,8 +15,9 @@ weights never enter flow checkpoints (it is rebuilt from ``hparams.autoencoder``
 
 from __future__ import annotations
 
-import time
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from latent_flow.autoencoders import load_autoencoder
 from latent_flow.backbones import build_backbone
 from latent_flow.conditioning import build_condition
 from latent_flow.flow.path import AffinePath
@@ -35,24 +37,13 @@ from latent_flow.sampling.solvers import Solver
 from latent_flow.training.ema import EMA
 from latent_flow.training.lr_schedule import warmup_cosine_factor
 from latent_flow.training.resume import ResumableRNG
+from latent_flow.utils.config import to_plain
 
 __all__ = ["LatentFlowModule", "BackboneMismatchError"]
 
 
 class BackboneMismatchError(RuntimeError):
     """A checkpoint was written by a different backbone / latent shape than the config asks for."""
-
-
-def _plain(obj: Any) -> Any:
-    """OmegaConf containers -> plain Python (so hparams pickle without omegaconf)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return obj
 
 
 class LatentFlowModule(ResumableRNG, L.LightningModule):
@@ -110,8 +101,8 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         data: dict | None = None,
     ) -> None:
         super().__init__()
-        backbone, condition, path, optim, ema = map(_plain, (backbone, condition, path, optim, ema))
-        latent_shape = list(_plain(latent_shape))
+        backbone, condition, path, optim, ema = map(to_plain, (backbone, condition, path, optim, ema))
+        latent_shape = list(to_plain(latent_shape))
         self.save_hyperparameters(
             {
                 "backbone": backbone,
@@ -121,11 +112,11 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
                 "ema": ema,
                 "latent_shape": latent_shape,
                 "num_classes": int(num_classes),
-                "latent_stats": _plain(latent_stats),
-                "autoencoder": _plain(autoencoder),
+                "latent_stats": to_plain(latent_stats),
+                "autoencoder": to_plain(autoencoder),
                 "compile": bool(compile),
                 "seed": int(seed),
-                "data": _plain(data),
+                "data": to_plain(data),
             }
         )
         cond_opts = dict(condition)
@@ -165,7 +156,6 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
 
         self._autoencoder = None  # not a submodule: never saved in flow checkpoints
         self._compiled: dict[str, Any] = {}
-        self._fit_start_time: float | None = None
         self._rank_seed: int | None = None
         self._first_noise_checksum: float | None = None
 
@@ -218,8 +208,6 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         if self._autoencoder is None:
             if self.hparams.autoencoder is None:
                 raise RuntimeError("this checkpoint records no autoencoder config; cannot decode latents")
-            from latent_flow.autoencoders import load_autoencoder
-
             ae = load_autoencoder(dict(self.hparams.autoencoder))
             stats = self.hparams.latent_stats
             if stats is not None:
@@ -319,7 +307,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         self.load_rng_states(checkpoint)
         saved = checkpoint.get("hyper_parameters", {})
         for key in ("backbone", "latent_shape", "condition", "num_classes"):
-            if key in saved and _plain(saved[key]) != _plain(self.hparams[key]):
+            if key in saved and to_plain(saved[key]) != to_plain(self.hparams[key]):
                 raise BackboneMismatchError(
                     f"checkpoint was written with {key}={saved[key]!r}, but the config asks for "
                     f"{key}={self.hparams[key]!r}; use the matching config (e.g. backbone=...) or another ckpt_path"
@@ -379,12 +367,6 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         return self.autoencoder.decode(latents.float()).clamp(-1, 1)
 
     # ------------------------------------------------------------------ bookkeeping
-    def on_fit_start(self) -> None:
-        self._fit_start_time = time.time()
-
-    def fit_seconds(self) -> float | None:
-        return None if self._fit_start_time is None else time.time() - self._fit_start_time
-
     # ------------------------------------------------------------------ distributed
     def on_train_start(self) -> None:
         """Reseed the noise / time RNGs with ``seed + global_rank`` (different draws per DDP rank), or,
@@ -446,9 +428,6 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
 
         in_sync = _same(backbone) and _same(ema)
         if trainer.global_rank == 0:
-            import json
-            from pathlib import Path
-
             report = {
                 "world_size": int(trainer.world_size),
                 "global_step": int(trainer.global_step),

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from latent_flow.training.module import LatentFlowModule
+
 __all__ = [
     "PowerEMA",
     "PostHocEMACallback",
@@ -219,8 +221,6 @@ def write_posthoc_checkpoint(
 ) -> dict:
     """Copy of ``ckpt_path`` whose EMA weights (``ema`` and ``condition_ema``) are the post-hoc
     reconstruction of ``sigma_rel`` at snapshot ``step``; returns a summary (weights, step)."""
-    from latent_flow.training.module import LatentFlowModule
-
     ckpt_path = Path(ckpt_path)
     snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else ckpt_path.resolve().parent.parent / "posthoc_ema"
     rec = reconstruct(snapshot_dir, sigma_rel, step=step)

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 __all__ = ["ResumableRNG", "collect_rng_states", "rank_rng_states", "set_rng_states"]
 
@@ -89,7 +90,6 @@ def _saving_together() -> bool:
     exc = sys.exc_info()[1]
     if exc is None:
         return True
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     return isinstance(exc, SIGTERMException)
 

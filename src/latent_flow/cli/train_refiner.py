@@ -1,4 +1,4 @@
-"""Refiner training from a trained checkpoint (called by ``latent_flow.train`` when ``base_ckpt_path`` is set).
+"""Refiner training from a trained checkpoint (``latent_flow.train`` with a ``refiner`` section / ``base_ckpt_path``).
 
     python -m latent_flow.train +experiment=shapes_refiner base_ckpt_path=outputs/train/RUN/checkpoints/last.ckpt
 
@@ -10,13 +10,20 @@ Resume with ``ckpt_path=<refiner run>/checkpoints/last.ckpt`` (same ``base_ckpt_
 
 from __future__ import annotations
 
-import inspect
 import logging
+import math
 import time
 from pathlib import Path
 
 import lightning as L
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from latent_flow.cli.run import check_ckpt_path, configure_torch, fit, run_status, save_resolved_config, write_summary
+from latent_flow.conditioning import cache_extras
+from latent_flow.data.datamodule import LatentDataModule
+from latent_flow.flowturbo.module import RefinerModule
+from latent_flow.training.checkpoints import load_flow_module
 
 __all__ = ["run_refiner_training"]
 
@@ -24,8 +31,6 @@ log = logging.getLogger(__name__)
 
 
 def _check_latents(base, datamodule, data_name: str, base_path: str) -> None:
-    import math
-
     recorded = (base.hparams.get("data") or {}).get("name")
     if recorded is not None and recorded != data_name:
         raise ValueError(
@@ -50,21 +55,6 @@ def _check_latents(base, datamodule, data_name: str, base_path: str) -> None:
 
 def run_refiner_training(cfg: DictConfig) -> dict:
     """Train a FlowTurbo refiner for ``cfg.base_ckpt_path``; returns the summary written to metrics.json."""
-    from hydra.utils import instantiate
-
-    from latent_flow.api import load_model
-    from latent_flow.data.datamodule import LatentDataModule
-    from latent_flow.flowturbo.module import RefinerModule
-    from latent_flow.runtime import (
-        build_trainer,
-        configure_torch,
-        instantiate_callbacks,
-        instantiate_loggers,
-        save_resolved_config,
-    )
-    from latent_flow.train import _check_ckpt_path
-    from latent_flow.utils.io import write_json
-
     start = time.time()
     if cfg.get("refiner") is None:
         raise ValueError(
@@ -83,17 +73,12 @@ def run_refiner_training(cfg: DictConfig) -> dict:
         )
     output_dir = Path(cfg.paths.output_dir)
     save_resolved_config(cfg, output_dir)
-    ckpt_path = _check_ckpt_path(cfg.get("ckpt_path"))
+    check_ckpt_path(cfg.get("ckpt_path"))  # a wrong resume path fails before anything loads
     L.seed_everything(cfg.seed, workers=True)
     configure_torch(cfg)
 
-    base = load_model(base_path, device="cpu")
+    base = load_flow_module(base_path, device="cpu")
     dataset = instantiate(cfg.data.dataset)
-    extras = {}
-    if "cache_extras" in inspect.signature(LatentDataModule).parameters:  # spatial conditions (masks, maps)
-        from latent_flow.conditioning import cache_extras
-
-        extras["cache_extras"] = cache_extras(dict(base.hparams.condition))
     datamodule = LatentDataModule(
         dataset,
         base.autoencoder,  # rebuilt from the base checkpoint's spec: the latents it was trained on
@@ -104,7 +89,7 @@ def run_refiner_training(cfg: DictConfig) -> dict:
         num_workers=cfg.data.num_workers,
         val_fraction=cfg.data.val_fraction,
         seed=cfg.seed,
-        **extras,
+        cache_extras=cache_extras(dict(base.hparams.condition)),  # spatial conditions (masks, maps)
     )
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -122,13 +107,7 @@ def run_refiner_training(cfg: DictConfig) -> dict:
         seed=cfg.seed,
         base_model=base,
     )
-    loggers = instantiate_loggers(cfg.get("logger"))
-    for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer = build_trainer(cfg, callbacks=instantiate_callbacks(cfg.get("callbacks")), loggers=loggers)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    trainer, metrics = fit(cfg, model, datamodule)
     hp = model.hparams
     summary = {
         "metrics": metrics,
@@ -139,14 +118,9 @@ def run_refiner_training(cfg: DictConfig) -> dict:
         "base_parameters": hp.base_parameters,
         "refiner_parameter_percent": round(100 * hp.parameter_ratio, 2),
         "seconds": round(time.time() - start, 1),
-        "status": "finished" if trainer.state.finished else str(trainer.state.status),
+        "status": run_status(trainer),
     }
+    write_summary(trainer, output_dir, summary)
     if trainer.is_global_zero:
-        import json
-
-        metrics_path = output_dir / "metrics.json"
-        previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        previous.update(summary)
-        write_json(metrics_path, previous)
         log.info("refiner run directory: %s (%.1fs)", output_dir, time.time() - start)
     return summary

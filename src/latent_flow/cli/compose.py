@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from latent_flow.compositional.energy import DEFAULT_NOT_CAP
 from latent_flow.compositional.expression import parse, to_string, validate
+from latent_flow.compositional.sampling import generate_composed, load_classifier_for
 
 __all__ = ["ComposedGenerator", "composed_generator", "guidance_options"]
 
@@ -57,8 +58,6 @@ class ComposedGenerator:
 
     def __call__(self, model, *, num_samples: int, sampler: str, labels=None, cfg_scale: float = 1.0, seed: int = 0,
                  first_index: int = 0, use_ema: bool = True, **sampler_options):
-        from latent_flow.compositional.sampling import generate_composed
-
         if self.null_labels:
             labels = None
         images, result = generate_composed(
@@ -86,8 +85,6 @@ class ComposedGenerator:
 
 def composed_generator(cfg: DictConfig, model) -> ComposedGenerator:
     """The sampling hook for ``compose=...`` (needs ``classifier_ckpt_path``)."""
-    from latent_flow.compositional.sampling import load_classifier_for
-
     path = cfg.get("classifier_ckpt_path")
     if not path:
         raise ValueError("compose=... needs classifier_ckpt_path=<classifier.pt written by latent_flow.train_classifier>")

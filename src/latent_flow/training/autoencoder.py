@@ -11,6 +11,10 @@ averaged per latent element (default 1e-6, the SD-VAE order of magnitude: a
 weak pull that keeps the latents bounded without blurring reconstructions).
 Optimiser: AdamW, constant learning rate, no warm-up.
 
+:func:`ensure_autoencoder` is the automatic first stage of ``latent_flow.train``: the frozen
+autoencoder of a config, trained first (:func:`train_autoencoder`) when it is the framework's own
+and none is cached at :func:`autoencoder_cache_path`.
+
 Logged: ``train/rec``, ``train/kl``, ``train/loss`` (every step) and
 ``val/rec``, ``val/psnr`` (epoch means; PSNR in dB of the clamped posterior-mean
 reconstruction, images mapped to [0, 1]).
@@ -22,20 +26,35 @@ does the same on demand. Load it with ``load_autoencoder("kl", ckpt_path=...)``.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import TQDMProgressBar
 from torch import Tensor
 
-from .base import save_autoencoder
-from .kl import KLAutoencoder, diagonal_gaussian_kl
+from latent_flow.autoencoders import load_autoencoder
+from latent_flow.autoencoders.base import Autoencoder, save_autoencoder
+from latent_flow.autoencoders.kl import KLAutoencoder, diagonal_gaussian_kl
+from latent_flow.data.datamodule import ImageDataModule
+from latent_flow.utils.config import to_plain
+from latent_flow.utils.distributed import DEFAULT_WAIT_TIMEOUT, distributed_rank, resolve_precision, wait_until
 
-__all__ = ["AutoencoderModule", "psnr"]
+__all__ = ["AutoencoderModule", "autoencoder_cache_path", "ensure_autoencoder", "psnr", "train_autoencoder"]
+
+log = logging.getLogger(__name__)
+
+#: autoencoder config keys that configure training, not the model
+_TRAINING_KEYS = {"training", "train_if_missing", "ckpt_path"}
 
 
 def psnr(images: Tensor, reference: Tensor) -> Tensor:
@@ -173,3 +192,104 @@ class AutoencoderModule(pl.LightningModule):
     def on_train_end(self) -> None:
         if self.export_path is not None and (self._trainer is None or self.trainer.is_global_zero):
             self.export(self.export_path)
+
+
+def autoencoder_cache_path(ae_cfg: Any, dataset: Any, cache_dir: str | Path) -> Path:
+    """Where a trainable autoencoder with this config, trained on this dataset, is kept."""
+    cfg = to_plain(ae_cfg)
+    payload = json.dumps(
+        {"name": cfg["name"], "config": cfg.get("config", {}), "training": cfg.get("training", {}),
+         "data": dataset.fingerprint()},
+        sort_keys=True,
+    )
+    key = hashlib.sha1(payload.encode()).hexdigest()[:12]
+    return Path(cache_dir) / "autoencoders" / f"{cfg['name']}-{key}.pt"
+
+
+def train_autoencoder(
+    ae_cfg: Any,
+    dataset: Any,
+    *,
+    export_path: str | Path,
+    output_dir: str | Path,
+    trainer_overrides: dict | None = None,
+    loggers: list | None = None,
+    val_fraction: float = 0.02,
+    num_workers: int = 0,
+    seed: int = 0,
+) -> Path:
+    """Train a KL autoencoder on ``dataset`` and write its frozen file to ``export_path``."""
+    cfg = to_plain(ae_cfg)
+    if cfg["name"] != "kl":
+        raise ValueError(f"only the 'kl' autoencoder is trainable here, got autoencoder.name={cfg['name']!r}")
+    training = dict(cfg.get("training", {}))
+    batch_size = int(training.pop("batch_size", 64))
+    max_steps = int(training.pop("max_steps", 1500))
+    L.seed_everything(seed, workers=True)
+    module = AutoencoderModule(**cfg.get("config", {}), **training, export_path=str(export_path))
+    datamodule = ImageDataModule(
+        dataset, batch_size=batch_size, num_workers=num_workers, val_fraction=val_fraction, seed=seed
+    )
+    trainer_kwargs = {
+        "max_steps": max_steps,
+        "max_epochs": -1,
+        "accelerator": "auto",
+        "devices": 1,
+        "precision": resolve_precision("auto"),
+        "default_root_dir": str(output_dir),
+        "val_check_interval": min(500, max_steps),
+        "check_val_every_n_epoch": None,
+        "limit_val_batches": 4,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 10,
+        "enable_checkpointing": False,
+        "logger": loggers if loggers else False,
+        "callbacks": [TQDMProgressBar(refresh_rate=20)],
+    }
+    trainer_kwargs.update(trainer_overrides or {})
+    start = time.time()
+    L.Trainer(**trainer_kwargs).fit(module, datamodule=datamodule)
+    if not Path(export_path).exists():
+        module.export(export_path)
+    log.info("autoencoder trained in %.1fs -> %s", time.time() - start, export_path)
+    return Path(export_path)
+
+
+def ensure_autoencoder(
+    ae_cfg: Any, dataset: Any, *, cache_dir: str | Path, output_dir: str | Path
+) -> tuple[Autoencoder, dict]:
+    """The frozen autoencoder of ``ae_cfg``, training it first when it is trainable and missing.
+
+    Returns ``(autoencoder, spec)`` where ``spec`` rebuilds it with ``load_autoencoder(**spec)``
+    (it is what flow checkpoints record instead of the weights).
+    """
+    cfg = to_plain(ae_cfg)
+    name = cfg["name"]
+    if name != "kl":
+        spec = {k: v for k, v in cfg.items() if k not in _TRAINING_KEYS}
+        return load_autoencoder(dict(spec)), spec
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is None:
+        ckpt_path = autoencoder_cache_path(cfg, dataset, cache_dir)
+    ckpt_path = Path(ckpt_path)
+    rank, world_size = distributed_rank()
+    if not ckpt_path.exists() and rank > 0 and cfg.get("train_if_missing", False):
+        # under torchrun / srun only rank 0 trains the autoencoder; the others wait for its file
+        log.info("rank %d/%d: waiting for rank 0 to train the autoencoder %s", rank, world_size, ckpt_path)
+        wait_until(
+            ckpt_path.exists,
+            lambda: f"rank {rank}: rank 0 did not write the autoencoder {ckpt_path} in time",
+            timeout=DEFAULT_WAIT_TIMEOUT,
+            poll=2.0,
+            progress=lambda: None,
+        )
+    if not ckpt_path.exists():
+        if not cfg.get("train_if_missing", False):
+            raise FileNotFoundError(
+                f"autoencoder.ckpt_path={ckpt_path} does not exist; train one with "
+                "`python -m latent_flow.train_autoencoder` or set autoencoder.train_if_missing=true"
+            )
+        log.info("no cached autoencoder at %s: training it first (stage 1 of 2)", ckpt_path)
+        train_autoencoder(cfg, dataset, export_path=ckpt_path, output_dir=Path(output_dir) / "autoencoder")
+    spec = {"name": "kl", "ckpt_path": str(ckpt_path.resolve())}
+    return load_autoencoder(dict(spec)), spec

@@ -1,0 +1,376 @@
+"""Evaluate a checkpoint: ``python -m latent_flow.evaluate ckpt_path=... num_samples=50000 sampler=heun``.
+
+* Sample indices are split across ranks (``i % world_size == rank`` under torchrun / srun), and
+  the noise of sample ``i`` is seeded by ``(seed, i)``: any split gives the same images.
+* Resumable: a sample whose PNG exists is not generated again; an interrupted run continues.
+* Writes ``images/NNNNNN.png`` (lossless), ``samples.npz`` (``arr_0`` uint8 NHWC + ``labels``,
+  the ADM evaluator's layout) and ``metrics.json`` (metrics, NFE, milliseconds per image).
+* Metrics: for checkpoints trained on ``shapes``, FD-shapes against real renders (with its floor:
+  two independent real sets) and the oracle's label accuracy of class-conditional samples,
+  offline; otherwise FID / KID / precision-recall / IS in the feature space of
+  ``evaluation.feature_extractor`` (``feature_extractor=inception`` by default: the FID Inception,
+  weights from ``evaluation.inception_weights`` or torch hub's checkpoint folder, without them the
+  tool stops with the file to download; any ``_target_`` module instead) against
+  ``evaluation.reference_stats`` (written by ``python -m latent_flow.reference_stats``) or
+  ``evaluation.reference_npz`` (reference images).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from PIL import Image
+from tqdm.auto import tqdm
+
+from latent_flow.api import load_model
+from latent_flow.cli.sample import cfg_interval_of, sampling_settings
+from latent_flow.conditioning import InpaintCondition
+from latent_flow.data import ShapesDataset
+from latent_flow.data.image_folder import list_image_files
+from latent_flow.evaluation.frechet import frechet_distance, gaussian_stats
+from latent_flow.evaluation.metrics import compute_features, image_metrics, metric_names
+from latent_flow.evaluation.oracle import (
+    fd_shapes,
+    fd_shapes_floor,
+    load_or_train_oracle,
+    oracle_metrics_on_samples,
+    real_images,
+)
+from latent_flow.evaluation.reference import build_feature_extractor, load_reference_stats
+from latent_flow.generation import NFETally, sample_batches
+from latent_flow.utils.config import to_plain
+from latent_flow.utils.distributed import distributed_rank, rank_device, wait_until
+from latent_flow.utils.hashing import file_sha256
+from latent_flow.utils.images import save_png
+from latent_flow.utils.io import write_json
+
+__all__ = ["load_image_folder", "rank_indices", "run_evaluation", "sampling_recipe", "score_images"]
+
+log = logging.getLogger(__name__)
+
+
+def rank_indices(num_samples: int, rank: int, world_size: int) -> list[int]:
+    """The sample indices rank ``rank`` of ``world_size`` generates (disjoint, together complete)."""
+    return list(range(rank, num_samples, world_size))
+
+
+def _labels_for(indices: list[int], model, spatial: dict | None = None) -> torch.Tensor | None:
+    """Label of sample ``i``: ``i % num_classes``; for spatial + label models the label of the
+    held-out render whose map / known region conditions sample ``i`` (never a contradiction;
+    the sampling loop takes it from the same inputs)."""
+    if not model.condition.uses_label:
+        return None
+    if spatial is not None:
+        return torch.as_tensor(np.asarray(spatial["labels"]), dtype=torch.long)
+    return torch.tensor([i % model.num_classes for i in indices], dtype=torch.long)
+
+
+def _load_pngs(image_dir: Path, num_samples: int) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(image_dir / f"{i:06d}.png").convert("RGB")) for i in range(num_samples)])
+
+
+def _data_info(cfg: DictConfig, model) -> dict:
+    """The training data's name / resolution, from the checkpoint (or the run's config.yaml)."""
+    data = model.hparams.get("data") or {}
+    run_config = Path(cfg.ckpt_path).resolve().parent.parent / "config.yaml"
+    if not data and run_config.exists():  # checkpoints written before the data was recorded in them
+        data = dict(OmegaConf.load(run_config).get("data", {}))
+    return data
+
+
+def _spatial_inputs(cfg: DictConfig, model):
+    """What an inpainting / semantic model is asked for sample ``i``: held-out shapes render ``i``.
+
+    Returns ``inputs(indices) -> {"images", "maps"[, "masks"]}`` (``None`` for models without
+    spatial condition): renders of ``evaluation.condition_seed`` (never trained on), their
+    semantic maps, and for inpainting mask ``i`` of the model's training mask generator (variant
+    ``evaluation.mask_variant``).
+    """
+    condition = model.condition
+    if not condition.spatial_channels:
+        return None
+    if _data_info(cfg, model).get("name") != "shapes":
+        raise ValueError(
+            "evaluate draws the conditions of inpainting / semantic models from held-out `shapes` renders; "
+            "for a model of other data sample its inputs with python -m latent_flow.sample inputs=... masks=... "
+            "(or semantic=...) and score the written images"
+        )
+
+    data = ShapesDataset(num_samples=cfg.num_samples, resolution=int(condition.resolution),
+                         seed=int(cfg.evaluation.condition_seed))
+    masks = condition.mask_generator() if isinstance(condition, InpaintCondition) else None
+    variant = int(cfg.evaluation.mask_variant)
+
+    def inputs(indices: list[int]) -> dict[str, np.ndarray]:
+        renders = [data.render(i) for i in indices]
+        out = {"images": np.stack([r[0] for r in renders]), "maps": np.stack([r[2] for r in renders]),
+               "labels": np.asarray([r[1]["shape"] for r in renders], dtype=np.int64)}  # the data's label
+        if masks is not None:
+            out["masks"] = np.stack([masks(i, variant) for i in indices])
+        return out
+
+    return inputs
+
+
+def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: int) -> dict:
+    """This rank's missing samples, through the one sampling loop (:func:`latent_flow.generation.sample_batches`)."""
+    todo = [i for i in rank_indices(cfg.num_samples, rank, world_size) if not (image_dir / f"{i:06d}.png").exists()]
+    spatial_inputs = _spatial_inputs(cfg, model)  # inpainting / semantic: the condition (and label) of each index
+    labels = None if spatial_inputs is not None else _labels_for(todo, model)
+    tally = NFETally()
+    bar = tqdm(total=len(todo), desc=f"[rank {rank}/{world_size}] sampling", unit="img", disable=not todo)
+    for batch in sample_batches(
+        model, todo, sampler=to_plain(cfg.sampler), batch_size=int(cfg.batch_size), labels=labels,
+        spatial=spatial_inputs, cfg_scale=float(cfg.cfg_scale), cfg_interval=cfg_interval_of(cfg),
+        seed=int(cfg.seed), use_ema=bool(cfg.use_ema),
+    ):
+        tally.add(batch)
+        for index, img in zip(batch.indices, batch.images):
+            save_png(img, image_dir / f"{index:06d}.png")
+        bar.update(len(batch.indices))
+    bar.close()
+    return {"generated": len(todo), "seconds": tally.seconds, "nfe": tally.nfe, "refiner_nfe": tally.refiner_nfe}
+
+
+def _flowturbo_nfe(cfg: DictConfig, nfes: list[int], timings: list[dict]) -> dict:
+    """sampler=flowturbo: base-model and refiner NFE per sample, reported apart."""
+    if cfg.sampler.name != "flowturbo":
+        return {}
+    refiner = sorted({n for t in timings for n in t.get("refiner_nfe", [])})
+    def one(values: list[int]):
+        return values[0] if len(values) == 1 else values
+
+    return {"base_nfe_per_sample": one(nfes), "refiner_nfe_per_sample": one(refiner)}
+
+
+def _wait_for_all(image_dir: Path, num_samples: int, timeout: float) -> None:
+    missing = lambda: [i for i in range(num_samples) if not (image_dir / f"{i:06d}.png").exists()]  # noqa: E731
+    wait_until(
+        lambda: not missing(),
+        lambda: f"samples still missing after waiting for the other ranks: {missing()[:10]} ...",
+        timeout=timeout,
+        poll=5.0,
+        progress=lambda: len(missing()),
+    )
+
+
+def _metrics(cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None, spatial: dict | None) -> dict:
+    requested = list(cfg.metrics) if cfg.metrics != "auto" else None
+    data = _data_info(cfg, model)
+    if requested is None:
+        requested = ["fd_shapes", "label_accuracy"] if data.get("name") == "shapes" else ["fid", "kid", "precision_recall", "is"]
+        if spatial is not None:
+            requested.append("miou")
+    images = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    out: dict = {}
+    shapes_metrics = {"fd_shapes", "label_accuracy", "miou"} & set(requested)
+    if shapes_metrics:
+        resolution = arr.shape[1]
+        oracle = load_or_train_oracle(cfg.paths.cache_dir, resolution, **OmegaConf.to_container(cfg.evaluation.oracle))
+        if "fd_shapes" in requested:
+            n_ref = cfg.evaluation.reference_samples or len(arr)
+            out["fd_shapes"] = fd_shapes(oracle, images, real_images(n_ref, resolution, cfg.evaluation.reference_seed))
+            out["fd_shapes_floor"] = fd_shapes_floor(oracle, n=len(arr), resolution=resolution)
+        if "label_accuracy" in requested and labels is not None:
+            out["label_accuracy"] = oracle_metrics_on_samples(oracle, images, labels=torch.from_numpy(labels))["label_accuracy"]
+        if "miou" in requested:
+            if spatial is None:
+                raise ValueError("metrics: miou needs an inpainting / semantic model (the requested maps)")
+            # semantic: against the requested maps; inpainting: against the maps of the original renders
+            seg = oracle_metrics_on_samples(oracle, images, semantic=torch.from_numpy(spatial["maps"]))
+            out["miou"], out["miou_per_class"] = seg["miou"], seg["miou_per_class"]
+        if spatial is not None and "masks" in spatial:
+            known = spatial["masks"]
+            out["known_region_bit_exact"] = bool(np.array_equal(arr[known], spatial["images"][known]))
+            out["hole_ratio"] = float(1.0 - known.mean())
+        out["oracle_held_out"] = getattr(oracle, "metrics", None)
+    inception = [m for m in requested if m in {"fid", "kid", "precision_recall", "is"}]
+    if inception:
+        out.update(_feature_metrics(cfg, arr, tuple(inception)))
+    unknown = set(requested) - {"fd_shapes", "label_accuracy", "miou", "fid", "kid", "precision_recall", "is"}
+    if unknown:
+        raise ValueError(
+            f"unknown metrics {sorted(unknown)}; valid: fd_shapes, label_accuracy, miou, fid, kid, precision_recall, is"
+        )
+    return out
+
+
+def _feature_metrics(cfg: DictConfig, arr: np.ndarray, metrics: tuple[str, ...]) -> dict:
+    """FID & co in the configured extractor's feature space (``evaluation.feature_extractor``)
+    against ``evaluation.reference_stats`` (from ``latent_flow.reference_stats``) or
+    ``evaluation.reference_npz`` (images)."""
+    ev = cfg.evaluation
+    if ev.get("reference_stats") is None and ev.get("reference_npz") is None:
+        raise ValueError(
+            f"metrics {list(metrics)} need a reference: evaluation.reference_stats=<dir written by "
+            "`python -m latent_flow.reference_stats data=... split=train`> or evaluation.reference_npz=/path/to/"
+            "reference.npz (arr_0: uint8 NHWC); offline on shapes, metrics=[fd_shapes,label_accuracy]"
+        )
+    spec = OmegaConf.to_container(ev.feature_extractor, resolve=True)
+    extractor = build_feature_extractor(spec)
+    device = "cuda" if torch.cuda.is_available() and str(cfg.device) in ("auto", "cuda") else "cpu"
+    if isinstance(extractor, torch.nn.Module):
+        extractor.to(device)
+    fake_f, fake_logits = compute_features(extractor, arr, device=device)
+    out: dict = {"feature_extractor": spec.get("_target_")}
+    if ev.get("reference_stats") is not None:
+        ref = load_reference_stats(ev.reference_stats, feature_extractor=spec)
+        if ref["features"] is None:  # mean / covariance only: FID only
+            if set(metrics) - {"fid"}:
+                raise ValueError(
+                    f"{ev.reference_stats} holds only mean / covariance: metrics {sorted(set(metrics) - {'fid'})} "
+                    "need the reference features (recompute with latent_flow.reference_stats) or metrics=[fid]"
+                )
+            out["fid"] = frechet_distance(ref["mu"], ref["sigma"], *gaussian_stats(fake_f))
+            out["num_samples"], out["num_reference"] = len(fake_f), ref["info"].get("num_images")
+            return out
+        real_f = ref["features"]
+        info = ref["info"]
+        out["reference"] = {k: info.get(k) for k in ("data", "split", "num_images")}
+        split = info.get("dataset_split") if info.get("split") == "all" and info.get("dataset_split") else info.get("split")
+        out["reference_name"] = " ".join(str(v) for v in (info.get("data"), split) if v)  # e.g. "emoji val"
+    else:
+        real_f, _ = compute_features(extractor, np.load(ev.reference_npz)["arr_0"], device=device)
+        out["reference_name"] = Path(ev.reference_npz).name
+    out["num_samples"], out["num_reference"] = len(fake_f), len(real_f)
+    out.update(image_metrics(real_f, fake_f, fake_logits=fake_logits, metrics=metrics))
+    return out
+
+
+RECIPE_FILE = "recipe.json"
+DEFAULT_NUM_SAMPLES = {"shapes": 1000}  # shapes: what its FD floor needs; every other dataset: FID-50k
+PAPER_NUM_SAMPLES = 50000
+
+
+def _resolve_num_samples(cfg: DictConfig, model) -> None:
+    """``num_samples=auto``: 50k (the field's FID-50k) except where a dataset states its own count."""
+    if str(cfg.num_samples) == "auto":
+        with open_dict(cfg):
+            cfg.num_samples = DEFAULT_NUM_SAMPLES.get(_data_info(cfg, model).get("name"), PAPER_NUM_SAMPLES)
+    if int(cfg.num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1 (or auto), got {cfg.num_samples}")
+
+
+def sampling_recipe(cfg: DictConfig) -> dict:
+    """Everything that determines the samples in ``out_dir`` (a resumed run must match it)."""
+    recipe = {**sampling_settings(cfg), "checkpoint_sha256": file_sha256(cfg.ckpt_path), "precision": "float32"}
+    for key in ("condition_seed", "mask_variant"):
+        recipe[key] = cfg.evaluation.get(key)
+    return recipe
+
+
+def _check_resume(out_dir: Path, recipe: dict, overwrite: bool) -> None:
+    """Refuse to mix samples of two recipes in one folder; ``overwrite=true`` starts over.
+
+    The checkpoint's hash (not its path) and the sampling settings must match; ``num_samples``
+    may grow (sample ``i`` depends only on ``(seed, i)``)."""
+    path = out_dir / RECIPE_FILE
+    image_dir = out_dir / "images"
+    if path.exists() and not overwrite:
+        old = json.loads(path.read_text())
+        differ = sorted(k for k in set(old) | set(recipe) if k not in ("ckpt_path", "num_samples") and old.get(k) != recipe.get(k))
+        if differ:
+            details = "; ".join(f"{k}: {old.get(k)!r} there, {recipe.get(k)!r} now" for k in differ)
+            raise ValueError(
+                f"{out_dir} holds samples of another setting ({details}). Use another out_dir, or overwrite=true "
+                "to delete them and start over"
+            )
+    elif overwrite and image_dir.exists():
+        shutil.rmtree(image_dir)
+        for stale in list(out_dir.glob("timing_rank*.json")) + [out_dir / "metrics.json", out_dir / "samples.npz"]:
+            stale.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(path, recipe)
+
+
+def load_image_folder(folder: str | Path) -> np.ndarray:
+    """Every image file of ``folder`` (sorted by name) as uint8 NHWC RGB; all must share one size."""
+    files = list_image_files(folder, "images_dir")
+    arrays = []
+    for f in files:
+        with Image.open(f) as img:
+            arr = np.asarray(img.convert("RGB"))
+        if arrays and arr.shape != arrays[0].shape:
+            raise ValueError(f"{f} is {arr.shape[1]}x{arr.shape[0]} but {files[0]} is "
+                             f"{arrays[0].shape[1]}x{arrays[0].shape[0]}: images_dir must hold one image size")
+        arrays.append(arr)
+    return np.stack(arrays)
+
+
+def score_images(cfg: DictConfig) -> dict:
+    """``images_dir=``: FID & co of an existing folder of images (no checkpoint, no sampling)."""
+    if cfg.metrics == "auto":
+        requested = ("fid", "kid", "precision_recall", "is")
+    else:
+        requested = tuple(cfg.metrics)
+    bad = set(requested) - {"fid", "kid", "precision_recall", "is"}
+    if bad:
+        raise ValueError(f"images_dir= scores feature metrics only (fid, kid, precision_recall, is), not {sorted(bad)}")
+    arr = load_image_folder(cfg.images_dir)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"images_dir": str(cfg.images_dir), "num_samples": len(arr), "metrics": _feature_metrics(cfg, arr, requested)}
+    write_json(out_dir / "metrics.json", summary)
+    print(json.dumps(summary["metrics"], indent=2, default=str))
+    return summary
+
+
+def run_evaluation(cfg: DictConfig) -> dict | None:
+    if cfg.get("images_dir"):
+        if cfg.get("ckpt_path"):
+            raise ValueError("give ckpt_path= (sample and score a model) or images_dir= (score a folder), not both")
+        return score_images(cfg)
+    if not cfg.get("ckpt_path"):
+        raise ValueError("evaluate needs ckpt_path=<flow checkpoint> (or images_dir=<folder of images> to score)")
+    rank, world_size = distributed_rank()
+    model = load_model(cfg.ckpt_path, device=rank_device(cfg.device, rank))
+    _resolve_num_samples(cfg, model)
+    out_dir = Path(cfg.out_dir)
+    image_dir = out_dir / "images"
+    recipe = sampling_recipe(cfg)
+    if rank == 0:
+        _check_resume(out_dir, recipe, bool(cfg.get("overwrite", False)))
+    gen = _generate(cfg, model, image_dir, rank, world_size)
+    timing_path = out_dir / f"timing_rank{rank}.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"images": 0, "seconds": 0.0, "nfe": []}
+    timing = {"images": timing["images"] + gen["generated"], "seconds": timing["seconds"] + gen["seconds"],
+              "nfe": sorted(set(timing["nfe"]) | set(gen["nfe"])),
+              "refiner_nfe": sorted(set(timing.get("refiner_nfe", [])) | set(gen["refiner_nfe"]))}
+    write_json(timing_path, timing)
+    if rank != 0:
+        return None
+    _wait_for_all(image_dir, cfg.num_samples, cfg.wait_timeout)
+    arr = _load_pngs(image_dir, cfg.num_samples)
+    indices = list(range(cfg.num_samples))
+    spatial_inputs = _spatial_inputs(cfg, model)
+    spatial = spatial_inputs(indices) if spatial_inputs is not None else None
+    label_t = _labels_for(indices, model, spatial)
+    labels = None if label_t is None else label_t.numpy()
+    if cfg.save_npz:
+        np.savez(out_dir / "samples.npz", arr, labels=labels if labels is not None else np.zeros(0, dtype=np.int64))
+    timings = [json.loads(p.read_text()) for p in sorted(out_dir.glob("timing_rank*.json"))]
+    images_timed = sum(t["images"] for t in timings)
+    seconds = sum(t["seconds"] for t in timings)
+    nfes = sorted({n for t in timings for n in t["nfe"]})
+    summary = {
+        **recipe,
+        "nfe_per_sample": nfes[0] if len(nfes) == 1 else nfes,
+        **_flowturbo_nfe(cfg, nfes, timings),
+        "ms_per_image": round(1000 * seconds / images_timed, 3) if images_timed else None,
+        "world_size": world_size,
+        "metrics": _metrics(cfg, model, arr, labels, spatial),
+    }
+    if "num_reference" in summary["metrics"]:  # FID-N: each score with both counts
+
+        m = summary["metrics"]
+        summary["reported"] = metric_names(m, num_samples=len(arr), num_reference=m["num_reference"],
+                                           reference=m.get("reference_name"))
+    write_json(out_dir / "metrics.json", summary)
+    print(json.dumps(summary["metrics"], indent=2, default=str))
+    return summary

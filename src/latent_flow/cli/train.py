@@ -1,0 +1,123 @@
+"""Flow training: the stages of ``python -m latent_flow.train [+experiment=NAME] [overrides]``.
+
+Stages (each skipped when its result is cached):
+  1. the autoencoder (trained when it is the framework's own and none is cached),
+  2. the latent cache (the dataset encoded once, keyed by dataset + autoencoder),
+  3. flow matching on cached latents with EMA, sample grids and checkpoints.
+
+With no experiment this is the quick start on the built-in ``shapes`` data. A config with a
+``refiner`` section (or ``base_ckpt_path``) trains a FlowTurbo refiner instead
+(:mod:`latent_flow.cli.train_refiner`). Resume a run with ``ckpt_path=<run>/checkpoints/last.ckpt``
+(add ``hydra.run.dir=<run>`` to keep writing into the same directory).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from latent_flow.cli.run import check_ckpt_path, configure_torch, fit, run_status, save_resolved_config, write_summary
+from latent_flow.cli.train_refiner import run_refiner_training
+from latent_flow.conditioning import cache_extras, check_condition_data
+from latent_flow.data.datamodule import LatentDataModule
+from latent_flow.training.autoencoder import ensure_autoencoder
+from latent_flow.training.module import LatentFlowModule
+
+__all__ = ["run_training", "sweep_value"]
+
+log = logging.getLogger(__name__)
+
+
+def sweep_value(cfg: DictConfig, summary: dict) -> float | None:
+    """The value a Hydra sweeper optimises: ``summary["metrics"][cfg.optimized_metric]`` when set and logged."""
+    metric = cfg.get("optimized_metric")
+    if metric and metric in summary["metrics"]:
+        return summary["metrics"][metric]
+    return None
+
+
+def run_training(cfg: DictConfig) -> dict:
+    """Run all stages for a composed config; returns the summary merged into ``metrics.json``."""
+    if cfg.get("base_ckpt_path") or "refiner" in cfg:  # FlowTurbo: a velocity refiner for a trained checkpoint
+        return run_refiner_training(cfg)
+    start = time.time()
+    output_dir = Path(cfg.paths.output_dir)
+    save_resolved_config(cfg, output_dir)
+    check_ckpt_path(cfg.get("ckpt_path"))  # a wrong resume path fails before the stages run
+    L.seed_everything(cfg.seed, workers=True)
+    configure_torch(cfg)
+
+    dataset = instantiate(cfg.data.dataset)
+    autoencoder, ae_spec = ensure_autoencoder(
+        cfg.autoencoder, dataset, cache_dir=cfg.paths.cache_dir, output_dir=output_dir
+    )
+    stage_ae = time.time()
+
+    condition_cfg = OmegaConf.to_container(cfg.condition, resolve=True)
+    check_condition_data(condition_cfg, dataset)  # e.g. condition=semantic on data without maps
+    datamodule = LatentDataModule(
+        dataset,
+        autoencoder,
+        cache_dir=cfg.paths.cache_dir,
+        name=cfg.data.name,
+        flip=cfg.data.flip,
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.seed,
+        cache_extras=cache_extras(condition_cfg),  # masks / semantic maps for spatial conditions
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    stats = datamodule.latent_stats
+    autoencoder.set_latent_stats(torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
+    stage_cache = time.time()
+
+    # the initial weights depend on the seed alone, not on whether the autoencoder / latent cache stages ran
+    # in this process (they draw from the global RNG): a rerun with a warm cache starts from the same weights
+    L.seed_everything(cfg.seed, workers=True)
+    model = LatentFlowModule(
+        backbone=cfg.backbone,
+        condition=cfg.condition,
+        path=cfg.path,
+        optim=cfg.optim,
+        ema=cfg.ema,
+        latent_shape=datamodule.latent_shape,
+        num_classes=datamodule.num_classes,
+        latent_stats=stats,
+        autoencoder=ae_spec,
+        compile=cfg.compile,
+        seed=cfg.seed,
+        data={"name": cfg.data.name, "resolution": cfg.data.resolution},
+    )
+    model.set_autoencoder(autoencoder)
+    num_params = sum(p.numel() for p in model.backbone.parameters())
+    log.info("backbone %s: %.2fM parameters; latents %s", cfg.backbone.name, num_params / 1e6, datamodule.latent_shape)
+
+    trainer, metrics = fit(cfg, model, datamodule)
+    summary = {
+        "metrics": metrics,
+        "global_step": trainer.global_step,
+        "backbone_parameters": num_params,
+        "latent_shape": list(datamodule.latent_shape),
+        "latent_stats": stats,
+        "autoencoder": ae_spec,
+        "latent_cache": str(datamodule.cache.root),
+        "seconds": {
+            "autoencoder_stage": round(stage_ae - start, 1),
+            "latent_cache_stage": round(stage_cache - stage_ae, 1),
+            "flow_training_stage": round(time.time() - stage_cache, 1),
+            "total": round(time.time() - start, 1),
+        },
+        "status": run_status(trainer),
+    }
+    write_summary(trainer, output_dir, summary)
+    if trainer.is_global_zero:
+        log.info("run directory: %s (%.1fs in all)", output_dir, time.time() - start)
+    return summary
