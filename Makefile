@@ -26,10 +26,14 @@ train: $(STAMP) ## run the default experiment (the quick start on `shapes`); ext
 test: $(STAMP) ## run the default test suite (no slow / gpu tests)
 	$(PY) -m pytest -q $(ARGS)
 
+lint: $(STAMP) ## ruff: lint and format check (ruff format . fixes the format)
+	$(PY) -m ruff check src tests benchmarks experiments
+	$(PY) -m ruff format --check src tests benchmarks experiments
+
 test-slow: $(STAMP) ## run the slow tests too
 	$(PY) -m pytest -q -m "slow and not gpu" $(ARGS)
 
 clean: ## remove run outputs (keeps the venv and the caches)
 	rm -rf outputs multirun
 
-.PHONY: help install train test test-slow clean
+.PHONY: help install train test lint test-slow clean

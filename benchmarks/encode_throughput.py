@@ -76,8 +76,7 @@ def build_autoencoder(name: str, taef2_dir: str | None):
 
 
 def _worker(rank: int, world: int, args: argparse.Namespace, name: str, root: str, barrier, results) -> None:
-    from latent_flow.data.latent_cache import LatentCache
-    from latent_flow.data.latent_cache import build_cache_distributed
+    from latent_flow.data.latent_cache import LatentCache, build_cache_distributed
 
     torch.set_num_threads(max(1, args.threads // world))
     dataset = build_dataset(args.data, args.num_images, args.resolution)
@@ -125,9 +124,10 @@ def run(name: str, args: argparse.Namespace) -> None:
             if any(p.exitcode for p in procs):
                 sys.exit(f"a benchmark process failed: exit codes {[p.exitcode for p in procs]}")
             seconds = max(times.values())
-        from latent_flow.data.latent_cache import LatentCache  # noqa: F401  (meta check below)
         import json
         import pathlib
+
+        from latent_flow.data.latent_cache import LatentCache  # noqa: F401  (meta check below)
 
         meta = json.loads(next(pathlib.Path(root).glob("latents/*/meta.json")).read_text())
     n = meta["num_items"]
@@ -145,13 +145,20 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size")
     parser.add_argument("--shard-size", type=int, default=128, help="images per shard (the unit split over ranks)")
-    parser.add_argument("--data", choices=["random", "shapes"], default="random",
-                        help="random: pre-generated tensors (encoder only); shapes: render ShapesDataset items too")
+    parser.add_argument(
+        "--data",
+        choices=["random", "shapes"],
+        default="random",
+        help="random: pre-generated tensors (encoder only); shapes: render ShapesDataset items too",
+    )
     parser.add_argument("--processes", type=int, default=1, help="ranks, as separate processes (spawn)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads in all")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--taef2-dir", default=os.environ.get("LATENT_FLOW_TAEF2_DIR"),
-                        help="folder of taef2_encoder.pth / taef2_decoder.pth (also benchmarks TAEF2)")
+    parser.add_argument(
+        "--taef2-dir",
+        default=os.environ.get("LATENT_FLOW_TAEF2_DIR"),
+        help="folder of taef2_encoder.pth / taef2_decoder.pth (also benchmarks TAEF2)",
+    )
     parser.add_argument("--skip-kl", action="store_true", help="only the TAEF2 benchmark")
     args = parser.parse_args()
     if args.processes > 1 and args.device.startswith("cuda") and torch.cuda.device_count() > 1:
@@ -165,8 +172,9 @@ def main() -> None:
         except ImportError as e:
             print(f"taef2: skipped, latent_flow.autoencoders.taesd.TinyAutoencoder does not import ({e})")
             return
-        missing = [f for f in ("taef2_encoder.pth", "taef2_decoder.pth")
-                   if not os.path.isfile(os.path.join(args.taef2_dir, f))]
+        missing = [
+            f for f in ("taef2_encoder.pth", "taef2_decoder.pth") if not os.path.isfile(os.path.join(args.taef2_dir, f))
+        ]
         if missing:
             print(f"taef2: skipped, {missing} not found in {args.taef2_dir}")
             return

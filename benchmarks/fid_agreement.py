@@ -92,8 +92,15 @@ def main() -> None:
     start = time.perf_counter()
     weights = tmp / "inception_converted.pth"
     torch.save(torch_fidelity_state_dict(), weights)
-    tf = torch_fidelity.calculate_metrics(input1=str(args.b), input2=str(args.a), fid=True, cuda=False, cache=False,
-                                          verbose=False, feature_extractor_weights_path=str(weights))
+    tf = torch_fidelity.calculate_metrics(
+        input1=str(args.b),
+        input2=str(args.a),
+        fid=True,
+        cuda=False,
+        cache=False,
+        verbose=False,
+        feature_extractor_weights_path=str(weights),
+    )
     results["torch-fidelity calculate_metrics"] = tf["frechet_inception_distance"]
     print(f"  torch-fidelity: {time.perf_counter() - start:.0f} s")
 

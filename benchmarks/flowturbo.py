@@ -70,10 +70,16 @@ def main() -> None:
     for n in args.heun.split(","):
         methods.append(("heun", n, build_solver("heun", steps=int(n))))
     for sched in args.turbo.split(","):
-        methods.append(("flowturbo", sched, build_flowturbo_solver(model, schedule=sched, refiner_ckpt_path=args.refiner)))
+        methods.append(
+            ("flowturbo", sched, build_flowturbo_solver(model, schedule=sched, refiner_ckpt_path=args.refiner))
+        )
         if args.compile:
             solver = build_flowturbo_solver(
-                model, schedule=sched, refiner_ckpt_path=args.refiner, compile=True, compile_backend=args.compile_backend
+                model,
+                schedule=sched,
+                refiner_ckpt_path=args.refiner,
+                compile=True,
+                compile_backend=args.compile_backend,
             )
             methods.append(("flowturbo+compile", sched, solver))
 
@@ -92,7 +98,7 @@ def main() -> None:
         return 1000 * seconds / args.num_samples, torch.cat(images), base_nfe, refiner_nfe
 
     # warm-up (first calls, compilation) outside the timed repeats
-    for kind, setting, solver in methods:
+    for kind, _setting, solver in methods:
         if kind == "flowturbo+compile":
             run(solver)
     best: dict[int, float] = {}
@@ -106,10 +112,17 @@ def main() -> None:
             best[i] = min(best.get(i, float("inf")), ms)
             if i not in quality:
                 fd = fd_shapes(oracle, images, reference)
-                acc = oracle_metrics_on_samples(oracle, images, labels=labels)["label_accuracy"] if labels is not None else None
+                acc = (
+                    oracle_metrics_on_samples(oracle, images, labels=labels)["label_accuracy"]
+                    if labels is not None
+                    else None
+                )
                 quality[i] = (fd, acc, base_nfe, refiner_nfe)
-            print(f"  [repeat {rep + 1}] {kind:17s} {setting:>7}: base NFE {base_nfe:3d}  refiner NFE {refiner_nfe:3d}  "
-                  f"{ms:7.2f} ms/img  FD-shapes {quality[i][0]:6.1f}", flush=True)
+            print(
+                f"  [repeat {rep + 1}] {kind:17s} {setting:>7}: base NFE {base_nfe:3d}  refiner NFE {refiner_nfe:3d}  "
+                f"{ms:7.2f} ms/img  FD-shapes {quality[i][0]:6.1f}",
+                flush=True,
+            )
         load.append(os.getloadavg()[0])
     rows = [(methods[i][0], methods[i][1], *quality[i], best[i]) for i in range(len(methods))]
     if not args.no_dopri5:
@@ -120,11 +133,15 @@ def main() -> None:
         print(f"  dopri5: base NFE {base_nfe}  {ms:.2f} ms/img  FD-shapes {fd:.1f}", flush=True)
 
     heun = sorted((r for r in rows if r[0] == "heun"), key=lambda r: r[6])
-    print(f"\ncheckpoint: {args.ckpt}\nrefiner: {args.refiner}\n{args.num_samples} samples, CFG {args.cfg_scale}, "
-          f"{args.threads} CPU thread(s), best of {args.repeats} interleaved repeats (dopri5: 1 run); "
-          f"1-min load average after each repeat: {', '.join(f'{v:.1f}' for v in load)}; "
-          f"FD-shapes floor (two real sets of {args.num_samples}): {floor:.1f}\n")
-    print("| sampler | setting | base NFE | refiner NFE | ms / image | FD-shapes | label accuracy | matched Heun | latency vs matched Heun |")
+    print(
+        f"\ncheckpoint: {args.ckpt}\nrefiner: {args.refiner}\n{args.num_samples} samples, CFG {args.cfg_scale}, "
+        f"{args.threads} CPU thread(s), best of {args.repeats} interleaved repeats (dopri5: 1 run); "
+        f"1-min load average after each repeat: {', '.join(f'{v:.1f}' for v in load)}; "
+        f"FD-shapes floor (two real sets of {args.num_samples}): {floor:.1f}\n"
+    )
+    print(
+        "| sampler | setting | base NFE | refiner NFE | ms / image | FD-shapes | label accuracy | matched Heun | latency vs matched Heun |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for kind, setting, fd, acc, base_nfe, refiner_nfe, ms in rows:
         acc_s = "-" if acc is None else f"{100 * acc:.1f}%"
@@ -137,7 +154,9 @@ def main() -> None:
                 red_s = f"**-{100 * (1 - ms / ref[6]):.0f}%**" if ms < ref[6] else f"+{100 * (ms / ref[6] - 1):.0f}%"
             else:
                 match_s = "better than every Heun setting measured"
-        print(f"| {kind} | {setting} | {base_nfe} | {refiner_nfe} | {ms:.2f} | {fd:.1f} | {acc_s} | {match_s} | {red_s} |")
+        print(
+            f"| {kind} | {setting} | {base_nfe} | {refiner_nfe} | {ms:.2f} | {fd:.1f} | {acc_s} | {match_s} | {red_s} |"
+        )
 
 
 if __name__ == "__main__":

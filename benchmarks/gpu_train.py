@@ -81,8 +81,8 @@ def compose(experiment: str, overrides: list[str]):
 
 def measure(experiment: str, args, compile_backbone: bool) -> dict:
     from latent_flow.cli.run import configure_torch
-from latent_flow.utils.distributed import resolve_precision
     from latent_flow.training.module import LatentFlowModule
+    from latent_flow.utils.distributed import resolve_precision
 
     overrides = [f"compile={str(compile_backbone).lower()}", "optim.cosine=false", "optim.warmup_steps=0"]
     if args.grad_checkpointing:
@@ -97,16 +97,30 @@ from latent_flow.utils.distributed import resolve_precision
     num_classes = 1000 if cfg.condition.get("use_label", cfg.condition.name == "label") else 0
     torch.manual_seed(0)
     model = LatentFlowModule(
-        backbone=cfg.backbone, condition=cfg.condition, path=cfg.path, optim=cfg.optim, ema=cfg.ema,
-        latent_shape=shape, num_classes=num_classes, compile=compile_backbone,
+        backbone=cfg.backbone,
+        condition=cfg.condition,
+        path=cfg.path,
+        optim=cfg.optim,
+        ema=cfg.ema,
+        latent_shape=shape,
+        num_classes=num_classes,
+        compile=compile_backbone,
     )
     params = sum(p.numel() for p in model.backbone.parameters())
     precision = resolve_precision(args.precision)
     timer = StepTimer(args.warmup)
     trainer = L.Trainer(
-        accelerator=args.device, devices=1, precision=precision, max_steps=args.warmup + args.steps,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer],
+        accelerator=args.device,
+        devices=1,
+        precision=precision,
+        max_steps=args.warmup + args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
     )
     loader = DataLoader(RandomLatents(shape, num_classes), batch_size=args.batch_size, num_workers=0)
     trainer.fit(model, train_dataloaders=loader)
@@ -132,7 +146,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiments", nargs="+", default=DEFAULT_EXPERIMENTS)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--precision", default="auto", help="trainer precision: auto (bf16-mixed on a GPU), 32-true, ...")
+    parser.add_argument(
+        "--precision", default="auto", help="trainer precision: auto (bf16-mixed on a GPU), 32-true, ..."
+    )
     parser.add_argument("--compile", default="off", choices=["off", "on", "both"])
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--fused", default=None, choices=["true", "false"], help="optim.fused (AdamW)")

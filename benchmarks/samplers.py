@@ -67,11 +67,18 @@ def main() -> None:
         images = torch.cat(images)
         fd = fd_shapes(oracle, images, reference)
         acc = oracle_metrics_on_samples(oracle, images, labels=labels)["label_accuracy"] if labels is not None else None
-        rows.append((name, "adaptive" if name == "dopri5" else steps, max(nfe), 1000 * seconds / args.num_samples, fd, acc))
-        print(f"  {name:8s} {rows[-1][1]!s:>8}: NFE {max(nfe):4d}  {rows[-1][3]:7.2f} ms/img  FD-shapes {fd:7.1f}", flush=True)
+        rows.append(
+            (name, "adaptive" if name == "dopri5" else steps, max(nfe), 1000 * seconds / args.num_samples, fd, acc)
+        )
+        print(
+            f"  {name:8s} {rows[-1][1]!s:>8}: NFE {max(nfe):4d}  {rows[-1][3]:7.2f} ms/img  FD-shapes {fd:7.1f}",
+            flush=True,
+        )
 
-    print(f"\ncheckpoint: {args.ckpt}\n{args.num_samples} samples, CFG {args.cfg_scale}, "
-          f"{args.threads} CPU threads; FD-shapes floor (two real sets of {args.num_samples}): {floor:.1f}\n")
+    print(
+        f"\ncheckpoint: {args.ckpt}\n{args.num_samples} samples, CFG {args.cfg_scale}, "
+        f"{args.threads} CPU threads; FD-shapes floor (two real sets of {args.num_samples}): {floor:.1f}\n"
+    )
     print("| sampler | steps | NFE | ms / image | FD-shapes | label accuracy |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, steps, nfe, ms, fd, acc in rows:

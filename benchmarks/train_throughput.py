@@ -119,10 +119,14 @@ def main() -> None:
 
     n_params = sum(p.numel() for p in fresh_model()[0].backbone.parameters())
     print(f"autoencoder: {args.autoencoder} ({type(ae).__name__}), images {resolution}px -> latents {latent_shape}")
-    print(f"backbone: {args.backbone} ({n_params / 1e6:.2f}M params), batch {args.batch_size}, "
-          f"{args.steps} timed steps per mode, {args.threads} threads, device cpu")
-    print(f"latent cache build: {args.num_images} images in {encode_seconds:.1f}s "
-          f"({args.num_images / encode_seconds:.0f} images/s, paid once)")
+    print(
+        f"backbone: {args.backbone} ({n_params / 1e6:.2f}M params), batch {args.batch_size}, "
+        f"{args.steps} timed steps per mode, {args.threads} threads, device cpu"
+    )
+    print(
+        f"latent cache build: {args.num_images} images in {encode_seconds:.1f}s "
+        f"({args.num_images / encode_seconds:.0f} images/s, paid once)"
+    )
     print(f"cached latents     : {cached_sps:6.2f} steps/s")
     print(f"encode every batch : {encode_sps:6.2f} steps/s")
     print(f"speed-up of the cache: {cached_sps / encode_sps:.2f}x")

@@ -39,15 +39,21 @@ def main() -> None:
             continue
         fds = [r["metrics"]["fd_shapes"] for r in runs]
         accs = [r["metrics"]["label_accuracy"] for r in runs]
-        print(f"| {label} | {runs[0]['nfe_per_sample']} | {rows} | {' / '.join(f'{v:.1f}' for v in fds)} | "
-              f"{statistics.mean(fds):.1f} | {100 * statistics.mean(accs):.1f}% |")
+        print(
+            f"| {label} | {runs[0]['nfe_per_sample']} | {rows} | {' / '.join(f'{v:.1f}' for v in fds)} | "
+            f"{statistics.mean(fds):.1f} | {100 * statistics.mean(accs):.1f}% |"
+        )
     floor = _runs("beyond_heun25_cfg2")[0]["metrics"]["fd_shapes_floor"]
     print(f"\nFD-shapes floor (two real sets of 500): {floor:.1f}")
     cfg1 = _runs("beyond_heun25_cfg1")
     if cfg1:
         m = cfg1[0]["metrics"]
-        print(f"Heun 25 without guidance (CFG 1.0, seed 0): FD-shapes {m['fd_shapes']:.1f}, label accuracy {100 * m['label_accuracy']:.1f}%")
-    print("\n| run | samples | divergence | bits/dim (latent) | SE over samples | probe SE of the mean | NFE / batch | wall s |")
+        print(
+            f"Heun 25 without guidance (CFG 1.0, seed 0): FD-shapes {m['fd_shapes']:.1f}, label accuracy {100 * m['label_accuracy']:.1f}%"
+        )
+    print(
+        "\n| run | samples | divergence | bits/dim (latent) | SE over samples | probe SE of the mean | NFE / batch | wall s |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in ("beyond_hutch1", "beyond_hutch4", "beyond_exact4", "beyond_hutch16_4"):
         path = LIK / name / "likelihood.json"
@@ -57,8 +63,10 @@ def main() -> None:
         div = d["divergence"] + (f" ({d['num_probes']} {d['probe']})" if d["divergence"] == "hutchinson" else "")
         se = d["bits_per_dim_std_error"]
         pse = d["hutchinson_std_error_of_mean"]
-        print(f"| {name} | {d['num_samples']} | {div}, rtol {d['rtol']:g} | {d['bits_per_dim']:.4f} | "
-              f"{'-' if se is None else f'{se:.4f}'} | {'-' if pse is None else f'{pse:.4f}'} | {d['nfe_mean']:.0f} | {d['wall_seconds']:.0f} |")
+        print(
+            f"| {name} | {d['num_samples']} | {div}, rtol {d['rtol']:g} | {d['bits_per_dim']:.4f} | "
+            f"{'-' if se is None else f'{se:.4f}'} | {'-' if pse is None else f'{pse:.4f}'} | {d['nfe_mean']:.0f} | {d['wall_seconds']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

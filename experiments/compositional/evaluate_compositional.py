@@ -174,12 +174,26 @@ def main() -> None:
         for scale in args.scales:
             t0 = time.time()
             energy = ComposedEnergy(expression, classifier)
-            res = sample_composed(model, energy, solver, indices=indices, seed=0,
-                                  settings=GuidanceSettings(scale=scale, max_weight=args.max_weight))
+            res = sample_composed(
+                model,
+                energy,
+                solver,
+                indices=indices,
+                seed=0,
+                settings=GuidanceSettings(scale=scale, max_weight=args.max_weight),
+            )
             images = model.decode(res.x)
-            row = {"group": group, "expression": expression, "method": "uncond flow + classifier guidance",
-                   "scale": scale, "unguided": base_rate, **evaluate(images, expression),
-                   "nfe": res.nfe, "grad_evals": res.grad_evals, "seconds": round(time.time() - t0, 1)}
+            row = {
+                "group": group,
+                "expression": expression,
+                "method": "uncond flow + classifier guidance",
+                "scale": scale,
+                "unguided": base_rate,
+                **evaluate(images, expression),
+                "nfe": res.nfe,
+                "grad_evals": res.grad_evals,
+                "seconds": round(time.time() - t0, 1),
+            }
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
 
@@ -191,8 +205,11 @@ def main() -> None:
             node = parse(expression)
             from latent_flow.compositional.expression import And, Term
 
-            shape_terms = [c for c in ([node] if isinstance(node, Term) else node.children if isinstance(node, And) else [])
-                           if isinstance(c, Term) and c.attribute == "shape"]
+            shape_terms = [
+                c
+                for c in ([node] if isinstance(node, Term) else node.children if isinstance(node, And) else [])
+                if isinstance(c, Term) and c.attribute == "shape"
+            ]
             if not shape_terms:
                 continue
             label = torch.full((args.num,), shapes.index(shape_terms[0].value))
@@ -200,22 +217,44 @@ def main() -> None:
             t0 = time.time()
             if rest:  # label CFG for the shape + classifier guidance for the other conditions
                 rest_expr = " & ".join(
-                    (f"{c.attribute}={c.value}" if isinstance(c, Term) else "!(" + f"{c.child.attribute}={c.child.value}" + ")")
+                    (
+                        f"{c.attribute}={c.value}"
+                        if isinstance(c, Term)
+                        else "!(" + f"{c.child.attribute}={c.child.value}" + ")"
+                    )
                     for c in rest
                 )
                 energy = ComposedEnergy(rest_expr, cfg_classifier)
                 scale = args.combo_scale
-                res = sample_composed(cfg_model, energy, solver, indices=indices, labels=label, cfg_scale=args.cfg_scale,
-                                      seed=0, settings=GuidanceSettings(scale=scale, max_weight=args.max_weight))
+                res = sample_composed(
+                    cfg_model,
+                    energy,
+                    solver,
+                    indices=indices,
+                    labels=label,
+                    cfg_scale=args.cfg_scale,
+                    seed=0,
+                    settings=GuidanceSettings(scale=scale, max_weight=args.max_weight),
+                )
                 method = f"label CFG {args.cfg_scale} (shape) + classifier guidance ({rest_expr})"
                 x, nfe, grads = res.x, res.nfe, res.grad_evals
             else:
                 with torch.no_grad():
-                    out = cfg_model.sample_latents(solver, indices=indices, labels=label, cfg_scale=args.cfg_scale, seed=0)
+                    out = cfg_model.sample_latents(
+                        solver, indices=indices, labels=label, cfg_scale=args.cfg_scale, seed=0
+                    )
                 method, x, nfe, grads, scale = f"label CFG {args.cfg_scale}", out.x, out.nfe, 0, None
             images = cfg_model.decode(x)
-            row = {"group": group, "expression": expression, "method": method, "scale": scale,
-                   **evaluate(images, expression), "nfe": nfe, "grad_evals": grads, "seconds": round(time.time() - t0, 1)}
+            row = {
+                "group": group,
+                "expression": expression,
+                "method": method,
+                "scale": scale,
+                **evaluate(images, expression),
+                "nfe": nfe,
+                "grad_evals": grads,
+                "seconds": round(time.time() - t0, 1),
+            }
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
 

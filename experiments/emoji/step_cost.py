@@ -28,8 +28,16 @@ def _module(arm: str, latent_shape):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"+experiment=emoji64_{arm}"])
-    module = LatentFlowModule(backbone=cfg.backbone, condition=cfg.condition, path=cfg.path, optim=cfg.optim,
-                              ema=cfg.ema, latent_shape=latent_shape, num_classes=9, autoencoder=None)
+    module = LatentFlowModule(
+        backbone=cfg.backbone,
+        condition=cfg.condition,
+        path=cfg.path,
+        optim=cfg.optim,
+        ema=cfg.ema,
+        latent_shape=latent_shape,
+        num_classes=9,
+        autoencoder=None,
+    )
     return module, int(cfg.data.batch_size)
 
 
@@ -62,7 +70,9 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     for arm, shape in ARMS.items():
         params = sum(p.numel() for p in setups[arm][0].backbone.parameters())
-        print(f"| {arm} | {'x'.join(map(str, shape))} | {params / 1e6:.2f}M | {1000 * best[arm]:.0f} | {best[arm] / base:.2f}x |")
+        print(
+            f"| {arm} | {'x'.join(map(str, shape))} | {params / 1e6:.2f}M | {1000 * best[arm]:.0f} | {best[arm] / base:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

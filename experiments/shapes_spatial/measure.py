@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from latent_flow.api import load_model
-from latent_flow.generation import paste_known, spatial_condition
 from latent_flow.data import ShapesDataset
 from latent_flow.evaluation.oracle import (
     load_or_train_oracle,
     oracle_metrics_on_samples,
 )
+from latent_flow.generation import paste_known, spatial_condition
 from latent_flow.sampling.solvers import build_solver
 from latent_flow.utils.images import colorize_semantic, make_grid_image, save_png, to_uint8
 
@@ -86,7 +86,9 @@ def main(args: dict[str, str]) -> None:
             samples, nfe = _batched(run, n, 250)
             res = oracle_metrics_on_samples(oracle, _float(samples), semantic=sem_t)
             results["semantic"][f"cfg_{scale}"] = {
-                "miou": res["miou"], "miou_per_class": res["miou_per_class"], "nfe": nfe,
+                "miou": res["miou"],
+                "miou_per_class": res["miou_per_class"],
+                "nfe": nfe,
                 "seconds": round(time.time() - start, 1),
             }
             print(f"semantic cfg {scale}: mIoU {res['miou']:.4f} ({time.time() - start:.0f}s)", flush=True)
@@ -102,8 +104,13 @@ def main(args: dict[str, str]) -> None:
 
         uncond, nfe = _batched(run, n, 250)
         res = oracle_metrics_on_samples(oracle, _float(uncond), semantic=sem_t)
-        results["uncond"] = {"ckpt": args["uncond"], "miou": res["miou"], "miou_per_class": res["miou_per_class"],
-                             "nfe": nfe, "seconds": round(time.time() - start, 1)}
+        results["uncond"] = {
+            "ckpt": args["uncond"],
+            "miou": res["miou"],
+            "miou_per_class": res["miou_per_class"],
+            "nfe": nfe,
+            "seconds": round(time.time() - start, 1),
+        }
         print(f"uncond: mIoU {res['miou']:.4f}", flush=True)
     if "semantic" in args:
         rows = []
@@ -135,13 +142,17 @@ def main(args: dict[str, str]) -> None:
         hole = ~masks[owner]
         diff = np.abs(samples.astype(int) - images_u8[owner].astype(int))
         results["inpaint"] = {
-            "ckpt": args["inpaint"], "samples_per_input": per_input, "mask_variant": 7,
+            "ckpt": args["inpaint"],
+            "samples_per_input": per_input,
+            "mask_variant": 7,
             "mean_hole_ratio": float(1 - masks.mean()),
             "known_region_bit_exact": exact,
             "known_pixels_checked": int(masks[owner].sum()),
-            "miou_inpainted": res["miou"], "miou_masked_input": res_masked["miou"],
+            "miou_inpainted": res["miou"],
+            "miou_masked_input": res_masked["miou"],
             "hole_mean_abs_error_uint8": float(diff[hole].mean()),
-            "nfe": nfe, "seconds": round(time.time() - start, 1),
+            "nfe": nfe,
+            "seconds": round(time.time() - start, 1),
         }
         print(f"inpaint: bit-exact {exact}, mIoU {res['miou']:.4f} (masked input {res_masked['miou']:.4f})", flush=True)
         rows = []

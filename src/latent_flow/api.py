@@ -181,8 +181,16 @@ def log_likelihood(
     try:
         velocity = model.velocity_fn(cond, cfg_scale=1.0, use_ema=use_ema)
         res = lik.log_likelihood(
-            velocity, z, divergence=divergence, probe=probe, num_probes=num_probes, seed=seed, indices=indices,
-            atol=atol, rtol=rtol, max_num_steps=max_num_steps,
+            velocity,
+            z,
+            divergence=divergence,
+            probe=probe,
+            num_probes=num_probes,
+            seed=seed,
+            indices=indices,
+            atol=atol,
+            rtol=rtol,
+            max_num_steps=max_num_steps,
         )
     finally:
         model.train(was_training)
@@ -196,8 +204,12 @@ def log_likelihood(
         bpd = lik.bits_per_dim(logp, dims)
     se = res.standard_error
     return ModelLikelihood(
-        logp=logp.detach().cpu(), bits_per_dim=bpd.detach().cpu(), logp_latent=res.logp.detach().cpu(),
-        space="pixel" if pixel else "latent", num_dims=dims, nfe=res.nfe,
+        logp=logp.detach().cpu(),
+        bits_per_dim=bpd.detach().cpu(),
+        logp_latent=res.logp.detach().cpu(),
+        space="pixel" if pixel else "latent",
+        num_dims=dims,
+        nfe=res.nfe,
         standard_error=None if se is None else se.detach().cpu(),
         bits_standard_error=None if se is None else (se / (dims * math.log(2.0))).detach().cpu(),
         dequantized=bool(pixel and dequantize),

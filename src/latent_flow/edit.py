@@ -1,6 +1,7 @@
 """Sequential attribute editing (LACE): ``python -m latent_flow.edit ckpt_path=... classifier_ckpt_path=... input=...``.
 
-A thin Hydra wrapper: the work is :func:`latent_flow.cli.edit.run_edit` (options: ``conf/edit.yaml``).
+A thin Hydra wrapper: the work is
+:func:`latent_flow.cli.edit.run_edit` (options: ``conf/edit.yaml``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Build the latent cache explicitly: ``python -m latent_flow.encode [data=...] [autoencoder=...]``.
 
-A thin Hydra wrapper: the work is :func:`latent_flow.cli.encode.run_encode` (options: ``conf/encode.yaml``).
+A thin Hydra wrapper: the work is
+:func:`latent_flow.cli.encode.run_encode` (options: ``conf/encode.yaml``).
 """
 
 from __future__ import annotations

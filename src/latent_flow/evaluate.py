@@ -1,6 +1,7 @@
 """Sample and score a checkpoint (FID & co, resumable, multi-GPU): ``python -m latent_flow.evaluate ckpt_path=...``.
 
-A thin Hydra wrapper: the work is :func:`latent_flow.cli.evaluate.run_evaluation` (options: ``conf/evaluate.yaml``).
+A thin Hydra wrapper: the work is
+:func:`latent_flow.cli.evaluate.run_evaluation` (options: ``conf/evaluate.yaml``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """NLL / bits per dimension of held-out data: ``python -m latent_flow.likelihood ckpt_path=...``.
 
-A thin Hydra wrapper: the work is :func:`latent_flow.cli.likelihood.run_likelihood` (options: ``conf/likelihood.yaml``).
+A thin Hydra wrapper: the work is
+:func:`latent_flow.cli.likelihood.run_likelihood` (options: ``conf/likelihood.yaml``).
 """
 
 from __future__ import annotations

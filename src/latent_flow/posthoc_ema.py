@@ -1,6 +1,7 @@
 """Post-hoc EMA: ``python -m latent_flow.posthoc_ema ckpt_path=RUN/checkpoints/last.ckpt sigma_rel=0.08``.
 
-A thin Hydra wrapper: the work is :func:`latent_flow.cli.posthoc_ema.run_posthoc_ema` (options: ``conf/posthoc_ema.yaml``).
+A thin Hydra wrapper: the work is
+:func:`latent_flow.cli.posthoc_ema.run_posthoc_ema` (options: ``conf/posthoc_ema.yaml``).
 """
 
 from __future__ import annotations

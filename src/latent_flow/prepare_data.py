@@ -1,6 +1,7 @@
 """Render / install a dataset once: ``python -m latent_flow.prepare_data emoji sources=[openmoji] resolution=64``.
 
-A thin Hydra wrapper: the work is :func:`latent_flow.cli.prepare_data.run_prepare_data` (options: ``conf/prepare_data.yaml``).
+A thin Hydra wrapper: the work is
+:func:`latent_flow.cli.prepare_data.run_prepare_data` (options: ``conf/prepare_data.yaml``).
 """
 
 from __future__ import annotations

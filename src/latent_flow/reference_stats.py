@@ -1,6 +1,7 @@
 """Reference statistics of a dataset split: ``python -m latent_flow.reference_stats data=... split=train``.
 
-A thin Hydra wrapper: the work is :func:`latent_flow.cli.reference_stats.run_reference_stats` (options: ``conf/reference_stats.yaml``).
+A thin Hydra wrapper: the work is
+:func:`latent_flow.cli.reference_stats.run_reference_stats` (options: ``conf/reference_stats.yaml``).
 """
 
 from __future__ import annotations

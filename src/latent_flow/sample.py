@@ -1,6 +1,7 @@
 """Sample from a trained model: ``python -m latent_flow.sample ckpt_path=... num_samples=64 sampler=heun``.
 
-A thin Hydra wrapper: the work is :func:`latent_flow.cli.sample.run_sampling` (options: ``conf/sample.yaml``).
+A thin Hydra wrapper: the work is
+:func:`latent_flow.cli.sample.run_sampling` (options: ``conf/sample.yaml``).
 """
 
 from __future__ import annotations

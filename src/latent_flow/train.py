@@ -1,6 +1,7 @@
 """Train a latent flow-matching model (or a FlowTurbo refiner): ``python -m latent_flow.train [+experiment=NAME]``.
 
-A thin Hydra wrapper: the work is :func:`latent_flow.cli.train.run_training` (options: ``conf/train.yaml``).
+A thin Hydra wrapper: the work is
+:func:`latent_flow.cli.train.run_training` (options: ``conf/train.yaml``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Train the framework's own KL autoencoder: ``python -m latent_flow.train_autoencoder [data=...]``.
 
-A thin Hydra wrapper: the work is :func:`latent_flow.cli.train_autoencoder.run_autoencoder_training` (options: ``conf/train_autoencoder.yaml``).
+A thin Hydra wrapper: the work is
+:func:`latent_flow.cli.train_autoencoder.run_autoencoder_training` (options: ``conf/train_autoencoder.yaml``).
 """
 
 from __future__ import annotations

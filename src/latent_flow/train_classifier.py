@@ -1,6 +1,7 @@
 """Train latent attribute classifiers: ``python -m latent_flow.train_classifier flow_ckpt_path=...``.
 
-A thin Hydra wrapper: the work is :func:`latent_flow.cli.train_classifier.run_classifier_training` (options: ``conf/train_classifier.yaml``).
+A thin Hydra wrapper: the work is
+:func:`latent_flow.cli.train_classifier.run_classifier_training` (options: ``conf/train_classifier.yaml``).
 """
 
 from __future__ import annotations

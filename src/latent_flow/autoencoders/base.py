@@ -555,9 +555,7 @@ def load_autoencoder_checkpoint(
     classes = {c.__name__: c for c in _REGISTRY.values()}
     if expected_class is not None:
         if class_name != expected_class.__name__:
-            raise ValueError(
-                f"{str(path)!r} holds a {class_name}, not a {expected_class.__name__}"
-            )
+            raise ValueError(f"{str(path)!r} holds a {class_name}, not a {expected_class.__name__}")
         cls: type[Autoencoder] = expected_class
     elif class_name in classes:
         cls = classes[class_name]
@@ -567,9 +565,7 @@ def load_autoencoder_checkpoint(
     config = dict(payload["config"])
     options = to_plain(options)
     mismatched = {
-        k: (v, config[k])
-        for k, v in options.items()
-        if k in config and _normalise(v) != _normalise(config[k])
+        k: (v, config[k]) for k, v in options.items() if k in config and _normalise(v) != _normalise(config[k])
     }
     unknown = sorted(k for k in options if k not in config)
     if unknown:
@@ -586,8 +582,5 @@ def load_autoencoder_checkpoint(
     try:
         ae.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:
-        raise ValueError(
-            f"{str(path)!r}: weights do not fit {class_name}({config}): {exc}"
-        ) from exc
+        raise ValueError(f"{str(path)!r}: weights do not fit {class_name}({config}): {exc}") from exc
     return ae  # type: ignore[return-value]
-

@@ -140,8 +140,7 @@ def _download_hint(kind: str, pretrained: str, subfolder: str | None) -> str:
         f"  huggingface-cli download {pretrained}{include} --local-dir {local}\n"
         f"  (huggingface_hub >= 1.0: hf download {pretrained}{include} --local-dir {local})\n"
         f"then copy the folder here and pass it with autoencoder.pretrained={local}{sub}. "
-        "Alternatively fill the Hugging Face cache (HF_HOME) and set HF_HUB_OFFLINE=1."
-        + gated
+        "Alternatively fill the Hugging Face cache (HF_HOME) and set HF_HUB_OFFLINE=1." + gated
     )
 
 
@@ -241,8 +240,7 @@ def _load_diffusers_model(
         except Exception as exc:  # noqa: BLE001 - classified below
             if _is_connection_error(exc):
                 raise PretrainedWeightsNotFoundError(
-                    _download_hint(kind, pretrained, subfolder)
-                    + f"\n(underlying error: {type(exc).__name__}: {exc})"
+                    _download_hint(kind, pretrained, subfolder) + f"\n(underlying error: {type(exc).__name__}: {exc})"
                 ) from exc
             raise
 
@@ -279,8 +277,16 @@ def _is_connection_error(exc: BaseException) -> bool:
     seen: set[int] = set()
     e: BaseException | None = exc
     markers = (
-        "connect", "resolve", "timed out", "timeout", "offline", "network", "name or service",
-        "cannot find the requested files", "couldn't connect", "localentrynotfound",
+        "connect",
+        "resolve",
+        "timed out",
+        "timeout",
+        "offline",
+        "network",
+        "name or service",
+        "cannot find the requested files",
+        "couldn't connect",
+        "localentrynotfound",
     )
     while e is not None and id(e) not in seen:
         seen.add(id(e))

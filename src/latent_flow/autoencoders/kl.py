@@ -165,9 +165,7 @@ class KLAutoencoder(Autoencoder):
         if len(mult) < 1 or any(m < 1 for m in mult):
             raise ValueError(f"channel_mult must be a non-empty sequence of positive ints, got {channel_mult!r}")
         if int(base_channels) < 1 or int(num_res_blocks) < 1:
-            raise ValueError(
-                f"base_channels and num_res_blocks must be >= 1, got {base_channels}, {num_res_blocks}"
-            )
+            raise ValueError(f"base_channels and num_res_blocks must be >= 1, got {base_channels}, {num_res_blocks}")
         super().__init__(
             latent_channels=int(latent_channels),
             downsample_factor=2 ** (len(mult) - 1),
@@ -255,4 +253,3 @@ def load_kl_autoencoder(path: str | os.PathLike[str], **expected_config: Any) ->
         ValueError: another class, a config mismatch or unreadable file.
     """
     return load_autoencoder_checkpoint(path, expected_class=KLAutoencoder, **expected_config)
-

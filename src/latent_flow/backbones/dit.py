@@ -165,9 +165,7 @@ class DiT(nn.Module):
 
         self.x_embedder = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
-        self.y_embedder = (
-            LabelEmbedder(num_classes, hidden_size, class_dropout_prob) if num_classes > 0 else None
-        )
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob) if num_classes > 0 else None
         self.register_buffer(
             "pos_embed", sincos_pos_embed_2d(hidden_size, self.grid_size).unsqueeze(0), persistent=False
         )

@@ -289,21 +289,41 @@ UNET_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
         # CPU tests / smoke runs.
         "UNet-T": MappingProxyType(
-            {"model_channels": 32, "channel_mult": (1, 2), "num_res_blocks": 1,
-             "attention_resolutions": (2,), "num_heads": 4}
+            {
+                "model_channels": 32,
+                "channel_mult": (1, 2),
+                "num_res_blocks": 1,
+                "attention_resolutions": (2,),
+                "num_heads": 4,
+            }
         ),
         "UNet-S": MappingProxyType(
-            {"model_channels": 64, "channel_mult": (1, 2, 2), "num_res_blocks": 2,
-             "attention_resolutions": (2,), "num_heads": 4}
+            {
+                "model_channels": 64,
+                "channel_mult": (1, 2, 2),
+                "num_res_blocks": 2,
+                "attention_resolutions": (2,),
+                "num_heads": 4,
+            }
         ),
         "UNet-B": MappingProxyType(
-            {"model_channels": 128, "channel_mult": (1, 2, 2, 2), "num_res_blocks": 2,
-             "attention_resolutions": (2, 4), "num_heads": 4}
+            {
+                "model_channels": 128,
+                "channel_mult": (1, 2, 2, 2),
+                "num_res_blocks": 2,
+                "attention_resolutions": (2, 4),
+                "num_heads": 4,
+            }
         ),
         # Roughly ADM's LSUN / CelebA-HQ setting, sized for 32x32x4 latents.
         "UNet-L": MappingProxyType(
-            {"model_channels": 256, "channel_mult": (1, 2, 3, 4), "num_res_blocks": 2,
-             "attention_resolutions": (2, 4, 8), "num_heads": 8}
+            {
+                "model_channels": 256,
+                "channel_mult": (1, 2, 3, 4),
+                "num_res_blocks": 2,
+                "attention_resolutions": (2, 4, 8),
+                "num_heads": 8,
+            }
         ),
     }
 )

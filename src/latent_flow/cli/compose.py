@@ -40,7 +40,12 @@ class ComposedGenerator:
     """``generate``-compatible callable that samples guided by one expression; counts the costs."""
 
     def __init__(
-        self, model, classifier, expression: str, options: dict[str, float], classifier_path: str,
+        self,
+        model,
+        classifier,
+        expression: str,
+        options: dict[str, float],
+        classifier_path: str,
         null_labels: bool = False,
     ) -> None:
         node = parse(expression)
@@ -56,13 +61,33 @@ class ComposedGenerator:
         self.model_calls = 0
         self.batches = 0
 
-    def __call__(self, model, *, num_samples: int, sampler: str, labels=None, cfg_scale: float = 1.0, seed: int = 0,
-                 first_index: int = 0, use_ema: bool = True, **sampler_options):
+    def __call__(
+        self,
+        model,
+        *,
+        num_samples: int,
+        sampler: str,
+        labels=None,
+        cfg_scale: float = 1.0,
+        seed: int = 0,
+        first_index: int = 0,
+        use_ema: bool = True,
+        **sampler_options,
+    ):
         if self.null_labels:
             labels = None
         images, result = generate_composed(
-            model, self.classifier, self.expression, num_samples=num_samples, sampler=sampler, labels=labels,
-            cfg_scale=cfg_scale, seed=seed, first_index=first_index, use_ema=use_ema, **self.options,
+            model,
+            self.classifier,
+            self.expression,
+            num_samples=num_samples,
+            sampler=sampler,
+            labels=labels,
+            cfg_scale=cfg_scale,
+            seed=seed,
+            first_index=first_index,
+            use_ema=use_ema,
+            **self.options,
             **sampler_options,
         )
         self.grad_evals += result.grad_evals
@@ -87,7 +112,9 @@ def composed_generator(cfg: DictConfig, model) -> ComposedGenerator:
     """The sampling hook for ``compose=...`` (needs ``classifier_ckpt_path``)."""
     path = cfg.get("classifier_ckpt_path")
     if not path:
-        raise ValueError("compose=... needs classifier_ckpt_path=<classifier.pt written by latent_flow.train_classifier>")
+        raise ValueError(
+            "compose=... needs classifier_ckpt_path=<classifier.pt written by latent_flow.train_classifier>"
+        )
     classifier, _ = load_classifier_for(model, path)
     # a label-conditional model with label=null samples its unconditional (null-class) velocity under
     # composition, instead of cycling over the classes; label=K combines label K (and cfg_scale) with it

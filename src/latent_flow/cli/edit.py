@@ -66,18 +66,29 @@ def run_edit(cfg: DictConfig) -> dict:
     inv_cfg = OmegaConf.to_container(cfg.inversion_sampler, resolve=True) if cfg.inversion_sampler else None
     inv_solver = guided_solver(inv_cfg.pop("name"), **inv_cfg) if inv_cfg else solver
     opts = guidance_options(cfg)
-    settings = GuidanceSettings(scale=opts["guidance_scale"], max_weight=opts["max_weight"], t_min=opts["t_min"],
-                                t_max=opts["t_max"])
+    settings = GuidanceSettings(
+        scale=opts["guidance_scale"], max_weight=opts["max_weight"], t_min=opts["t_min"], t_max=opts["t_max"]
+    )
 
     # the round trip alone (no edit): how much inversion + regeneration changes the image
     x_noise, nfe_inv = invert(model, x_data, inv_solver, use_ema=cfg.use_ema)
     x_rec, nfe_rec = regenerate(model, x_noise, solver, use_ema=cfg.use_ema)
     results = sequential_edit(
-        model, classifier, x_data, edits, solver=solver, inversion_solver=inv_solver, settings=settings,
-        anchor_weight=float(cfg.anchor_weight), latent_weight=float(cfg.latent_weight),
-        not_cap=opts["not_cap"], use_ema=cfg.use_ema,
+        model,
+        classifier,
+        x_data,
+        edits,
+        solver=solver,
+        inversion_solver=inv_solver,
+        settings=settings,
+        anchor_weight=float(cfg.anchor_weight),
+        latent_weight=float(cfg.latent_weight),
+        not_cap=opts["not_cap"],
+        use_ema=cfg.use_ema,
     )
-    stages = [("input", x_data), ("reconstruction", x_rec)] + [(f"edit_{i + 1:02d}", r.x) for i, r in enumerate(results)]
+    stages = [("input", x_data), ("reconstruction", x_rec)] + [
+        (f"edit_{i + 1:02d}", r.x) for i, r in enumerate(results)
+    ]
     images = torch.cat([image.clamp(-1, 1)] + [model.decode(x) for _, x in stages[1:]])
     for (name, _), img in zip(stages, to_uint8(images)):
         save_png(img, out_dir / f"{name}.png")
@@ -96,14 +107,21 @@ def run_edit(cfg: DictConfig) -> dict:
         "round_trip_latent_rmse": float((x_rec - x_data).square().mean().sqrt()),
         "nfe": {"inversion": nfe_inv, "reconstruction": nfe_rec},
         "steps": [
-            {"edit": r.edit, "anchors": {k: v[0] for k, v in r.anchors.items()}, "nfe_inversion": r.nfe_inversion,
-             "nfe": r.nfe, "classifier_grad_evals": r.grad_evals,
-             "latent_rmse_to_previous": float((r.x - (results[i - 1].x if i else x_data)).square().mean().sqrt())}
+            {
+                "edit": r.edit,
+                "anchors": {k: v[0] for k, v in r.anchors.items()},
+                "nfe_inversion": r.nfe_inversion,
+                "nfe": r.nfe,
+                "classifier_grad_evals": r.grad_evals,
+                "latent_rmse_to_previous": float((r.x - (results[i - 1].x if i else x_data)).square().mean().sqrt()),
+            }
             for i, r in enumerate(results)
         ],
         "wall_seconds": round(time.time() - start, 2),
     }
     write_json(out_dir / "summary.json", summary)
-    print(f"wrote {len(stages)} images to {out_dir}: " + " -> ".join(
-        f"{n}: {', '.join(f'{k}={v}' for k, v in summary['readings'][n].items())}" for n, _ in stages))
+    print(
+        f"wrote {len(stages)} images to {out_dir}: "
+        + " -> ".join(f"{n}: {', '.join(f'{k}={v}' for k, v in summary['readings'][n].items())}" for n, _ in stages)
+    )
     return summary

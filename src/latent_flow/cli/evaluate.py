@@ -102,15 +102,19 @@ def _spatial_inputs(cfg: DictConfig, model):
             "(or semantic=...) and score the written images"
         )
 
-    data = ShapesDataset(num_samples=cfg.num_samples, resolution=int(condition.resolution),
-                         seed=int(cfg.evaluation.condition_seed))
+    data = ShapesDataset(
+        num_samples=cfg.num_samples, resolution=int(condition.resolution), seed=int(cfg.evaluation.condition_seed)
+    )
     masks = condition.mask_generator() if isinstance(condition, InpaintCondition) else None
     variant = int(cfg.evaluation.mask_variant)
 
     def inputs(indices: list[int]) -> dict[str, np.ndarray]:
         renders = [data.render(i) for i in indices]
-        out = {"images": np.stack([r[0] for r in renders]), "maps": np.stack([r[2] for r in renders]),
-               "labels": np.asarray([r[1]["shape"] for r in renders], dtype=np.int64)}  # the data's label
+        out = {
+            "images": np.stack([r[0] for r in renders]),
+            "maps": np.stack([r[2] for r in renders]),
+            "labels": np.asarray([r[1]["shape"] for r in renders], dtype=np.int64),
+        }  # the data's label
         if masks is not None:
             out["masks"] = np.stack([masks(i, variant) for i in indices])
         return out
@@ -126,9 +130,16 @@ def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: in
     tally = NFETally()
     bar = tqdm(total=len(todo), desc=f"[rank {rank}/{world_size}] sampling", unit="img", disable=not todo)
     for batch in sample_batches(
-        model, todo, sampler=to_plain(cfg.sampler), batch_size=int(cfg.batch_size), labels=labels,
-        spatial=spatial_inputs, cfg_scale=float(cfg.cfg_scale), cfg_interval=cfg_interval_of(cfg),
-        seed=int(cfg.seed), use_ema=bool(cfg.use_ema),
+        model,
+        todo,
+        sampler=to_plain(cfg.sampler),
+        batch_size=int(cfg.batch_size),
+        labels=labels,
+        spatial=spatial_inputs,
+        cfg_scale=float(cfg.cfg_scale),
+        cfg_interval=cfg_interval_of(cfg),
+        seed=int(cfg.seed),
+        use_ema=bool(cfg.use_ema),
     ):
         tally.add(batch)
         for index, img in zip(batch.indices, batch.images):
@@ -143,6 +154,7 @@ def _flowturbo_nfe(cfg: DictConfig, nfes: list[int], timings: list[dict]) -> dic
     if cfg.sampler.name != "flowturbo":
         return {}
     refiner = sorted({n for t in timings for n in t.get("refiner_nfe", [])})
+
     def one(values: list[int]):
         return values[0] if len(values) == 1 else values
 
@@ -164,7 +176,11 @@ def _metrics(cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None,
     requested = list(cfg.metrics) if cfg.metrics != "auto" else None
     data = _data_info(cfg, model)
     if requested is None:
-        requested = ["fd_shapes", "label_accuracy"] if data.get("name") == "shapes" else ["fid", "kid", "precision_recall", "is"]
+        requested = (
+            ["fd_shapes", "label_accuracy"]
+            if data.get("name") == "shapes"
+            else ["fid", "kid", "precision_recall", "is"]
+        )
         if spatial is not None:
             requested.append("miou")
     images = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -178,7 +194,9 @@ def _metrics(cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None,
             out["fd_shapes"] = fd_shapes(oracle, images, real_images(n_ref, resolution, cfg.evaluation.reference_seed))
             out["fd_shapes_floor"] = fd_shapes_floor(oracle, n=len(arr), resolution=resolution)
         if "label_accuracy" in requested and labels is not None:
-            out["label_accuracy"] = oracle_metrics_on_samples(oracle, images, labels=torch.from_numpy(labels))["label_accuracy"]
+            out["label_accuracy"] = oracle_metrics_on_samples(oracle, images, labels=torch.from_numpy(labels))[
+                "label_accuracy"
+            ]
         if "miou" in requested:
             if spatial is None:
                 raise ValueError("metrics: miou needs an inpainting / semantic model (the requested maps)")
@@ -233,7 +251,9 @@ def _feature_metrics(cfg: DictConfig, arr: np.ndarray, metrics: tuple[str, ...])
         real_f = ref["features"]
         info = ref["info"]
         out["reference"] = {k: info.get(k) for k in ("data", "split", "num_images")}
-        split = info.get("dataset_split") if info.get("split") == "all" and info.get("dataset_split") else info.get("split")
+        split = (
+            info.get("dataset_split") if info.get("split") == "all" and info.get("dataset_split") else info.get("split")
+        )
         out["reference_name"] = " ".join(str(v) for v in (info.get("data"), split) if v)  # e.g. "emoji val"
     else:
         real_f, _ = compute_features(extractor, np.load(ev.reference_npz)["arr_0"], device=device)
@@ -274,7 +294,9 @@ def _check_resume(out_dir: Path, recipe: dict, overwrite: bool) -> None:
     image_dir = out_dir / "images"
     if path.exists() and not overwrite:
         old = json.loads(path.read_text())
-        differ = sorted(k for k in set(old) | set(recipe) if k not in ("ckpt_path", "num_samples") and old.get(k) != recipe.get(k))
+        differ = sorted(
+            k for k in set(old) | set(recipe) if k not in ("ckpt_path", "num_samples") and old.get(k) != recipe.get(k)
+        )
         if differ:
             details = "; ".join(f"{k}: {old.get(k)!r} there, {recipe.get(k)!r} now" for k in differ)
             raise ValueError(
@@ -297,8 +319,10 @@ def load_image_folder(folder: str | Path) -> np.ndarray:
         with Image.open(f) as img:
             arr = np.asarray(img.convert("RGB"))
         if arrays and arr.shape != arrays[0].shape:
-            raise ValueError(f"{f} is {arr.shape[1]}x{arr.shape[0]} but {files[0]} is "
-                             f"{arrays[0].shape[1]}x{arrays[0].shape[0]}: images_dir must hold one image size")
+            raise ValueError(
+                f"{f} is {arr.shape[1]}x{arr.shape[0]} but {files[0]} is "
+                f"{arrays[0].shape[1]}x{arrays[0].shape[0]}: images_dir must hold one image size"
+            )
         arrays.append(arr)
     return np.stack(arrays)
 
@@ -315,7 +339,11 @@ def score_images(cfg: DictConfig) -> dict:
     arr = load_image_folder(cfg.images_dir)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"images_dir": str(cfg.images_dir), "num_samples": len(arr), "metrics": _feature_metrics(cfg, arr, requested)}
+    summary = {
+        "images_dir": str(cfg.images_dir),
+        "num_samples": len(arr),
+        "metrics": _feature_metrics(cfg, arr, requested),
+    }
     write_json(out_dir / "metrics.json", summary)
     print(json.dumps(summary["metrics"], indent=2, default=str))
     return summary
@@ -339,9 +367,12 @@ def run_evaluation(cfg: DictConfig) -> dict | None:
     gen = _generate(cfg, model, image_dir, rank, world_size)
     timing_path = out_dir / f"timing_rank{rank}.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"images": 0, "seconds": 0.0, "nfe": []}
-    timing = {"images": timing["images"] + gen["generated"], "seconds": timing["seconds"] + gen["seconds"],
-              "nfe": sorted(set(timing["nfe"]) | set(gen["nfe"])),
-              "refiner_nfe": sorted(set(timing.get("refiner_nfe", [])) | set(gen["refiner_nfe"]))}
+    timing = {
+        "images": timing["images"] + gen["generated"],
+        "seconds": timing["seconds"] + gen["seconds"],
+        "nfe": sorted(set(timing["nfe"]) | set(gen["nfe"])),
+        "refiner_nfe": sorted(set(timing.get("refiner_nfe", [])) | set(gen["refiner_nfe"])),
+    }
     write_json(timing_path, timing)
     if rank != 0:
         return None
@@ -367,10 +398,10 @@ def run_evaluation(cfg: DictConfig) -> dict | None:
         "metrics": _metrics(cfg, model, arr, labels, spatial),
     }
     if "num_reference" in summary["metrics"]:  # FID-N: each score with both counts
-
         m = summary["metrics"]
-        summary["reported"] = metric_names(m, num_samples=len(arr), num_reference=m["num_reference"],
-                                           reference=m.get("reference_name"))
+        summary["reported"] = metric_names(
+            m, num_samples=len(arr), num_reference=m["num_reference"], reference=m.get("reference_name")
+        )
     write_json(out_dir / "metrics.json", summary)
     print(json.dumps(summary["metrics"], indent=2, default=str))
     return summary

@@ -78,9 +78,20 @@ def run_likelihood(cfg: DictConfig) -> dict:
         images = torch.stack([it["image"] for it in items])
         labels = torch.stack([it["label"] for it in items]) if model.condition.uses_label else None
         out = log_likelihood(
-            model, images, inputs="images", labels=labels, indices=batch, divergence=cfg.divergence, probe=cfg.probe,
-            num_probes=int(cfg.num_probes), seed=int(cfg.seed), atol=float(cfg.atol), rtol=float(cfg.rtol),
-            use_ema=bool(cfg.use_ema), dequantize=bool(cfg.dequantize), max_num_steps=cfg.get("max_num_steps"),
+            model,
+            images,
+            inputs="images",
+            labels=labels,
+            indices=batch,
+            divergence=cfg.divergence,
+            probe=cfg.probe,
+            num_probes=int(cfg.num_probes),
+            seed=int(cfg.seed),
+            atol=float(cfg.atol),
+            rtol=float(cfg.rtol),
+            use_ema=bool(cfg.use_ema),
+            dequantize=bool(cfg.dequantize),
+            max_num_steps=cfg.get("max_num_steps"),
         )
         space, dims = out.space, out.num_dims
         bpd.append(out.bits_per_dim)
@@ -88,8 +99,13 @@ def run_likelihood(cfg: DictConfig) -> dict:
         nfes.append(out.nfe)
         if out.bits_standard_error is not None:
             se_bits.append(out.bits_standard_error)
-        log.info("likelihood %d/%d: %.4f bits/dim (batch mean, NFE %d)", lo + len(batch), len(val_idx),
-                 float(out.bits_per_dim.mean()), out.nfe)
+        log.info(
+            "likelihood %d/%d: %.4f bits/dim (batch mean, NFE %d)",
+            lo + len(batch),
+            len(val_idx),
+            float(out.bits_per_dim.mean()),
+            out.nfe,
+        )
     seconds = time.time() - start
     bpd_t, logp_t = torch.cat(bpd).double(), torch.cat(logp).double()
     n = len(bpd_t)
@@ -109,7 +125,9 @@ def run_likelihood(cfg: DictConfig) -> dict:
         "probe": str(cfg.probe) if cfg.divergence == "hutchinson" else None,
         "num_probes": int(cfg.num_probes) if cfg.divergence == "hutchinson" else None,
         # standard error of the mean bits/dim from the probes alone (num_probes >= 2)
-        "hutchinson_std_error_of_mean": (float(torch.cat(se_bits).double().square().sum().sqrt() / n) if se_bits else None),
+        "hutchinson_std_error_of_mean": (
+            float(torch.cat(se_bits).double().square().sum().sqrt() / n) if se_bits else None
+        ),
         "dequantized": bool(cfg.dequantize) if space == "pixel" else False,
         "seed": int(cfg.seed),
         "rtol": float(cfg.rtol),
@@ -126,7 +144,10 @@ def run_likelihood(cfg: DictConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "likelihood.json", summary)
     se = summary["bits_per_dim_std_error"]
-    print(f"{summary['bits_per_dim']:.4f}" + (f" +- {se:.4f}" if se is not None else "")
-          + f" {summary['statement']} ({n} held-out samples, D = {dims}, NFE {summary['nfe_mean']:.0f} per batch); "
-          f"wrote {out_dir / 'likelihood.json'}")
+    print(
+        f"{summary['bits_per_dim']:.4f}"
+        + (f" +- {se:.4f}" if se is not None else "")
+        + f" {summary['statement']} ({n} held-out samples, D = {dims}, NFE {summary['nfe_mean']:.0f} per batch); "
+        f"wrote {out_dir / 'likelihood.json'}"
+    )
     return summary

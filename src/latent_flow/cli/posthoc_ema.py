@@ -22,7 +22,6 @@ def run_posthoc_ema(cfg: DictConfig) -> dict:
     ckpt = Path(cfg.ckpt_path)
     suffix = f"posthoc_sigma{float(cfg.sigma_rel):g}" + (f"_step{int(cfg.step)}" if cfg.step is not None else "")
     out = Path(cfg.out_path) if cfg.out_path else ckpt.parent / f"{suffix}.ckpt"
-    summary = write_posthoc_checkpoint(ckpt, float(cfg.sigma_rel), out, snapshot_dir=cfg.snapshot_dir,
-                                       step=cfg.step)
+    summary = write_posthoc_checkpoint(ckpt, float(cfg.sigma_rel), out, snapshot_dir=cfg.snapshot_dir, step=cfg.step)
     print(json.dumps(summary, indent=2))
     return summary

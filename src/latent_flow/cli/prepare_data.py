@@ -33,7 +33,9 @@ DATASETS = ("emoji",)
 def run_prepare_data(cfg: DictConfig) -> dict:
     """Prepare ``cfg.dataset``; returns ``{source: summary}``."""
     if cfg.dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {cfg.dataset!r} for latent_flow.prepare_data; available: {', '.join(DATASETS)}")
+        raise ValueError(
+            f"unknown dataset {cfg.dataset!r} for latent_flow.prepare_data; available: {', '.join(DATASETS)}"
+        )
 
     sources = cfg.sources
     sources = [sources] if isinstance(sources, str) else list(sources)

@@ -34,7 +34,10 @@ def run_reference_stats(cfg: DictConfig) -> dict | None:
         extractor.to(device)
     dataset = instantiate(cfg.data.dataset)
     indices = reference_indices(
-        len(dataset), split=cfg.split, val_fraction=float(cfg.data.val_fraction), seed=int(cfg.seed),
+        len(dataset),
+        split=cfg.split,
+        val_fraction=float(cfg.data.val_fraction),
+        seed=int(cfg.seed),
         num_images=cfg.num_images,
     )
     fingerprint = dataset.fingerprint() if hasattr(dataset, "fingerprint") else None
@@ -49,11 +52,23 @@ def run_reference_stats(cfg: DictConfig) -> dict | None:
         "seed": int(cfg.seed),
         "augmentation": "none (no flip)",
     }
-    log.info("reference statistics of %s split=%s: %d images -> %s", cfg.data.name, cfg.split, len(indices), cfg.out_dir)
+    log.info(
+        "reference statistics of %s split=%s: %d images -> %s", cfg.data.name, cfg.split, len(indices), cfg.out_dir
+    )
     summary = compute_reference(
-        dataset, indices, extractor, Path(cfg.out_dir), extractor_spec=spec, info=info,
-        batch_size=int(cfg.batch_size), chunk_size=int(cfg.chunk_size), save_images=bool(cfg.save_images),
-        device=device, rank=rank, world_size=world_size, num_workers=int(cfg.data.get("num_workers", 0)),
+        dataset,
+        indices,
+        extractor,
+        Path(cfg.out_dir),
+        extractor_spec=spec,
+        info=info,
+        batch_size=int(cfg.batch_size),
+        chunk_size=int(cfg.chunk_size),
+        save_images=bool(cfg.save_images),
+        device=device,
+        rank=rank,
+        world_size=world_size,
+        num_workers=int(cfg.data.get("num_workers", 0)),
         wait_timeout=float(cfg.wait_timeout),
     )
     if summary is not None:

@@ -75,7 +75,9 @@ def run_sampling(cfg: DictConfig) -> dict:
     model = load_model(cfg.ckpt_path, device=cfg.device)
     if model.condition.spatial_channels or any(cfg.get(k) for k in ("inputs", "masks", "semantic")):
         if not model.condition.spatial_channels:
-            raise ValueError("inputs= / masks= / semantic= need an inpainting or semantic model (condition=inpaint|semantic)")
+            raise ValueError(
+                "inputs= / masks= / semantic= need an inpainting or semantic model (condition=inpaint|semantic)"
+            )
         return run_conditional_sampling(cfg, model)  # inpainting / semantic synthesis
     labels = parse_labels(_label_arg(cfg), cfg.num_samples, model.num_classes, model.condition.uses_label)
     sampler = to_plain(cfg.sampler)
@@ -83,11 +85,20 @@ def run_sampling(cfg: DictConfig) -> dict:
     if cfg.get("compose"):  # compositional control (LACE): energy guidance by attribute classifiers
         composer = composed_generator(cfg, model)
         if cfg_interval is not None:
-            raise ValueError("cfg_interval= is not supported with compose= (energy guidance) yet; use cfg_interval=null")
+            raise ValueError(
+                "cfg_interval= is not supported with compose= (energy guidance) yet; use cfg_interval=null"
+            )
     tally, all_images = NFETally(), []
     for batch in sample_batches(
-        model, range(cfg.num_samples), sampler=sampler, batch_size=int(cfg.batch_size), labels=labels,
-        cfg_scale=float(cfg.cfg_scale), cfg_interval=cfg_interval, seed=int(cfg.seed), use_ema=bool(cfg.use_ema),
+        model,
+        range(cfg.num_samples),
+        sampler=sampler,
+        batch_size=int(cfg.batch_size),
+        labels=labels,
+        cfg_scale=float(cfg.cfg_scale),
+        cfg_interval=cfg_interval,
+        seed=int(cfg.seed),
+        use_ema=bool(cfg.use_ema),
         generate_fn=composer,
     ):
         tally.add(batch)
@@ -120,8 +131,10 @@ def run_sampling(cfg: DictConfig) -> dict:
         },
     }
     write_json(out_dir / "summary.json", summary)
-    print(f"wrote {cfg.num_samples} samples to {out_dir} (NFE {summary['nfe_per_sample']:.0f}, "
-          f"{summary['ms_per_image']} ms/image)")
+    print(
+        f"wrote {cfg.num_samples} samples to {out_dir} (NFE {summary['nfe_per_sample']:.0f}, "
+        f"{summary['ms_per_image']} ms/image)"
+    )
     return summary
 
 
@@ -137,15 +150,21 @@ def run_conditional_sampling(cfg: DictConfig, model) -> dict:
         if cfg.get("semantic"):
             raise ValueError("semantic=... given, but this model inpaints (condition=inpaint): use inputs= and masks=")
         if not cfg.get("inputs"):
-            raise ValueError("this model inpaints (condition=inpaint): pass inputs=<image or folder> [masks=<mask or folder>]")
+            raise ValueError(
+                "this model inpaints (condition=inpaint): pass inputs=<image or folder> [masks=<mask or folder>]"
+            )
         files = list_image_files(cfg.inputs, "inputs")
         images_u8 = np.stack([load_image(f, resolution) for f in files])
         masks = np.stack(
-            pair_masks(files, cfg.get("masks"), resolution, bool(cfg.get("invert_masks", False)), condition.mask_generator())
+            pair_masks(
+                files, cfg.get("masks"), resolution, bool(cfg.get("invert_masks", False)), condition.mask_generator()
+            )
         ).astype(bool)
     elif isinstance(condition, SemanticCondition):
         if cfg.get("inputs") or cfg.get("masks"):
-            raise ValueError("inputs=/masks= given, but this model is semantic-conditional: use semantic=<index PNG or folder>")
+            raise ValueError(
+                "inputs=/masks= given, but this model is semantic-conditional: use semantic=<index PNG or folder>"
+            )
         if not cfg.get("semantic"):
             raise ValueError("this model is semantic-conditional: pass semantic=<index PNG or folder>")
         files = list_image_files(cfg.semantic, "semantic")
@@ -166,8 +185,15 @@ def run_conditional_sampling(cfg: DictConfig, model) -> dict:
 
     tally, samples = NFETally(), []
     for batch in sample_batches(
-        model, range(total), sampler=sampler, batch_size=int(cfg.batch_size), labels=labels, spatial=inputs,
-        cfg_scale=float(cfg.cfg_scale), cfg_interval=cfg_interval_of(cfg), seed=int(cfg.seed),
+        model,
+        range(total),
+        sampler=sampler,
+        batch_size=int(cfg.batch_size),
+        labels=labels,
+        spatial=inputs,
+        cfg_scale=float(cfg.cfg_scale),
+        cfg_interval=cfg_interval_of(cfg),
+        seed=int(cfg.seed),
         use_ema=bool(cfg.use_ema),
     ):
         tally.add(batch)
@@ -192,7 +218,10 @@ def run_conditional_sampling(cfg: DictConfig, model) -> dict:
             head = [colorize_semantic(maps[i], condition.num_semantic_classes)]
         row = np.stack([*head, *own])
         rows.append(row)
-        save_png(make_grid_image(from_uint8(row), len(row), upscale=int(cfg.grid_upscale)), out_dir / "grids" / f"{f.stem}.png")
+        save_png(
+            make_grid_image(from_uint8(row), len(row), upscale=int(cfg.grid_upscale)),
+            out_dir / "grids" / f"{f.stem}.png",
+        )
     all_rows = np.concatenate(rows)
     save_png(make_grid_image(from_uint8(all_rows), len(rows[0]), upscale=int(cfg.grid_upscale)), out_dir / "grid.png")
     summary = {

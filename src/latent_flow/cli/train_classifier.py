@@ -81,7 +81,9 @@ def run_classifier_training(cfg: DictConfig) -> dict:
     dataset = instantiate(cfg.data.dataset)
     for needed in ("attribute_names", "attribute_values"):
         if not hasattr(dataset, needed):
-            raise ValueError(f"data={cfg.data.name}: the dataset has no {needed}; attribute classifiers need labelled attributes")
+            raise ValueError(
+                f"data={cfg.data.name}: the dataset has no {needed}; attribute classifiers need labelled attributes"
+            )
     names = list(dataset.attribute_names)
     values = {k: list(v) for k, v in dataset.attribute_values.items()}
     cache = LatentCache(cfg.paths.cache_dir, dataset, flow.autoencoder, flip=cfg.data.flip, name=cfg.data.name)
@@ -103,7 +105,11 @@ def run_classifier_training(cfg: DictConfig) -> dict:
     targets = torch.from_numpy(attributes).long()
     log.info(
         "classifier %.2fM parameters; %d train / %d val / %d held-out items (holdout=%s)",
-        sum(p.numel() for p in classifier.parameters()) / 1e6, len(train_idx), len(val_idx), len(held_idx), holdout,
+        sum(p.numel() for p in classifier.parameters()) / 1e6,
+        len(train_idx),
+        len(val_idx),
+        len(held_idx),
+        holdout,
     )
     history = train_classifier(
         classifier,
@@ -128,15 +134,27 @@ def run_classifier_training(cfg: DictConfig) -> dict:
     # with the joint accuracy of the rule's attributes (the zero-shot combination read correctly)
     seen_idx = val_idx[:max_items]
     metrics = {
-        "seen": evaluate_classifier(classifier, flow.path, latents[seen_idx], targets[seen_idx], names, t_bins=t_bins,
-                                    joint=sorted({k for rule in holdout for k in rule}, key=names.index) or None),
+        "seen": evaluate_classifier(
+            classifier,
+            flow.path,
+            latents[seen_idx],
+            targets[seen_idx],
+            names,
+            t_bins=t_bins,
+            joint=sorted({k for rule in holdout for k in rule}, key=names.index) or None,
+        ),
         "heldout": {},
     }
     for rule in holdout:
         rule_idx = np.flatnonzero(holdout_mask(attributes, names, values, [rule]))[:max_items]
         key = " & ".join(f"{k}={v}" for k, v in rule.items())
         metrics["heldout"][key] = evaluate_classifier(
-            classifier, flow.path, latents[rule_idx], targets[rule_idx], names, t_bins=t_bins,
+            classifier,
+            flow.path,
+            latents[rule_idx],
+            targets[rule_idx],
+            names,
+            t_bins=t_bins,
             joint=sorted(rule, key=names.index),
         )
     meta = {
@@ -166,8 +184,10 @@ def run_classifier_training(cfg: DictConfig) -> dict:
     }
     write_json(out_dir / "classifier_metrics.json", summary)
     held = "; ".join(f"held-out {k}: {_fmt(v.get('uniform_t', {}))}" for k, v in metrics["heldout"].items())
-    print(f"wrote {ckpt} ({summary['seconds']['total']}s); accuracy over uniform t: "
-          f"seen {_fmt(metrics['seen'].get('uniform_t', {}))}" + (f"; {held}" if held else ""))
+    print(
+        f"wrote {ckpt} ({summary['seconds']['total']}s); accuracy over uniform t: "
+        f"seen {_fmt(metrics['seen'].get('uniform_t', {}))}" + (f"; {held}" if held else "")
+    )
     return summary
 
 

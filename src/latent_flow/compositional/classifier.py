@@ -72,7 +72,9 @@ class AttributeSpec:
 
     def value_index(self, value: str) -> int:
         if value not in self.values:
-            raise ValueError(f"unknown value {value!r} for attribute {self.name!r}; valid values: {', '.join(self.values)}")
+            raise ValueError(
+                f"unknown value {value!r} for attribute {self.name!r}; valid values: {', '.join(self.values)}"
+            )
         return self.values.index(value)
 
     def target(self, value: str) -> float:
@@ -159,7 +161,9 @@ class LatentAttributeClassifier(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor) -> dict[str, Tensor]:
         """Head outputs: logits (B, K) for discrete attributes, predictions (B,) for continuous ones."""
         if x_t.shape[1:] != self.latent_shape:
-            raise ValueError(f"x_t has shape {tuple(x_t.shape)}, the classifier expects (B, {', '.join(map(str, self.latent_shape))})")
+            raise ValueError(
+                f"x_t has shape {tuple(x_t.shape)}, the classifier expects (B, {', '.join(map(str, self.latent_shape))})"
+            )
         if t.dim() == 0:
             t = t.expand(x_t.shape[0])
         emb = self.time_embed(t.to(x_t.dtype))
@@ -211,9 +215,7 @@ class LatentAttributeClassifier(nn.Module):
     def predict(self, x_t: Tensor, t: Tensor) -> dict[str, Tensor]:
         """Predicted value index (discrete, argmax) or value (continuous) per attribute."""
         out = self(x_t, t)
-        return {
-            n: (o.argmax(-1) if self.specs[n].kind == "discrete" else o) for n, o in out.items()
-        }
+        return {n: (o.argmax(-1) if self.specs[n].kind == "discrete" else o) for n, o in out.items()}
 
     # ------------------------------------------------------------------ checkpoints
     def config(self) -> dict[str, Any]:
@@ -244,7 +246,9 @@ class LatentAttributeClassifier(nn.Module):
         return cls(cfg.pop("latent_shape"), cfg.pop("attributes"), **cfg)
 
 
-def load_classifier(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[LatentAttributeClassifier, dict]:
+def load_classifier(
+    path: str | os.PathLike, *, device: str | torch.device = "cpu"
+) -> tuple[LatentAttributeClassifier, dict]:
     """Load a classifier written by ``latent_flow.train_classifier``: ``(classifier in eval mode, meta)``."""
     path = Path(path)
     if not path.is_file():
@@ -253,7 +257,9 @@ def load_classifier(path: str | os.PathLike, *, device: str | torch.device = "cp
         )
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(payload, dict) or payload.get("kind") != "latent_flow.compositional.LatentAttributeClassifier":
-        raise ValueError(f"{path} is not a latent attribute classifier checkpoint (written by latent_flow.train_classifier)")
+        raise ValueError(
+            f"{path} is not a latent attribute classifier checkpoint (written by latent_flow.train_classifier)"
+        )
     if payload.get("format_version") != CLASSIFIER_FORMAT_VERSION:
         raise ValueError(
             f"{path} has classifier format {payload.get('format_version')}, this code reads {CLASSIFIER_FORMAT_VERSION}"

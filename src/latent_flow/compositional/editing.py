@@ -30,7 +30,15 @@ from latent_flow.compositional.expression import parse, terms, validate
 from latent_flow.compositional.guidance import GuidanceSettings
 from latent_flow.compositional.sampling import model_condition, sample_composed
 
-__all__ = ["EditResult", "edit_latents", "invert", "predicted_attributes", "regenerate", "reverse_time", "sequential_edit"]
+__all__ = [
+    "EditResult",
+    "edit_latents",
+    "invert",
+    "predicted_attributes",
+    "regenerate",
+    "reverse_time",
+    "sequential_edit",
+]
 
 
 def reverse_time(velocity_fn):
@@ -56,7 +64,9 @@ def invert(model, x_data: Tensor, solver, *, labels: Tensor | None = None, use_e
 
 
 @torch.no_grad()
-def regenerate(model, x_noise: Tensor, solver, *, labels: Tensor | None = None, use_ema: bool = True) -> tuple[Tensor, int]:
+def regenerate(
+    model, x_noise: Tensor, solver, *, labels: Tensor | None = None, use_ema: bool = True
+) -> tuple[Tensor, int]:
     """Unguided forward ODE from ``x_noise`` (t = 0) to t = 1: ``(x_data, nfe)``."""
     cond = model_condition(model, labels, x_noise.shape[0])
     result = solver.sample(model.velocity_fn(cond, cfg_scale=1.0, use_ema=use_ema), x_noise)
@@ -144,14 +154,25 @@ def edit_latents(
     if latent_weight > 0:
         extra.append(_LatentAnchor(model.path, x_data, x_noise, latent_weight))
     energy = ComposedEnergy(node, classifier, not_cap=not_cap, extra=extra)
-    result = sample_composed(model, energy, solver, indices=range(x_data.shape[0]), use_ema=use_ema,
-                             settings=settings, x_init=x_noise)
+    result = sample_composed(
+        model, energy, solver, indices=range(x_data.shape[0]), use_ema=use_ema, settings=settings, x_init=x_noise
+    )
     anchors = {
-        k: [classifier.specs[k].values[int(i)] if classifier.specs[k].kind == "discrete" else float(i) for i in v.tolist()]
+        k: [
+            classifier.specs[k].values[int(i)] if classifier.specs[k].kind == "discrete" else float(i)
+            for i in v.tolist()
+        ]
         for k, v in targets.items()
     }
-    return EditResult(edit=edit, x=result.x, x_noise=x_noise, anchors=anchors, nfe_inversion=nfe_inv,
-                      nfe=result.nfe, grad_evals=result.grad_evals)
+    return EditResult(
+        edit=edit,
+        x=result.x,
+        x_noise=x_noise,
+        anchors=anchors,
+        nfe_inversion=nfe_inv,
+        nfe=result.nfe,
+        grad_evals=result.grad_evals,
+    )
 
 
 def sequential_edit(model, classifier, x_data: Tensor, edits: list[str], **options) -> list[EditResult]:

@@ -63,9 +63,7 @@ def _unweighted(node: Node, term_energy: Callable[[Term], Tensor], cap: float) -
         return torch.stack([compose_energy(c, term_energy, not_cap=cap) for c in node.children]).sum(0)
     if isinstance(node, Or):
         total = sum(c.weight for c in node.children)
-        parts = torch.stack(
-            [math.log(c.weight / total) - _unweighted(c, term_energy, cap) for c in node.children]
-        )
+        parts = torch.stack([math.log(c.weight / total) - _unweighted(c, term_energy, cap) for c in node.children])
         return -torch.logsumexp(parts, dim=0)
     if isinstance(node, Not):
         return -softcap(compose_energy(node.child, term_energy, not_cap=cap), cap)

@@ -85,8 +85,9 @@ def load_classifier_for(model, path: str | os.PathLike) -> tuple[LatentAttribute
 def model_condition(model, labels: Tensor | None, batch: int) -> dict[str, Tensor]:
     """The flow model's condition dict for a batch (labels for label-conditional models)."""
     if getattr(model.condition, "spatial_channels", 0):
-        raise ValueError("compositional sampling supports label-conditional and unconditional models, "
-                         "not spatially conditioned ones")
+        raise ValueError(
+            "compositional sampling supports label-conditional and unconditional models, not spatially conditioned ones"
+        )
     if model.condition.uses_label:
         if labels is None:  # the null class: the unconditional velocity of a CFG-trained model
             labels = torch.full((batch,), model.num_classes, dtype=torch.long)

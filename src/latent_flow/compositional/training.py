@@ -130,7 +130,9 @@ def train_classifier(
         if bar is not None:
             bar.update(1)
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            history.append({"step": step + 1, "loss": float(loss.detach()), **{f"loss/{k}": v for k, v in parts.items()}})
+            history.append(
+                {"step": step + 1, "loss": float(loss.detach()), **{f"loss/{k}": v for k, v in parts.items()}}
+            )
             log.info("classifier step %d/%d loss %.4f %s", step + 1, steps, float(loss.detach()), parts)
             if bar is not None:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")

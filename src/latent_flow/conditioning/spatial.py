@@ -333,8 +333,15 @@ def build_spatial_condition(
         raise ValueError(f"condition '{name}' needs the latent shape (C, h, w)")
     valid = {
         "inpaint": {"resolution", "masks", "mask_variants", "use_label", "cond_dropout", "label_dropout"},
-        "semantic": {"resolution", "num_semantic_classes", "embed_channels", "hidden_channels", "use_label", "cond_dropout",
-                     "label_dropout"},
+        "semantic": {
+            "resolution",
+            "num_semantic_classes",
+            "embed_channels",
+            "hidden_channels",
+            "use_label",
+            "cond_dropout",
+            "label_dropout",
+        },
     }[name]
     unknown = sorted(set(options) - valid)
     if unknown:

@@ -113,7 +113,9 @@ SPLIT_BY = ("sequence", "base")
 #: bump when the rendering changes: a folder of another version is refused (settings differ)
 RENDER_VERSION = 1
 DEFAULT_NPM_DIR = "~/.cache/latent_flow/npm"
-PREPARE_COMMAND = "python -m latent_flow.prepare_data emoji sources=[{source}] resolution={resolution} out_dir={out_dir}"
+PREPARE_COMMAND = (
+    "python -m latent_flow.prepare_data emoji sources=[{source}] resolution={resolution} out_dir={out_dir}"
+)
 _SKIP_REASONS = ("no_group", "component", "missing_image", "render_error", "blank")
 
 
@@ -422,7 +424,9 @@ def find_npm_package(
             except EmojiSourceMissingError:
                 pass
         if root is None:
-            raise _missing_source(source, f"'{given}' is neither a {source.package} .tgz nor an unpacked package folder")
+            raise _missing_source(
+                source, f"'{given}' is neither a {source.package} .tgz nor an unpacked package folder"
+            )
         return root
     dirs = _npm_search_dirs(npm_dir)
     stem = f"{source.package}-{source.version}"
@@ -467,7 +471,9 @@ class _NpmPackage:
                 if file.is_file():
                     self.files[rel] = file.read_bytes()
         if "package.json" not in self.files or "emoji.json" not in self.files:
-            raise _missing_source(source, f"'{location}' has no package.json / emoji.json (not an emoji-datasource package)")
+            raise _missing_source(
+                source, f"'{location}' has no package.json / emoji.json (not an emoji-datasource package)"
+            )
         meta = json.loads(self.files["package.json"])
         if meta.get("name") != source.package:
             raise EmojiPrepareError(
@@ -551,7 +557,9 @@ def _resvg():
 
 def render_svg(path: str | os.PathLike, resolution: int) -> Image.Image:
     """Rasterise an SVG file with resvg to an RGBA ``resolution`` square (aspect kept, centred)."""
-    out = _resvg().svg_to_bytes(svg_path=str(path), width=int(resolution), height=int(resolution), skip_system_fonts=True)
+    out = _resvg().svg_to_bytes(
+        svg_path=str(path), width=int(resolution), height=int(resolution), skip_system_fonts=True
+    )
     if isinstance(out, str):  # resvg-py < 0.2 returned base64 text
         out = base64.b64decode(out)
     with Image.open(io.BytesIO(bytes(out))) as image:
@@ -656,7 +664,9 @@ def _source_items(source: EmojiSource, location_path, npm_dir) -> tuple[list[dic
     return items, {"location": str(location), "package_version": package.version, "licence_note": package.licence_note}
 
 
-def _render_item(item: dict, source: EmojiSource, resolution: int, background: tuple[int, int, int]) -> Image.Image | str:
+def _render_item(
+    item: dict, source: EmojiSource, resolution: int, background: tuple[int, int, int]
+) -> Image.Image | str:
     """The RGB image of an item, or the reason it cannot be rendered."""
     if source.kind == "svg":
         try:
@@ -842,8 +852,16 @@ def prepare_emoji(
         _check_resolution(EMOJI_SOURCES[name], resolution)  # before any work
     return {
         name: _prepare_source(
-            Path(out_dir).expanduser(), name, int(resolution), background, val_fraction=val_fraction, split_by=split_by,
-            location_path=paths.get(name), npm_dir=npm_dir, emoji_test=emoji_test, progress=progress,
+            Path(out_dir).expanduser(),
+            name,
+            int(resolution),
+            background,
+            val_fraction=val_fraction,
+            split_by=split_by,
+            location_path=paths.get(name),
+            npm_dir=npm_dir,
+            emoji_test=emoji_test,
+            progress=progress,
         )  # fmt: skip
         for name in names
     }
@@ -939,7 +957,9 @@ class EmojiDataset(Dataset):
                     f"emoji source '{name}' at {self.resolution} px is not prepared in '{folder}': run `{command}` "
                     "(or pass prepare=true / data.dataset.prepare=true to render it on first use)"
                 )
-            log.info("emoji %s %d px not prepared in %s: rendering it once (`%s`)", name, self.resolution, folder, command)
+            log.info(
+                "emoji %s %d px not prepared in %s: rendering it once (`%s`)", name, self.resolution, folder, command
+            )
             summary = prepare_emoji(
                 self.root, [name], self.resolution, self.background, val_fraction=self.val_fraction,
                 split_by=self.split_by, **prepare_kwargs,
@@ -1037,4 +1057,3 @@ def summary_table(summaries: Mapping[str, dict]) -> str:
 def source_info(name: str) -> dict:
     """The :class:`EmojiSource` of ``name`` as a dict (licence, attribution, install command, ...)."""
     return asdict(EMOJI_SOURCES[_check_sources([name])[0]])
-

@@ -132,7 +132,9 @@ def list_image_files(path: str | os.PathLike, what: str) -> list[Path]:
     raise FileNotFoundError(f"{what} '{path}' does not exist")
 
 
-def load_image(path: str | os.PathLike, resolution: int, *, resize: bool = False, what: str = "input image") -> np.ndarray:
+def load_image(
+    path: str | os.PathLike, resolution: int, *, resize: bool = False, what: str = "input image"
+) -> np.ndarray:
     """RGB uint8 ``(resolution, resolution, 3)`` of an image file (transparency composited on white).
 
     ``resize=False`` (inpainting inputs, whose masks are pixel-aligned): a file of another size
@@ -232,7 +234,9 @@ class ImageFolderDataset(Dataset):
     def _no_images_error(self) -> ValueError:
         ignored = ""
         if self.ignored_files:
-            ignored = f"; {len(self.ignored_files)} file(s) with other extensions were ignored: {self._ignored_summary()}"
+            ignored = (
+                f"; {len(self.ignored_files)} file(s) with other extensions were ignored: {self._ignored_summary()}"
+            )
         return ValueError(
             f"no images found in '{self.root}' (looked for files ending in {', '.join(self.extensions)}, "
             f"directly in the folder or in class sub-folders{ignored})"

@@ -58,7 +58,12 @@ CACHE_FORMAT_VERSION = 1
 
 def cache_key(dataset_fingerprint: str, autoencoder_fingerprint: str, flip: bool, extras: dict | None = None) -> str:
     """Hash of everything that determines the cached latents (``extras`` only when non-empty)."""
-    content = {"v": CACHE_FORMAT_VERSION, "data": dataset_fingerprint, "ae": autoencoder_fingerprint, "flip": bool(flip)}
+    content = {
+        "v": CACHE_FORMAT_VERSION,
+        "data": dataset_fingerprint,
+        "ae": autoencoder_fingerprint,
+        "flip": bool(flip),
+    }
     if extras:
         content["extras"] = extras
     payload = json.dumps(content, sort_keys=True)
@@ -208,7 +213,9 @@ class LatentCache:
                 )
             semantic = batch["semantic"].numpy()
             if semantic.min() < 0 or semantic.max() > 255:
-                raise ValueError(f"semantic ids must be in [0, 255] to be cached as uint8, got [{semantic.min()}, {semantic.max()}]")
+                raise ValueError(
+                    f"semantic ids must be in [0, 255] to be cached as uint8, got [{semantic.min()}, {semantic.max()}]"
+                )
             out["semantic"].append(semantic.astype(np.uint8))
         if "masks" in self.extras:
             images = batch["image"]
@@ -276,9 +283,7 @@ class LatentCache:
     def write_meta(self) -> None:
         shards = [np.load(self._shard_paths(s)["latents"], mmap_mode="r") for s in range(self.num_shards)]
         num_views, channels, height, width = shards[0].shape[1:]
-        mean, std = measure_latent_stats(
-            torch.from_numpy(np.array(arr)).flatten(0, 1) for arr in shards
-        )
+        mean, std = measure_latent_stats(torch.from_numpy(np.array(arr)).flatten(0, 1) for arr in shards)
         meta = {
             "format_version": CACHE_FORMAT_VERSION,
             "complete": True,
@@ -406,7 +411,7 @@ class LatentDataset(Dataset):
         return view, (variant or 0)
 
     def __getitem__(self, i: int | tuple[int, int]) -> dict[str, Tensor]:
-        i, key = (i if isinstance(i, tuple) else (i, None))
+        i, key = i if isinstance(i, tuple) else (i, None)
         index = int(self.indices[i])
         view, variant = self._choices(key, index)
         latent = (torch.from_numpy(self.raw_latent(index, view).copy()) - self._mean) / self._std
@@ -459,8 +464,11 @@ def build_cache_distributed(
         return cache.root
     cache.build(rank=rank, world_size=world_size, progress=progress)
     if progress:
-        print(f"[rank {rank}/{world_size}] encoded shards {list(range(rank, cache.num_shards, world_size))} "
-              f"of {cache.num_shards}", flush=True)
+        print(
+            f"[rank {rank}/{world_size}] encoded shards {list(range(rank, cache.num_shards, world_size))} "
+            f"of {cache.num_shards}",
+            flush=True,
+        )
     count = lambda: len(cache.shards_done())  # noqa: E731
     if rank == 0:
         wait_until(
@@ -470,7 +478,9 @@ def build_cache_distributed(
                 f"{cache.root}: missing shards {sorted(set(range(cache.num_shards)) - set(cache.shards_done()))} "
                 f"(did every rank start? is the cache directory shared by all nodes?)"
             ),
-            timeout=timeout, poll=poll, progress=count,
+            timeout=timeout,
+            poll=poll,
+            progress=count,
         )
         if not cache.is_complete():
             cache.write_meta()
@@ -481,6 +491,8 @@ def build_cache_distributed(
                 f"rank {rank} waited {timeout:.0f}s without progress for rank 0 to write {cache.meta_path} "
                 f"({count()}/{cache.num_shards} shards present; did rank 0 fail? is the cache directory shared?)"
             ),
-            timeout=timeout, poll=poll, progress=count,
+            timeout=timeout,
+            poll=poll,
+            progress=count,
         )
     return cache.root

@@ -188,7 +188,9 @@ class LMDBImageDataset(Dataset):
                 max_readers=256,
             )
         except lmdb.Error as error:
-            raise RuntimeError(f"cannot open LMDB database '{self.path}': {error}. {self._preparation_hint()}") from error
+            raise RuntimeError(
+                f"cannot open LMDB database '{self.path}': {error}. {self._preparation_hint()}"
+            ) from error
 
     def _data_file(self) -> Path:
         return self.path / "data.mdb" if self._subdir else self.path
@@ -199,8 +201,13 @@ class LMDBImageDataset(Dataset):
 
     def _key_cache_candidates(self) -> list[Path]:
         digest = hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:16]
-        fallback = self.cache_dir or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "latent_flow" / "lmdb_keys"
-        first = self.path / KEY_CACHE_NAME if self._subdir else self.path.with_name(self.path.name + "." + KEY_CACHE_NAME)
+        fallback = (
+            self.cache_dir
+            or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "latent_flow" / "lmdb_keys"
+        )
+        first = (
+            self.path / KEY_CACHE_NAME if self._subdir else self.path.with_name(self.path.name + "." + KEY_CACHE_NAME)
+        )
         return [first, fallback / f"{digest}.txt"]
 
     def _load_keys(self, env, entries: int) -> list[bytes]:
@@ -325,7 +332,9 @@ class LMDBImageDataset(Dataset):
                     opened.load()
                     image = to_rgb(ImageOps.exif_transpose(opened))
         except Exception as error:  # noqa: BLE001 - re-raised with the key
-            raise RuntimeError(f"failed to decode LMDB entry {key!r} (item {index}) of '{self.path}': {error}") from error
+            raise RuntimeError(
+                f"failed to decode LMDB entry {key!r} (item {index}) of '{self.path}': {error}"
+            ) from error
         return resize_center_crop(image, self.resolution, self.center_crop)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:

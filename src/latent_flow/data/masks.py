@@ -88,7 +88,9 @@ class MaskGenerator:
         if int(resolution) < 4:
             raise ValueError(f"mask resolution must be >= 4, got {resolution}")
         if not 0.0 < float(hole_min) <= float(hole_max) < 1.0:
-            raise ValueError(f"hole ratio range must satisfy 0 < hole_min <= hole_max < 1, got [{hole_min}, {hole_max}]")
+            raise ValueError(
+                f"hole ratio range must satisfy 0 < hole_min <= hole_max < 1, got [{hole_min}, {hole_max}]"
+            )
         if not 0.0 <= float(box_fraction) <= 1.0:
             raise ValueError(f"box_fraction must be in [0, 1], got {box_fraction}")
         self.resolution = int(resolution)

@@ -77,13 +77,16 @@ class ResumableSampler(DistributedSampler):
         shuffle: permute each epoch (``False``: ``0, 1, 2, ...``).
     """
 
-    def __init__(self, num_items: int, *, seed: int = 0, num_replicas: int = 1, rank: int = 0, shuffle: bool = True) -> None:
+    def __init__(
+        self, num_items: int, *, seed: int = 0, num_replicas: int = 1, rank: int = 0, shuffle: bool = True
+    ) -> None:
         if num_items < 1:
             raise ValueError(f"ResumableSampler needs num_items >= 1, got {num_items}")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
-        super().__init__(_Length(num_items), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                         drop_last=True)
+        super().__init__(
+            _Length(num_items), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
+        )
         self.num_items = int(num_items)
         self.per_rank = self.num_items // self.num_replicas
         if self.per_rank < 1:

@@ -218,7 +218,11 @@ class ShapesLayout:
 
 def _hpos_interval(hpos: int) -> tuple[float, float]:
     lo_edge, hi_edge = HPOS_EDGES
-    bounds = ((0.0, lo_edge - HPOS_MARGIN), (lo_edge + HPOS_MARGIN, hi_edge - HPOS_MARGIN), (hi_edge + HPOS_MARGIN, 1.0))
+    bounds = (
+        (0.0, lo_edge - HPOS_MARGIN),
+        (lo_edge + HPOS_MARGIN, hi_edge - HPOS_MARGIN),
+        (hi_edge + HPOS_MARGIN, 1.0),
+    )
     return bounds[hpos]
 
 
@@ -442,7 +446,9 @@ class ShapesDataset(Dataset):
             norm: dict[str, list[str]] = {}
             for key, values in rule.items():
                 if key not in self.attribute_values:
-                    raise ValueError(f"unknown attribute {key!r} in exclude; valid attributes: {', '.join(ATTRIBUTE_NAMES)}")
+                    raise ValueError(
+                        f"unknown attribute {key!r} in exclude; valid attributes: {', '.join(ATTRIBUTE_NAMES)}"
+                    )
                 if isinstance(values, (str, int, np.integer)):
                     values = [values]
                 names = []
@@ -597,7 +603,9 @@ class ShapesDataset(Dataset):
         if isinstance(attributes, Mapping):
             values = [int(attributes[n]) for n in ATTRIBUTE_NAMES]
         else:
-            values = [int(v) for v in (attributes.tolist() if isinstance(attributes, (Tensor, np.ndarray)) else attributes)]
+            values = [
+                int(v) for v in (attributes.tolist() if isinstance(attributes, (Tensor, np.ndarray)) else attributes)
+            ]
         if len(values) != len(ATTRIBUTE_NAMES):
             raise ValueError(f"expected {len(ATTRIBUTE_NAMES)} attributes {ATTRIBUTE_NAMES}, got {values}")
         names = {}

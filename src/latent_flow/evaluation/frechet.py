@@ -99,7 +99,9 @@ def frechet_distance(
         covmean = _sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
         warnings.warn(
-            f"frechet_distance: singular product of covariances; adding {eps} to the diagonal", RuntimeWarning, stacklevel=2
+            f"frechet_distance: singular product of covariances; adding {eps} to the diagonal",
+            RuntimeWarning,
+            stacklevel=2,
         )
         offset = np.eye(sigma1.shape[0]) * eps
         covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))

@@ -139,20 +139,29 @@ def _torch_fidelity_layout() -> nn.Module:
 
     conv = tf.BasicConv2d
     blocks = [
-        ("Conv2d_1a_3x3", conv(3, 32, kernel_size=3, stride=2)), ("Conv2d_2a_3x3", conv(32, 32, kernel_size=3)),
-        ("Conv2d_2b_3x3", conv(32, 64, kernel_size=3, padding=1)), ("Conv2d_3b_1x1", conv(64, 80, kernel_size=1)),
-        ("Conv2d_4a_3x3", conv(80, 192, kernel_size=3)), ("Mixed_5b", tf.InceptionA(192, pool_features=32)),
-        ("Mixed_5c", tf.InceptionA(256, pool_features=64)), ("Mixed_5d", tf.InceptionA(288, pool_features=64)),
-        ("Mixed_6a", tf.InceptionB(288)), ("Mixed_6b", tf.InceptionC(768, channels_7x7=128)),
-        ("Mixed_6c", tf.InceptionC(768, channels_7x7=160)), ("Mixed_6d", tf.InceptionC(768, channels_7x7=160)),
-        ("Mixed_6e", tf.InceptionC(768, channels_7x7=192)), ("Mixed_7a", tf.InceptionD(768)),
-        ("Mixed_7b", tf.InceptionE_1(1280)), ("Mixed_7c", tf.InceptionE_2(2048)),
+        ("Conv2d_1a_3x3", conv(3, 32, kernel_size=3, stride=2)),
+        ("Conv2d_2a_3x3", conv(32, 32, kernel_size=3)),
+        ("Conv2d_2b_3x3", conv(32, 64, kernel_size=3, padding=1)),
+        ("Conv2d_3b_1x1", conv(64, 80, kernel_size=1)),
+        ("Conv2d_4a_3x3", conv(80, 192, kernel_size=3)),
+        ("Mixed_5b", tf.InceptionA(192, pool_features=32)),
+        ("Mixed_5c", tf.InceptionA(256, pool_features=64)),
+        ("Mixed_5d", tf.InceptionA(288, pool_features=64)),
+        ("Mixed_6a", tf.InceptionB(288)),
+        ("Mixed_6b", tf.InceptionC(768, channels_7x7=128)),
+        ("Mixed_6c", tf.InceptionC(768, channels_7x7=160)),
+        ("Mixed_6d", tf.InceptionC(768, channels_7x7=160)),
+        ("Mixed_6e", tf.InceptionC(768, channels_7x7=192)),
+        ("Mixed_7a", tf.InceptionD(768)),
+        ("Mixed_7b", tf.InceptionE_1(1280)),
+        ("Mixed_7c", tf.InceptionE_2(2048)),
     ]
     return nn.ModuleDict(blocks)
 
 
-def torch_fidelity_state_dict(torchscript: torch.jit.ScriptModule | str | os.PathLike | None = None,
-                              *, head: Tensor | None = None) -> dict[str, Tensor]:
+def torch_fidelity_state_dict(
+    torchscript: torch.jit.ScriptModule | str | os.PathLike | None = None, *, head: Tensor | None = None
+) -> dict[str, Tensor]:
     """The TorchScript's weights in torch-fidelity's ``FeatureExtractorInceptionV3`` layout.
 
     The 94 convolutions come in the same order in both (checked by shape); TF's batch norm has
@@ -166,12 +175,16 @@ def torch_fidelity_state_dict(torchscript: torch.jit.ScriptModule | str | os.Pat
     dst = _torch_fidelity_layout().state_dict()
     dst_names = _conv_names(dst, ".conv.weight")
     if len(src_convs) != len(dst_names):
-        raise ValueError(f"{len(src_convs)} convolutions in the TorchScript, {len(dst_names)} in torch-fidelity's network")
+        raise ValueError(
+            f"{len(src_convs)} convolutions in the TorchScript, {len(dst_names)} in torch-fidelity's network"
+        )
     out: dict[str, Tensor] = {}
     for a, b in zip(src_convs, dst_names):
         weight = src[a + ".weight"].float()
         if weight.shape != dst[f"{b}.conv.weight"].shape:
-            raise ValueError(f"{a} {tuple(weight.shape)} does not match torch-fidelity's {b} {tuple(dst[b + '.conv.weight'].shape)}")
+            raise ValueError(
+                f"{a} {tuple(weight.shape)} does not match torch-fidelity's {b} {tuple(dst[b + '.conv.weight'].shape)}"
+            )
         out[f"{b}.conv.weight"] = weight
         out[f"{b}.bn.weight"] = torch.ones(weight.shape[0])
         out[f"{b}.bn.bias"] = src[a + ".beta"].float()

@@ -61,8 +61,11 @@ def metric_names(metrics: dict, *, num_samples: int, num_reference: int | None, 
     upwards at small N: a figure means nothing without both counts)."""
     ref = "" if num_reference is None else f" vs {count_label(num_reference)}" + (f" {reference}" if reference else "")
     base = {"fid": "fid", "kid_mean": "kid", "precision": "precision", "recall": "recall", "is_mean": "is"}
-    return {f"{name}@{count_label(num_samples)}{'' if name == 'is' else ref}": metrics[key]
-            for key, name in base.items() if key in metrics}
+    return {
+        f"{name}@{count_label(num_samples)}{'' if name == 'is' else ref}": metrics[key]
+        for key, name in base.items()
+        if key in metrics
+    }
 
 
 def compute_features(
@@ -93,7 +96,9 @@ def compute_features(
     return torch.cat(feats), (torch.cat(logits) if logits else None)
 
 
-def kid(real: Tensor, fake: Tensor, *, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kid(
+    real: Tensor, fake: Tensor, *, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """Kernel Inception Distance: mean and std of the unbiased MMD^2 over random subsets."""
     real, fake = real.double(), fake.double()
     m = min(subset_size, len(real), len(fake))
@@ -188,8 +193,9 @@ def image_metrics(
     if "kid" in metrics:
         out["kid_mean"], out["kid_std"] = kid(real_features, fake_features, subset_size=kid_subset_size)
     if "precision_recall" in metrics:
-        out["precision"], out["recall"] = precision_recall(real_features, fake_features, k=pr_k,
-                                                           batch_size=pr_batch_size)
+        out["precision"], out["recall"] = precision_recall(
+            real_features, fake_features, k=pr_k, batch_size=pr_batch_size
+        )
     if "is" in metrics:
         if fake_logits is None:
             out["is_mean"] = out["is_std"] = None

@@ -133,7 +133,9 @@ class ShapesOracle(nn.Module):
         self.stage4 = _conv(w3, w3, 2)
         self.project = nn.Sequential(nn.Flatten(), nn.Linear(w3 * 16, feature_dim), nn.ReLU(inplace=True))
         self.heads = nn.ModuleDict({k: nn.Linear(feature_dim, n) for k, n in self.attribute_sizes.items()})
-        self.seg_reduce = nn.Sequential(nn.Conv2d(w3, seg_width, 1, bias=False), nn.BatchNorm2d(seg_width), nn.ReLU(inplace=True))
+        self.seg_reduce = nn.Sequential(
+            nn.Conv2d(w3, seg_width, 1, bias=False), nn.BatchNorm2d(seg_width), nn.ReLU(inplace=True)
+        )
         self.seg_head = nn.Sequential(_conv(w1 + seg_width, seg_width), nn.Conv2d(seg_width, self.num_semantic, 1))
 
     def _check(self, images: Tensor) -> None:
@@ -424,7 +426,8 @@ def oracle_metrics_on_samples(
         result["label_accuracy"] = correct_label / max(n, 1)
     if attributes is not None:
         result["attribute_accuracy"] = {
-            name: (int(correct[j]) / int(counted[j]) if counted[j] > 0 else None) for j, name in enumerate(oracle.attribute_names)
+            name: (int(correct[j]) / int(counted[j]) if counted[j] > 0 else None)
+            for j, name in enumerate(oracle.attribute_names)
         }
     if semantic is not None:
         result["miou"], result["miou_per_class"] = _miou(conf)
@@ -439,7 +442,12 @@ def evaluate_oracle(oracle: ShapesOracle, dataset: ShapesDataset, batch_size: in
     data = _render(dataset)
     images = _to_float(data["images_u8"])
     res = oracle_metrics_on_samples(
-        oracle, images, labels=data["attributes"][:, 0], attributes=data["attributes"], semantic=data["semantic"], batch_size=batch_size
+        oracle,
+        images,
+        labels=data["attributes"][:, 0],
+        attributes=data["attributes"],
+        semantic=data["semantic"],
+        batch_size=batch_size,
     )
     return {
         "num_samples": res["num_samples"],
@@ -451,7 +459,9 @@ def evaluate_oracle(oracle: ShapesOracle, dataset: ShapesDataset, batch_size: in
 
 
 @torch.no_grad()
-def oracle_features(oracle: ShapesOracle, images: Tensor, batch_size: int = 500, stats: RunningStats | None = None) -> RunningStats:
+def oracle_features(
+    oracle: ShapesOracle, images: Tensor, batch_size: int = 500, stats: RunningStats | None = None
+) -> RunningStats:
     """Accumulate the oracle features of ``images`` (N, 3, H, W) in [-1, 1] into a :class:`RunningStats`."""
     was_training = oracle.training
     oracle.eval()
@@ -475,7 +485,9 @@ def real_images(n: int, resolution: int, seed: int) -> Tensor:
     return _to_float(_render(ShapesDataset(num_samples=n, resolution=resolution, seed=seed))["images_u8"])
 
 
-def fd_shapes_floor(oracle: ShapesOracle, n: int = 2000, resolution: int | None = None, seeds: tuple[int, int] = FLOOR_SEEDS) -> float:
+def fd_shapes_floor(
+    oracle: ShapesOracle, n: int = 2000, resolution: int | None = None, seeds: tuple[int, int] = FLOOR_SEEDS
+) -> float:
     """FD-shapes between two independent sets of ``n`` real renders (dataset seeds ``seeds``).
 
     The floor a generator's FD-shapes (with ``n`` samples) is compared against: what finite

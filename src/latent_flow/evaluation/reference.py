@@ -121,7 +121,9 @@ def build_feature_extractor(spec: Mapping[str, Any] | torch.nn.Module | Callable
             raise err.__cause__ from None
         raise
     if not callable(extractor):
-        raise TypeError(f"feature_extractor {spec['_target_']} built a {type(extractor).__name__}, which is not callable")
+        raise TypeError(
+            f"feature_extractor {spec['_target_']} built a {type(extractor).__name__}, which is not callable"
+        )
     if isinstance(extractor, torch.nn.Module):
         extractor.eval()
     return extractor
@@ -179,8 +181,13 @@ def compute_reference(
     indices = np.asarray(indices, dtype=np.int64)
     if len(indices) < 2:
         raise ValueError(f"reference statistics need at least 2 images, got {len(indices)}")
-    identity = {"num_images": int(len(indices)), "chunk_size": int(chunk_size), "indices_sha1": _sha1(indices),
-                "feature_extractor": extractor_identity(extractor_spec), "save_images": bool(save_images)}
+    identity = {
+        "num_images": int(len(indices)),
+        "chunk_size": int(chunk_size),
+        "indices_sha1": _sha1(indices),
+        "feature_extractor": extractor_identity(extractor_spec),
+        "save_images": bool(save_images),
+    }
     plan_path = out_dir / "parts" / "plan.json"
     if rank == 0:
         if plan_path.exists() and json.loads(plan_path.read_text()) != identity:
@@ -192,8 +199,12 @@ def compute_reference(
     chunks = [indices[lo : lo + chunk_size] for lo in range(0, len(indices), chunk_size)]
     mine = [k for k in range(len(chunks)) if k % world_size == rank and not _chunk_path(out_dir, k).exists()]
     start = time.time()
-    bar = tqdm(total=sum(len(chunks[k]) for k in mine), desc=f"[rank {rank}/{world_size}] reference features",
-               unit="img", disable=not (progress and mine))
+    bar = tqdm(
+        total=sum(len(chunks[k]) for k in mine),
+        desc=f"[rank {rank}/{world_size}] reference features",
+        unit="img",
+        disable=not (progress and mine),
+    )
     for k in mine:
         feats, logits, images = [], [], []
         loader = DataLoader(Subset(dataset, chunks[k].tolist()), batch_size=batch_size, num_workers=num_workers)
@@ -219,8 +230,13 @@ def compute_reference(
         return None
     if world_size > 1:
         missing = lambda: [k for k in range(len(chunks)) if not _chunk_path(out_dir, k).exists()]  # noqa: E731
-        wait_until(lambda: not missing(), lambda: f"reference chunks still missing: {missing()[:10]}",
-              timeout=wait_timeout, poll=5.0, progress=lambda: len(missing()))
+        wait_until(
+            lambda: not missing(),
+            lambda: f"reference chunks still missing: {missing()[:10]}",
+            timeout=wait_timeout,
+            poll=5.0,
+            progress=lambda: len(missing()),
+        )
     return _merge(out_dir, len(chunks), identity, info, seconds=time.time() - start)
 
 
@@ -239,11 +255,19 @@ def _merge(out_dir: Path, num_chunks: int, identity: dict, info: Mapping[str, An
     _atomic_savez(out_dir / "stats.npz", **stats)
     files = {"stats": "stats.npz"}
     if identity["save_images"]:
-        _atomic_savez(out_dir / "reference.npz", arr_0=np.concatenate([p["images"] for p in parts]),
-                      labels=np.zeros(0, dtype=np.int64))
+        _atomic_savez(
+            out_dir / "reference.npz",
+            arr_0=np.concatenate([p["images"] for p in parts]),
+            labels=np.zeros(0, dtype=np.int64),
+        )
         files["images"] = "reference.npz"
-    summary = {**(dict(info) if info else {}), **identity, "feature_dim": int(features.shape[1]),
-               "files": files, "seconds_this_run": round(seconds, 2)}
+    summary = {
+        **(dict(info) if info else {}),
+        **identity,
+        "feature_dim": int(features.shape[1]),
+        "files": files,
+        "seconds_this_run": round(seconds, 2),
+    }
     write_json(out_dir / "reference.json", summary)
     return summary
 

@@ -98,8 +98,9 @@ def standard_normal_logp(x: Tensor) -> Tensor:
     return -0.5 * (flat.square().sum(1) + flat.shape[1] * math.log(2.0 * math.pi))
 
 
-def _probes(indices: Sequence[int], shape: Sequence[int], num_probes: int, kind: str, seed: int,
-            dtype: torch.dtype, device) -> Tensor:
+def _probes(
+    indices: Sequence[int], shape: Sequence[int], num_probes: int, kind: str, seed: int, dtype: torch.dtype, device
+) -> Tensor:
     """``(K, B, *shape)`` probes; sample ``indices[b]``'s come from its own generator."""
     rows = []
     mask = (1 << 63) - 1
@@ -260,7 +261,9 @@ def dequantize(images: Tensor, indices: Sequence[int], *, seed: int = 0) -> Tens
     rows = []
     mask = (1 << 63) - 1
     for index in indices:
-        gen = torch.Generator(device="cpu").manual_seed(((int(seed) * 1_000_003 + int(index)) ^ (_PROBE_STREAM * 3)) & mask)
+        gen = torch.Generator(device="cpu").manual_seed(
+            ((int(seed) * 1_000_003 + int(index)) ^ (_PROBE_STREAM * 3)) & mask
+        )
         rows.append(torch.rand(tuple(images.shape[1:]), generator=gen, dtype=torch.float64))
     u = torch.stack(rows).to(device=images.device, dtype=images.dtype)
     return images + u / UINT8_SCALE

@@ -108,7 +108,9 @@ class AffinePath:
             t: times ``(B,)`` in [0, 1].
         """
         if x_noise.shape != x_data.shape:
-            raise ValueError(f"x_noise {tuple(x_noise.shape)} and x_data {tuple(x_data.shape)} must have the same shape")
+            raise ValueError(
+                f"x_noise {tuple(x_noise.shape)} and x_data {tuple(x_data.shape)} must have the same shape"
+            )
         c = self.coefficients(t, x_data)
         x_t = c.alpha_t * x_data + c.sigma_t * x_noise
         target = c.d_alpha_t * x_data + c.d_sigma_t * x_noise
@@ -156,4 +158,6 @@ class AffinePath:
         CondOT with ``sigma_min = 0`` and for VP): evaluate it at t < 1 (the SDE sampler does).
         """
         c = self.coefficients(t, x_t)
-        return (c.alpha_t * velocity - c.d_alpha_t * x_t) / (c.sigma_t * (c.d_alpha_t * c.sigma_t - c.alpha_t * c.d_sigma_t))
+        return (c.alpha_t * velocity - c.d_alpha_t * x_t) / (
+            c.sigma_t * (c.d_alpha_t * c.sigma_t - c.alpha_t * c.d_sigma_t)
+        )

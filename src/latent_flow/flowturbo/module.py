@@ -179,7 +179,10 @@ class RefinerModule(ResumableRNG, L.LightningModule):
         self.__dict__["_base"] = base_model  # not a submodule: never in checkpoints, never optimised
         log.info(
             "refiner for %s: %d parameters = %.1f%% of the base's %d",
-            spec["base_backbone"], n_ref, 100 * n_ref / n_base, n_base,
+            spec["base_backbone"],
+            n_ref,
+            100 * n_ref / n_base,
+            n_base,
         )
 
     # ------------------------------------------------------------------ base model
@@ -211,10 +214,17 @@ class RefinerModule(ResumableRNG, L.LightningModule):
         b, device = x_data.shape[0], x_data.device
 
         def rand(*shape: int) -> Tensor:
-            return torch.rand(shape, generator=generator).to(device) if generator is not None else torch.rand(shape, device=device)
+            return (
+                torch.rand(shape, generator=generator).to(device)
+                if generator is not None
+                else torch.rand(shape, device=device)
+            )
 
-        x_noise = (torch.randn(x_data.shape, generator=generator).to(device, x_data.dtype)
-                   if generator is not None else torch.randn_like(x_data))
+        x_noise = (
+            torch.randn(x_data.shape, generator=generator).to(device, x_data.dtype)
+            if generator is not None
+            else torch.randn_like(x_data)
+        )
         t = rand(b)
         lo, hi = self.hparams.time_offset["min"], self.hparams.time_offset["max"]
         dt = lo + (hi - lo) * (1.0 - rand(b))  # in (lo, hi]
@@ -225,7 +235,8 @@ class RefinerModule(ResumableRNG, L.LightningModule):
             drop = rand(b) < p  # one decision per sample, used by all three calls below
             null = base.condition.null(cond)
             cond = {
-                k: torch.where(drop.reshape(-1, *([1] * (v.dim() - 1))), null[k].to(v.device), v) for k, v in cond.items()
+                k: torch.where(drop.reshape(-1, *([1] * (v.dim() - 1))), null[k].to(v.device), v)
+                for k, v in cond.items()
             }
         x_t = base.path.sample(x_noise, x_data, t).x_t
         with torch.no_grad():
@@ -263,7 +274,12 @@ class RefinerModule(ResumableRNG, L.LightningModule):
         self.log("val/loss_carry", out["loss_carry"], on_epoch=True, sync_dist=True)
         if self.ema is not None:
             gen = torch.Generator().manual_seed(20_000 + batch_idx)
-            self.log("val/loss_ema", self.refiner_loss(batch, use_ema=True, generator=gen)["loss"], on_epoch=True, sync_dist=True)
+            self.log(
+                "val/loss_ema",
+                self.refiner_loss(batch, use_ema=True, generator=gen)["loss"],
+                on_epoch=True,
+                sync_dist=True,
+            )
 
     def configure_optimizers(self):
         # the same AdamW + warm-up / cosine schedule as flow training (over the refiner's parameters)
@@ -308,7 +324,9 @@ def load_refiner(ckpt_path: str | os.PathLike, model, *, use_ema: bool = True) -
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     hp = ckpt.get("hyper_parameters", {})
     if "refiner_spec" not in hp or "base_hash" not in hp:
-        raise ValueError(f"{ckpt_path} is not a FlowTurbo refiner checkpoint (no refiner_spec / base_hash hyper-parameters)")
+        raise ValueError(
+            f"{ckpt_path} is not a FlowTurbo refiner checkpoint (no refiner_spec / base_hash hyper-parameters)"
+        )
     digest = base_weights_hash(model)
     if digest != hp["base_hash"]:
         raise RefinerBaseMismatchError(
@@ -318,7 +336,7 @@ def load_refiner(ckpt_path: str | os.PathLike, model, *, use_ema: bool = True) -
         )
     refiner = VelocityRefiner(hp["refiner_spec"])
     prefix = "ema.module." if use_ema and any(k.startswith("ema.module.") for k in ckpt["state_dict"]) else "refiner."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     refiner.load_state_dict(state)
     refiner.requires_grad_(False)
     return refiner.eval()

@@ -124,7 +124,9 @@ class VelocityRefiner(nn.Module):
         return self.net(torch.cat([x_in, v_prev.to(x_in.dtype)], dim=1), t, y)
 
 
-def refiner_spec(base_hparams: dict[str, Any], *, num_blocks: int = 1, condition: nn.Module | None = None) -> dict[str, Any]:
+def refiner_spec(
+    base_hparams: dict[str, Any], *, num_blocks: int = 1, condition: nn.Module | None = None
+) -> dict[str, Any]:
     """The refiner architecture for a base ``LatentFlowModule``'s hyper-parameters.
 
     Channels: ``in_channels = 2 C + S`` (latent, spatial condition channels of the base, previous
@@ -153,7 +155,10 @@ def refiner_spec(base_hparams: dict[str, Any], *, num_blocks: int = 1, condition
     if name.startswith("DiT-"):
         if name not in DIT_PRESETS:
             raise ValueError(f"unknown DiT preset {name!r} in the base checkpoint")
-        arch = {**DIT_PRESETS[name], **{k: v for k, v in backbone.items() if k in ("hidden_size", "num_heads", "patch_size", "mlp_ratio")}}
+        arch = {
+            **DIT_PRESETS[name],
+            **{k: v for k, v in backbone.items() if k in ("hidden_size", "num_heads", "patch_size", "mlp_ratio")},
+        }
         spec.update(
             family="dit",
             hidden_size=int(arch["hidden_size"]),

@@ -341,8 +341,12 @@ class FlowTurboSolver(Solver):
                 "its blocks carry the guided velocities across steps; use cfg_interval=null, or another sampler"
             )
         return self.integrate(
-            x_init, velocity_fn.cond, velocity_fn.null_cond, velocity_fn.scale,
-            return_trajectory=return_trajectory, no_grad=no_grad,
+            x_init,
+            velocity_fn.cond,
+            velocity_fn.null_cond,
+            velocity_fn.scale,
+            return_trajectory=return_trajectory,
+            no_grad=no_grad,
         )
 
     def integrate(
@@ -383,13 +387,20 @@ class FlowTurboSolver(Solver):
                     trajectory.append(x)
         out_times = self._grid.to(device=x.device, dtype=tdtype) if return_trajectory else None
         return FlowTurboResult(
-            x=x, nfe=base_nfe, trajectory=trajectory, times=out_times,
-            base_nfe=base_nfe, refiner_nfe=refiner_nfe, schedule=str(self.schedule),
+            x=x,
+            nfe=base_nfe,
+            trajectory=trajectory,
+            times=out_times,
+            base_nfe=base_nfe,
+            refiner_nfe=refiner_nfe,
+            schedule=str(self.schedule),
         )
 
     def __repr__(self) -> str:
-        return (f"FlowTurboSolver(schedule={str(self.schedule)!r}, time_grid={self.time_grid!r}, shift={self.shift}, "
-                f"compile={self.compile})")
+        return (
+            f"FlowTurboSolver(schedule={str(self.schedule)!r}, time_grid={self.time_grid!r}, shift={self.shift}, "
+            f"compile={self.compile})"
+        )
 
 
 # --------------------------------------------------------------------------- from a trained model
@@ -420,7 +431,9 @@ def build_flowturbo_solver(model, *, use_ema: bool = True, **options: Any) -> Fl
     """
     unknown = sorted(set(options) - set(FLOWTURBO_OPTIONS))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for sampler 'flowturbo'; valid options: {list(FLOWTURBO_OPTIONS)}")
+        raise ValueError(
+            f"unknown option(s) {unknown} for sampler 'flowturbo'; valid options: {list(FLOWTURBO_OPTIONS)}"
+        )
     opts = {**FLOWTURBO_OPTIONS, **options}
     schedule, refiner_ckpt_path, compile = opts["schedule"], opts["refiner_ckpt_path"], opts["compile"]
     compile_backend, compile_mode = opts["compile_backend"], opts["compile_mode"]
@@ -451,8 +464,13 @@ def build_flowturbo_solver(model, *, use_ema: bool = True, **options: Any) -> Fl
         per_model[nets_key] = TurboNetworks(base_network(model), refiner, base_condition(model)).eval()
     nets = per_model[nets_key]
     solver = FlowTurboSolver(
-        parsed, nets, time_grid=time_grid, shift=shift, compile=compile,
-        compile_backend=compile_backend, compile_mode=compile_mode,
+        parsed,
+        nets,
+        time_grid=time_grid,
+        shift=shift,
+        compile=compile,
+        compile_backend=compile_backend,
+        compile_mode=compile_mode,
     )
     per_model[key] = solver
     return solver

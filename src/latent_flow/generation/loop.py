@@ -108,8 +108,15 @@ def sample_batches(
             if inputs is not None or batch != list(range(batch[0], batch[0] + len(batch))):
                 raise ValueError("generate_fn= samples consecutive indices without spatial conditions")
             images, result = generate_fn(
-                model, num_samples=len(batch), sampler=name, labels=batch_labels, cfg_scale=cfg_scale, seed=seed,
-                first_index=batch[0], use_ema=use_ema, **options,
+                model,
+                num_samples=len(batch),
+                sampler=name,
+                labels=batch_labels,
+                cfg_scale=cfg_scale,
+                seed=seed,
+                first_index=batch[0],
+                use_ema=use_ema,
+                **options,
             )
         else:
             spatial_cond = None
@@ -118,14 +125,24 @@ def sample_batches(
                     model, images_u8=inputs.get("images"), masks=inputs.get("masks"), semantic=inputs.get("maps")
                 )
             result = model.sample_latents(
-                solver, indices=batch, labels=batch_labels, cfg_scale=cfg_scale, seed=seed, use_ema=use_ema,
-                spatial_cond=spatial_cond, cfg_interval=cfg_interval,
+                solver,
+                indices=batch,
+                labels=batch_labels,
+                cfg_scale=cfg_scale,
+                seed=seed,
+                use_ema=use_ema,
+                spatial_cond=spatial_cond,
+                cfg_interval=cfg_interval,
             )
             images = model.decode(result.x)
         arr = to_uint8(images)
         if inputs is not None and inputs.get("masks") is not None:  # the known region is the input's, bit for bit
             arr = paste_known(arr, inputs["images"], inputs["masks"])
         yield SampledBatch(
-            indices=batch, images=arr, nfe=int(result.nfe), refiner_nfe=int(getattr(result, "refiner_nfe", 0)),
-            seconds=time.perf_counter() - start, inputs=inputs,
+            indices=batch,
+            images=arr,
+            nfe=int(result.nfe),
+            refiner_nfe=int(getattr(result, "refiner_nfe", 0)),
+            seconds=time.perf_counter() - start,
+            inputs=inputs,
         )

@@ -51,7 +51,6 @@ def paste_known(samples_u8: np.ndarray, inputs_u8: np.ndarray, masks: np.ndarray
     return np.where(masks.astype(bool)[..., None], inputs_u8, samples_u8)
 
 
-
 @torch.no_grad()
 def spatial_condition(
     model, *, images_u8: np.ndarray | None = None, masks: np.ndarray | None = None, semantic: np.ndarray | None = None

@@ -214,7 +214,9 @@ class GuidedVelocity:
             for key in cond
         }
         idx = idx.to(x.device)
-        out = self.model_fn(torch.cat([x, x.index_select(0, idx)], 0), torch.cat([t, t.index_select(0, idx.to(t.device))], 0), both)
+        out = self.model_fn(
+            torch.cat([x, x.index_select(0, idx)], 0), torch.cat([t, t.index_select(0, idx.to(t.device))], 0), both
+        )
         self.forward_samples += batch + k
         if out.shape[0] != batch + k:
             raise ValueError(f"model_fn returned batch {out.shape[0]}, expected {batch + k}")

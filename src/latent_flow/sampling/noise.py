@@ -29,7 +29,7 @@ def noise_for_indices(
 ) -> Tensor:
     """Standard-normal noise of shape ``(len(indices), *shape)``, row ``k`` drawn from seed ``(seed, indices[k])``."""
     rows = []
-    for index in (indices.tolist() if isinstance(indices, Tensor) else indices):
+    for index in indices.tolist() if isinstance(indices, Tensor) else indices:
         gen = torch.Generator(device="cpu").manual_seed(int(seed) * SEED_STRIDE + int(index))
         rows.append(torch.randn(tuple(shape), generator=gen, dtype=torch.float32))
     if not rows:
@@ -56,7 +56,9 @@ class IndexedNoiseStream:
     #: draws generated per ``randn`` call of each row's generator
     CHUNK = 16
 
-    def __init__(self, indices: Sequence[int] | Tensor, shape: Sequence[int], *, seed: int = 0, stream: int = 1) -> None:
+    def __init__(
+        self, indices: Sequence[int] | Tensor, shape: Sequence[int], *, seed: int = 0, stream: int = 1
+    ) -> None:
         if int(stream) < 1:
             raise ValueError(f"stream must be >= 1 (stream 0 is the initial noise), got {stream}")
         self.indices = [int(i) for i in (indices.tolist() if isinstance(indices, Tensor) else indices)]

@@ -198,8 +198,12 @@ def autoencoder_cache_path(ae_cfg: Any, dataset: Any, cache_dir: str | Path) -> 
     """Where a trainable autoencoder with this config, trained on this dataset, is kept."""
     cfg = to_plain(ae_cfg)
     payload = json.dumps(
-        {"name": cfg["name"], "config": cfg.get("config", {}), "training": cfg.get("training", {}),
-         "data": dataset.fingerprint()},
+        {
+            "name": cfg["name"],
+            "config": cfg.get("config", {}),
+            "training": cfg.get("training", {}),
+            "data": dataset.fingerprint(),
+        },
         sort_keys=True,
     )
     key = hashlib.sha1(payload.encode()).hexdigest()[:12]

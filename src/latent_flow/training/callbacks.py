@@ -86,13 +86,19 @@ class SampleGridCallback(L.Callback):
             return None
         self._last_step = step
         if pl_module.condition.spatial_channels:  # inpaint / semantic: a row per validation item's condition
-
             images, ncol, nfe = spatial_training_grid(
-                pl_module, trainer.datamodule, self.solver, per_row=self.per_class, rows=min(self.max_rows, 4),
-                seed=self.seed, cfg_scale=self.cfg_scale,
+                pl_module,
+                trainer.datamodule,
+                self.solver,
+                per_row=self.per_class,
+                rows=min(self.max_rows, 4),
+                seed=self.seed,
+                cfg_scale=self.cfg_scale,
             )
         else:
-            labels = grid_labels(pl_module.num_classes if pl_module.condition.uses_label else 0, self.per_class, self.max_rows)
+            labels = grid_labels(
+                pl_module.num_classes if pl_module.condition.uses_label else 0, self.per_class, self.max_rows
+            )
             count = len(labels) if labels is not None else self.per_class * min(self.max_rows, 4)
             result = pl_module.sample_latents(
                 self.solver, indices=range(count), labels=labels, cfg_scale=self.cfg_scale, seed=self.seed
@@ -275,7 +281,10 @@ class SampleMetricsCallback(L.Callback):
             )
         num = self.reference_num_images
         indices = reference_indices(
-            len(dataset), split=self.reference_split, val_fraction=float(dm.val_fraction), seed=int(dm.seed),
+            len(dataset),
+            split=self.reference_split,
+            val_fraction=float(dm.val_fraction),
+            seed=int(dm.seed),
             num_images=num,
         )
         key = hashlib.sha1(
@@ -283,10 +292,17 @@ class SampleMetricsCallback(L.Callback):
         ).hexdigest()[:16]
         out_dir = Path(self.cache_dir) / "references" / key
         if not (out_dir / "stats.npz").exists():
-            log.info("computing reference statistics of %d %s images -> %s", len(indices), self.reference_split, out_dir)
+            log.info(
+                "computing reference statistics of %d %s images -> %s", len(indices), self.reference_split, out_dir
+            )
             compute_reference(
-                dataset, indices, self._extractor, out_dir, extractor_spec=self.feature_spec,
-                info={"split": self.reference_split}, device=device,
+                dataset,
+                indices,
+                self._extractor,
+                out_dir,
+                extractor_spec=self.feature_spec,
+                info={"split": self.reference_split},
+                device=device,
             )
         return load_reference_stats(out_dir, feature_extractor=self.feature_spec)["features"]
 
@@ -296,8 +312,11 @@ class SampleMetricsCallback(L.Callback):
         for lo in range(0, self.num_samples, self.batch_size):
             idx = list(range(lo, min(self.num_samples, lo + self.batch_size)))
             result = pl_module.sample_latents(
-                self.solver, indices=idx, labels=None if labels is None else labels[idx],
-                cfg_scale=self.cfg_scale, seed=self.seed,
+                self.solver,
+                indices=idx,
+                labels=None if labels is None else labels[idx],
+                cfg_scale=self.cfg_scale,
+                seed=self.seed,
             )
             images.append(pl_module.decode(result.x).cpu())
         return torch.cat(images), result.nfe
@@ -322,9 +341,7 @@ class SampleMetricsCallback(L.Callback):
                 self._reference = oracle_mod.oracle_features(
                     self._oracle, oracle_mod.real_images(self.num_samples, resolution, self.reference_seed)
                 )
-        labels = (
-            torch.arange(self.num_samples) % pl_module.num_classes if pl_module.condition.uses_label else None
-        )
+        labels = torch.arange(self.num_samples) % pl_module.num_classes if pl_module.condition.uses_label else None
         start = time.perf_counter()
         images, nfe = self._sample(pl_module, labels)
         metrics: dict[str, float] = {}
@@ -333,14 +350,19 @@ class SampleMetricsCallback(L.Callback):
         if "fd_shapes" in self.metrics:
             metrics["eval/fd_shapes"] = oracle_mod.fd_shapes(self._oracle, pixels, self._reference)
         if "label_accuracy" in self.metrics and labels is not None:
-            metrics["eval/label_accuracy"] = oracle_mod.oracle_metrics_on_samples(
-                self._oracle, pixels, labels=labels
-            )["label_accuracy"]
+            metrics["eval/label_accuracy"] = oracle_mod.oracle_metrics_on_samples(self._oracle, pixels, labels=labels)[
+                "label_accuracy"
+            ]
         if self.feature_metrics:
             extractor, real = self._feature_reference(trainer, pl_module)
             fake, logits = compute_features(extractor, to_uint8(images), device=pl_module.device)
-            scores = image_metrics(real, fake, fake_logits=logits, metrics=self.feature_metrics,
-                                   kid_subset_size=min(1000, self.num_samples))
+            scores = image_metrics(
+                real,
+                fake,
+                fake_logits=logits,
+                metrics=self.feature_metrics,
+                kid_subset_size=min(1000, self.num_samples),
+            )
             n = count_label(self.num_samples)  # FID-N: the key says N (e.g. eval/fid@5k)
             for key, value in scores.items():
                 if isinstance(value, float):

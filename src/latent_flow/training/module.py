@@ -191,9 +191,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
     def forward(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
         return self.velocity(x_t, t, cond or {})
 
-    def velocity_fn(
-        self, cond: dict[str, Tensor], *, cfg_scale: float = 1.0, use_ema: bool = True, cfg_interval=None
-    ):
+    def velocity_fn(self, cond: dict[str, Tensor], *, cfg_scale: float = 1.0, use_ema: bool = True, cfg_interval=None):
         """A ``velocity_fn(x, t)`` for the solvers, with classifier-free guidance when ``cfg_scale != 1``
         (only for ``t`` in ``cfg_interval = [t_lo, t_hi]`` when given; see ``sampling/guidance.py``)."""
         model_fn = lambda x, t, c: self.velocity(x, t, c, use_ema=use_ema)  # noqa: E731
@@ -389,6 +387,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         ``trained``: the backbone and the condition's trainable parameters (e.g. the semantic map
         encoder); ``ema``: their EMA copies.
         """
+
         def _sum(module: torch.nn.Module | None) -> float:
             if module is None:
                 return 0.0
@@ -414,8 +413,10 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             [
                 self.parameter_checksum(),
                 torch.tensor(
-                    [float(self._rank_seed if self._rank_seed is not None else -1),
-                     float("nan") if self._first_noise_checksum is None else self._first_noise_checksum],
+                    [
+                        float(self._rank_seed if self._rank_seed is not None else -1),
+                        float("nan") if self._first_noise_checksum is None else self._first_noise_checksum,
+                    ],
                     dtype=torch.float64,
                 ),
             ]

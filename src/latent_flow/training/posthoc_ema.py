@@ -74,8 +74,9 @@ class PowerEMA(nn.Module):
     def __init__(self, model: nn.Module, gamma: float) -> None:
         super().__init__()
         self.gamma = float(gamma)
-        self.params = nn.ParameterList([nn.Parameter(p.detach().clone(), requires_grad=False)
-                                        for p in model.parameters()])
+        self.params = nn.ParameterList(
+            [nn.Parameter(p.detach().clone(), requires_grad=False) for p in model.parameters()]
+        )
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
@@ -95,12 +96,20 @@ def _profile_inner(t_a, g_a, t_b, g_b) -> np.ndarray:
     t_a, g_a, t_b, g_b = (np.asarray(v, dtype=np.float64) for v in (t_a, g_a, t_b, g_b))
     m = np.minimum(t_a, t_b)
     # computed in logs: t^(gamma+1) overflows for long runs and large gamma
-    log = (np.log(g_a + 1) + np.log(g_b + 1) + (g_a + g_b + 1) * np.log(m) - np.log(g_a + g_b + 1)
-           - (g_a + 1) * np.log(t_a) - (g_b + 1) * np.log(t_b))
+    log = (
+        np.log(g_a + 1)
+        + np.log(g_b + 1)
+        + (g_a + g_b + 1) * np.log(m)
+        - np.log(g_a + g_b + 1)
+        - (g_a + 1) * np.log(t_a)
+        - (g_b + 1) * np.log(t_b)
+    )
     return np.exp(log)
 
 
-def solve_weights(times: Sequence[float], gammas: Sequence[float], target_time: float, target_gamma: float) -> np.ndarray:
+def solve_weights(
+    times: Sequence[float], gammas: Sequence[float], target_time: float, target_gamma: float
+) -> np.ndarray:
     """Weights ``x`` with ``sum_i x_i p_i`` closest in L2 to the target profile (least squares)."""
     t = np.asarray(times, dtype=np.float64)
     g = np.asarray(gammas, dtype=np.float64)
@@ -139,8 +148,10 @@ class PostHocEMACallback(L.Callback):
         return nets
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
-        self.averages = {name: [PowerEMA(net, g).to(next(net.parameters()).device) for g in self.gammas]
-                         for name, net in self.networks(pl_module).items()}
+        self.averages = {
+            name: [PowerEMA(net, g).to(next(net.parameters()).device) for g in self.gammas]
+            for name, net in self.networks(pl_module).items()
+        }
         if self._pending_state is not None:
             for name, states in self._pending_state["averages"].items():
                 for avg, state in zip(self.averages[name], states):
@@ -158,9 +169,13 @@ class PostHocEMACallback(L.Callback):
     def save_snapshot(self, step: int) -> Path:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / SNAPSHOT_PATTERN.format(step=step)
-        payload = {"step": int(step), "sigma_rels": self.sigma_rels, "gammas": self.gammas,
-                   "updates": int(next(iter(self.averages.values()))[0].num_updates),
-                   "averages": {name: [avg.tensors() for avg in avgs] for name, avgs in self.averages.items()}}
+        payload = {
+            "step": int(step),
+            "sigma_rels": self.sigma_rels,
+            "gammas": self.gammas,
+            "updates": int(next(iter(self.averages.values()))[0].num_updates),
+            "averages": {name: [avg.tensors() for avg in avgs] for name, avgs in self.averages.items()},
+        }
         tmp = path.with_suffix(".tmp")
         torch.save(payload, tmp)
         os.replace(tmp, path)
@@ -234,15 +249,21 @@ def write_posthoc_checkpoint(
             raise ValueError(f"{ckpt_path} has no {prefix} to replace (the snapshots hold a {name} average)")
         names = [n for n, _ in ema.module.named_parameters()]
         if len(names) != len(tensors):
-            raise ValueError(f"the snapshots' {name} has {len(tensors)} tensors, the checkpoint's {len(names)}: "
-                             "snapshots of another model")
+            raise ValueError(
+                f"the snapshots' {name} has {len(tensors)} tensors, the checkpoint's {len(names)}: "
+                "snapshots of another model"
+            )
         for n, t in zip(names, tensors):
             key = f"{prefix}.module.{n}"
             if state[key].shape != t.shape:
                 raise ValueError(f"{key}: checkpoint {tuple(state[key].shape)} vs snapshot {tuple(t.shape)}")
             state[key] = t.to(state[key].dtype)
-    checkpoint["posthoc_ema"] = {"sigma_rel": rec["sigma_rel"], "step": rec["step"], "weights": rec["weights"],
-                                 "snapshot_dir": str(snapshot_dir)}
+    checkpoint["posthoc_ema"] = {
+        "sigma_rel": rec["sigma_rel"],
+        "step": rec["step"],
+        "weights": rec["weights"],
+        "snapshot_dir": str(snapshot_dir),
+    }
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, out_path)

@@ -74,7 +74,13 @@ def set_rng_states(states: dict[str, Any], device: torch.device | str | None = N
     if "numpy" in states:
         n = states["numpy"]
         np.random.set_state(
-            (n["kind"], n["keys"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"]))
+            (
+                n["kind"],
+                n["keys"].numpy().astype(np.uint32),
+                int(n["pos"]),
+                int(n["has_gauss"]),
+                float(n["cached_gaussian"]),
+            )
         )
     if "python" in states:
         p = states["python"]
@@ -147,7 +153,8 @@ class ResumableRNG:
         log.warning(
             "%s holds no RNG state for rank %d (%s): the resumed run reseeds from (seed, rank, step) and does not "
             "continue the interrupted run bit for bit",
-            trainer.ckpt_path, rank,
+            trainer.ckpt_path,
+            rank,
             "an older checkpoint" if saved is None else f"saved by {saved.get('world_size')} rank(s)",
         )
         torch.manual_seed(fallback)

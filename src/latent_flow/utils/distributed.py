@@ -9,7 +9,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT_WAIT_TIMEOUT", "distributed_rank", "rank_device", "resolve_device", "resolve_precision", "wait_until"]
+__all__ = [
+    "DEFAULT_WAIT_TIMEOUT",
+    "distributed_rank",
+    "rank_device",
+    "resolve_device",
+    "resolve_precision",
+    "wait_until",
+]
 
 #: seconds a rank waits for the others' files *without any progress* before failing
 DEFAULT_WAIT_TIMEOUT = float(os.environ.get("LATENT_FLOW_CACHE_WAIT_TIMEOUT", 1800))

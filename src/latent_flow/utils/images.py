@@ -32,9 +32,7 @@ def make_grid_image(images: Tensor, nrow: int, *, padding: int = 2, upscale: int
     count, height, width, _ = arr.shape
     ncol = nrow
     rows = (count + ncol - 1) // ncol
-    grid = np.full(
-        (rows * (height + padding) + padding, ncol * (width + padding) + padding, 3), 255, dtype=np.uint8
-    )
+    grid = np.full((rows * (height + padding) + padding, ncol * (width + padding) + padding, 3), 255, dtype=np.uint8)
     for k in range(count):
         r, c = divmod(k, ncol)
         y, x = padding + r * (height + padding), padding + c * (width + padding)
@@ -59,9 +57,26 @@ def save_png(image: Image.Image | np.ndarray, path: str | os.PathLike) -> Path:
 
 #: distinct colours of class ids 1, 2, ... (0 = background is black); more classes get random bright colours
 _PALETTE = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-    (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40),
-    (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (255, 215, 180),
+    (0, 0, 128),
+    (128, 128, 128),
 )
 
 
