@@ -44,8 +44,13 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=396)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--cfg-scale", type=float, default=2.0)
-    parser.add_argument("--minutes", type=float, nargs="*", default=None,
-                        help="score only the checkpoints at these minutes of training (default: all)")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        nargs="*",
+        default=None,
+        help="score only the checkpoints at these minutes of training (default: all)",
+    )
     parser.add_argument("--floor", type=float, default=None, help="draw the data floor (FID of real images)")
     parser.add_argument("--out", default="experiments/emoji")
     args = parser.parse_args()
@@ -58,23 +63,43 @@ def main() -> None:
             out_dir = Path(run) / "fid" / ckpt.stem
             metrics_file = out_dir / "metrics.json"
             if not metrics_file.exists():
-                cmd = [sys.executable, "-m", "latent_flow.evaluate", f"ckpt_path={ckpt}",
-                       f"num_samples={args.num_samples}", "batch_size=132", "sampler=heun",
-                       f"sampler.steps={args.steps}", f"cfg_scale={args.cfg_scale}", "metrics=[fid,kid]",
-                       f"evaluation.reference_stats={args.reference}", f"out_dir={out_dir}",
-                       f"hydra.run.dir={out_dir}/hydra"]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "latent_flow.evaluate",
+                    f"ckpt_path={ckpt}",
+                    f"num_samples={args.num_samples}",
+                    "batch_size=132",
+                    "sampler=heun",
+                    f"sampler.steps={args.steps}",
+                    f"cfg_scale={args.cfg_scale}",
+                    "metrics=[fid,kid]",
+                    f"evaluation.reference_stats={args.reference}",
+                    f"out_dir={out_dir}",
+                    f"hydra.run.dir={out_dir}/hydra",
+                ]
                 print(" ".join(cmd), flush=True)
                 subprocess.run(cmd, check=True, env={**os.environ})
             summary = json.loads(metrics_file.read_text())
-            rows.append({"arm": name, "minutes": minutes, "step": step, "fid": summary["metrics"]["fid"],
-                         "kid": summary["metrics"].get("kid_mean"), "named": summary.get("reported", {}),
-                         "ms_per_image": summary.get("ms_per_image"), "checkpoint": str(ckpt)})
+            rows.append(
+                {
+                    "arm": name,
+                    "minutes": minutes,
+                    "step": step,
+                    "fid": summary["metrics"]["fid"],
+                    "kid": summary["metrics"].get("kid_mean"),
+                    "named": summary.get("reported", {}),
+                    "ms_per_image": summary.get("ms_per_image"),
+                    "checkpoint": str(ckpt),
+                }
+            )
             print(rows[-1], flush=True)
     out = Path(args.out)
     previous = json.loads((out / "fid_curves.json").read_text()) if (out / "fid_curves.json").exists() else []
     keep = {(r["arm"], r["minutes"]) for r in rows}
-    rows = sorted([r for r in previous if (r["arm"], r["minutes"]) not in keep] + rows,
-                  key=lambda r: (r["arm"], r["minutes"]))  # runs scored in several calls add up
+    rows = sorted(
+        [r for r in previous if (r["arm"], r["minutes"]) not in keep] + rows, key=lambda r: (r["arm"], r["minutes"])
+    )  # runs scored in several calls add up
     (out / "fid_curves.json").write_text(json.dumps(rows, indent=2))
     import matplotlib
 

@@ -63,14 +63,22 @@ def main() -> None:
     print(results, f"{time.perf_counter() - start:.0f} s", flush=True)
     val_images = _images(held_out, range(n))
     taef2_dir = Path(os.environ.get("LATENT_FLOW_TAEF2_DIR", "data/weights/taef2"))
-    taef2 = build_autoencoder({"name": "taesd", "encoder_path": str(taef2_dir / "taef2_encoder.pth"),
-                               "decoder_path": str(taef2_dir / "taef2_decoder.pth"), "latent_channels": 32,
-                               "variant": "gn"}).eval()
+    taef2 = build_autoencoder(
+        {
+            "name": "taesd",
+            "encoder_path": str(taef2_dir / "taef2_encoder.pth"),
+            "decoder_path": str(taef2_dir / "taef2_decoder.pth"),
+            "latent_channels": 32,
+            "variant": "gn",
+        }
+    ).eval()
     results[f"TAEF2 reconstruction: fid@{n} vs {n} held-out"] = _fid(extractor, _reconstruct(taef2, val_images), ref)
     print(results, flush=True)
     if args.kl:
         kl = load_autoencoder("kl", ckpt_path=args.kl).eval()
-        results[f"own KL AE reconstruction: fid@{n} vs {n} held-out"] = _fid(extractor, _reconstruct(kl, val_images), ref)
+        results[f"own KL AE reconstruction: fid@{n} vs {n} held-out"] = _fid(
+            extractor, _reconstruct(kl, val_images), ref
+        )
         print(results, flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
 
