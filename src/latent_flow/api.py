@@ -30,7 +30,7 @@ from torch import Tensor
 from latent_flow.autoencoders.identity import IdentityAutoencoder
 from latent_flow.flow import likelihood as lik
 from latent_flow.generation import build_model_solver, check_labels
-from latent_flow.training.checkpoints import load_flow_module
+from latent_flow.training.checkpoints import check_guide, load_flow_module
 from latent_flow.utils.distributed import resolve_device
 
 __all__ = ["load_model", "generate", "resolve_device", "log_likelihood", "ModelLikelihood", "LIKELIHOOD_SPACES"]
@@ -53,6 +53,7 @@ def generate(
     use_ema: bool = True,
     spatial_cond: dict[str, Tensor] | None = None,
     cfg_interval: Sequence[float] | None = None,
+    guide=None,
     **sampler_options,
 ):
     """Sample ``num_samples`` images (noise seeded per index ``first_index + k``); returns (images, result).
@@ -63,7 +64,13 @@ def generate(
     Inpainting / semantic models take ``spatial_cond`` (batch ``num_samples``), built by
     :func:`latent_flow.generation.spatial_condition` from images + masks or maps; the known region
     of an inpainting is pasted back by :func:`latent_flow.generation.paste_known`.
+
+    ``guide``: autoguidance (Karras et al. 2024) by a weaker model of the same latent space and
+    condition (e.g. ``load_model(<earlier checkpoint>)``; checked): ``v_guide + cfg_scale (v - v_guide)``
+    instead of CFG; ``result.guide_nfe`` counts the guide's evaluations.
     """
+    if guide is not None:
+        check_guide(model, guide)
     solver = build_model_solver(model, sampler, use_ema=use_ema, **sampler_options)  # flowturbo: result.refiner_nfe
     label_tensor = None
     if labels is not None:
@@ -81,6 +88,7 @@ def generate(
         use_ema=use_ema,
         spatial_cond=spatial_cond,
         cfg_interval=cfg_interval,
+        guide=guide,
     )
     return model.decode(result.x), result
 

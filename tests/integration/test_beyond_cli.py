@@ -71,3 +71,57 @@ def test_invalid_cfg_interval_fails_before_sampling(tiny_run, compose_cfg):
     cfg = compose_cfg("sample", [f"ckpt_path={ckpt}", "num_samples=2", "cfg_scale=2.0", "cfg_interval=[0.8,0.2]"])
     with pytest.raises(ValueError, match="invalid guidance interval"):
         run_sampling(cfg)
+
+
+def test_autoguidance_cli_by_an_earlier_checkpoint_records_the_guide_and_its_nfe(tiny_run, compose_cfg, tmp_path):
+    from latent_flow.cli.evaluate import run_evaluation
+    from latent_flow.sample import run_sampling
+
+    ckpts = tiny_run / "run" / "checkpoints"
+    guide = ckpts / "step_0000003.ckpt"  # the same run at half its steps: a weaker model of the same latents
+    common = [f"ckpt_path={ckpts / 'last.ckpt'}", "num_samples=4", "batch_size=4", "sampler=heun", "sampler.steps=3"]
+    cfg = compose_cfg("sample", common + ["guidance=autoguidance", f"guide_ckpt_path={guide}", "cfg_scale=2.0"],
+                      run_dir=tmp_path / "auto")
+    summary = run_sampling(cfg)
+    assert summary["guide_ckpt_path"] == str(guide) and summary["cfg_scale"] == 2.0
+    assert summary["nfe_per_sample"] == 6 and summary["guide_nfe_per_sample"] == 6  # Heun 3: 6 steps, each guided
+    # scale 1: the main model alone (the guide never runs), the same images as plain sampling
+    same = compose_cfg("sample", common + [f"guide_ckpt_path={guide}", "cfg_scale=1.0"], run_dir=tmp_path / "one")
+    plain = compose_cfg("sample", common + ["cfg_scale=1.0"], run_dir=tmp_path / "plain")
+    assert run_sampling(same)["guide_nfe_per_sample"] == 0
+    run_sampling(plain)
+    for i in range(4):
+        a = (Path(same.out_dir) / "images" / f"{i:06d}.png").read_bytes()
+        assert a == (Path(plain.out_dir) / "images" / f"{i:06d}.png").read_bytes()
+    # evaluate: the guide's weights are part of the recipe, and its NFE is reported
+    ev = compose_cfg("evaluate", [f"ckpt_path={ckpts / 'last.ckpt'}", "num_samples=4", "batch_size=4", "sampler=heun",
+                                  "sampler.steps=3", "cfg_scale=2.0", f"guide_ckpt_path={guide}",
+                                  "metrics=[]", f"out_dir={tmp_path / 'ev'}"])
+    out = run_evaluation(ev)
+    assert out["guide_sha256"] and out["guide_nfe_per_sample"] == 6
+    recipe = json.loads((tmp_path / "ev" / "recipe.json").read_text())
+    assert recipe["guide_sha256"] == out["guide_sha256"]
+
+
+def test_autoguidance_refuses_a_guide_of_another_latent_space(tiny_run, compose_cfg, tmp_path):
+    from conftest import compose
+
+    from latent_flow.sample import run_sampling
+    from latent_flow.train import run_training
+
+    other = tmp_path / "other"
+    # the same autoencoder and latents (a shared cache), but trained without labels
+    overrides = TINY_TRAIN + ["condition=none", "samples.cfg_scale=1.0", f"paths.cache_dir={tiny_run / 'cache'}"]
+    run_training(compose("train", overrides, other))
+    cfg = compose_cfg("sample", [f"ckpt_path={tiny_run / 'run' / 'checkpoints' / 'last.ckpt'}", "num_samples=2",
+                                 f"guide_ckpt_path={other / 'run' / 'checkpoints' / 'last.ckpt'}", "cfg_scale=2.0"])
+    with pytest.raises(ValueError, match="cannot guide this model: its condition"):
+        run_sampling(cfg)
+
+
+def test_autoguidance_without_a_guide_checkpoint_names_the_option(tiny_run, compose_cfg):
+    from latent_flow.sample import run_sampling
+
+    cfg = compose_cfg("sample", [f"ckpt_path={tiny_run / 'run' / 'checkpoints' / 'last.ckpt'}", "guidance=autoguidance"])
+    with pytest.raises(ValueError, match="guidance=autoguidance needs guide_ckpt_path="):
+        run_sampling(cfg)

@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from latent_flow.api import load_model
-from latent_flow.cli.sample import cfg_interval_of, sampling_settings
+from latent_flow.cli.sample import cfg_interval_of, load_guide, sampling_settings
 from latent_flow.conditioning import InpaintCondition
 from latent_flow.data import ShapesDataset
 from latent_flow.data.image_folder import list_image_files
@@ -140,13 +140,20 @@ def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: in
         cfg_interval=cfg_interval_of(cfg),
         seed=int(cfg.seed),
         use_ema=bool(cfg.use_ema),
+        guide=load_guide(cfg, model),
     ):
         tally.add(batch)
         for index, img in zip(batch.indices, batch.images):
             save_png(img, image_dir / f"{index:06d}.png")
         bar.update(len(batch.indices))
     bar.close()
-    return {"generated": len(todo), "seconds": tally.seconds, "nfe": tally.nfe, "refiner_nfe": tally.refiner_nfe}
+    return {
+        "generated": len(todo),
+        "seconds": tally.seconds,
+        "nfe": tally.nfe,
+        "refiner_nfe": tally.refiner_nfe,
+        "guide_nfe": tally.guide_nfe,
+    }
 
 
 def _flowturbo_nfe(cfg: DictConfig, nfes: list[int], timings: list[dict]) -> dict:
@@ -159,6 +166,14 @@ def _flowturbo_nfe(cfg: DictConfig, nfes: list[int], timings: list[dict]) -> dic
         return values[0] if len(values) == 1 else values
 
     return {"base_nfe_per_sample": one(nfes), "refiner_nfe_per_sample": one(refiner)}
+
+
+def _guide_nfe(recipe: dict, timings: list[dict]) -> dict:
+    """Autoguidance: the guide's evaluations per sample (a value, or the distinct values of the batches)."""
+    if not recipe.get("guide_ckpt_path"):
+        return {}
+    values = sorted({n for t in timings for n in t.get("guide_nfe", [])})
+    return {"guide_nfe_per_sample": values[0] if len(values) == 1 else values}
 
 
 def _wait_for_all(image_dir: Path, num_samples: int, timeout: float) -> None:
@@ -280,6 +295,8 @@ def _resolve_num_samples(cfg: DictConfig, model) -> None:
 def sampling_recipe(cfg: DictConfig) -> dict:
     """Everything that determines the samples in ``out_dir`` (a resumed run must match it)."""
     recipe = {**sampling_settings(cfg), "checkpoint_sha256": file_sha256(cfg.ckpt_path), "precision": "float32"}
+    if recipe["guide_ckpt_path"]:  # autoguidance: the guide's weights are part of the recipe
+        recipe["guide_sha256"] = file_sha256(recipe["guide_ckpt_path"])
     for key in ("condition_seed", "mask_variant"):
         recipe[key] = cfg.evaluation.get(key)
     return recipe
@@ -295,7 +312,9 @@ def _check_resume(out_dir: Path, recipe: dict, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         old = json.loads(path.read_text())
         differ = sorted(
-            k for k in set(old) | set(recipe) if k not in ("ckpt_path", "num_samples") and old.get(k) != recipe.get(k)
+            k
+            for k in set(old) | set(recipe)
+            if k not in ("ckpt_path", "guide_ckpt_path", "num_samples") and old.get(k) != recipe.get(k)
         )
         if differ:
             details = "; ".join(f"{k}: {old.get(k)!r} there, {recipe.get(k)!r} now" for k in differ)
@@ -372,6 +391,7 @@ def run_evaluation(cfg: DictConfig) -> dict | None:
         "seconds": timing["seconds"] + gen["seconds"],
         "nfe": sorted(set(timing["nfe"]) | set(gen["nfe"])),
         "refiner_nfe": sorted(set(timing.get("refiner_nfe", [])) | set(gen["refiner_nfe"])),
+        "guide_nfe": sorted(set(timing.get("guide_nfe", [])) | set(gen["guide_nfe"])),
     }
     write_json(timing_path, timing)
     if rank != 0:
@@ -393,6 +413,7 @@ def run_evaluation(cfg: DictConfig) -> dict | None:
         **recipe,
         "nfe_per_sample": nfes[0] if len(nfes) == 1 else nfes,
         **_flowturbo_nfe(cfg, nfes, timings),
+        **_guide_nfe(recipe, timings),
         "ms_per_image": round(1000 * seconds / images_timed, 3) if images_timed else None,
         "world_size": world_size,
         "metrics": _metrics(cfg, model, arr, labels, spatial),

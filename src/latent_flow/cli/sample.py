@@ -26,7 +26,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from latent_flow.api import load_model
 from latent_flow.cli.compose import composed_generator
@@ -34,11 +34,12 @@ from latent_flow.conditioning import InpaintCondition, SemanticCondition
 from latent_flow.data.image_folder import list_image_files, load_image
 from latent_flow.generation import NFETally, load_semantic_map, pair_masks, parse_labels, sample_batches
 from latent_flow.sampling.guidance import check_guidance_interval
+from latent_flow.training.checkpoints import check_guide
 from latent_flow.utils.config import to_plain
 from latent_flow.utils.images import colorize_semantic, from_uint8, make_grid_image, save_png
 from latent_flow.utils.io import write_json
 
-__all__ = ["cfg_interval_of", "run_conditional_sampling", "run_sampling", "sampling_settings"]
+__all__ = ["cfg_interval_of", "guide_path", "load_guide", "run_conditional_sampling", "run_sampling", "sampling_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,29 @@ def sampling_settings(cfg: DictConfig) -> dict:
         "cfg_interval": cfg_interval_of(cfg),
         "seed": int(cfg.seed),
         "use_ema": bool(cfg.use_ema),
+        "guide_ckpt_path": guide_path(cfg),
     }
+
+
+def guide_path(cfg: DictConfig) -> str | None:
+    """``guide_ckpt_path`` (set by ``guidance=autoguidance``), or None for classifier-free guidance."""
+    if OmegaConf.is_missing(cfg, "guide_ckpt_path"):
+        raise ValueError(
+            "guidance=autoguidance needs guide_ckpt_path=<checkpoint of a weaker model of the same latents and "
+            "condition> (e.g. an earlier checkpoint of the same run: RUN/checkpoints/step_0000500.ckpt)"
+        )
+    path = cfg.get("guide_ckpt_path")
+    return str(path) if path else None
+
+
+def load_guide(cfg: DictConfig, model):
+    """``guide_ckpt_path=`` (``guidance=autoguidance``): the guide model, checked against ``model``; else None."""
+    path = guide_path(cfg)
+    if not path:
+        return None
+    guide = load_model(path, device=model.device)
+    check_guide(model, guide, guide_path=path)
+    return guide
 
 
 def _label_arg(cfg: DictConfig):
@@ -81,6 +104,7 @@ def run_sampling(cfg: DictConfig) -> dict:
         return run_conditional_sampling(cfg, model)  # inpainting / semantic synthesis
     labels = parse_labels(_label_arg(cfg), cfg.num_samples, model.num_classes, model.condition.uses_label)
     sampler = to_plain(cfg.sampler)
+    guide = load_guide(cfg, model)
     composer = None
     if cfg.get("compose"):  # compositional control (LACE): energy guidance by attribute classifiers
         composer = composed_generator(cfg, model)
@@ -100,6 +124,7 @@ def run_sampling(cfg: DictConfig) -> dict:
         seed=int(cfg.seed),
         use_ema=bool(cfg.use_ema),
         generate_fn=composer,
+        guide=guide,
     ):
         tally.add(batch)
         if cfg.save_png:
@@ -119,7 +144,7 @@ def run_sampling(cfg: DictConfig) -> dict:
         np.savez(out_dir / "samples.npz", arr, labels=(labels.numpy() if labels is not None else np.zeros(0)))
     summary = {
         **sampling_settings(cfg),
-        **tally.summary(sampler["name"]),
+        **tally.summary(sampler["name"], guided=guide is not None),
         **(composer.summary() if composer is not None else {}),
         "wall_seconds": round(tally.seconds, 3),
         "ms_per_image": round(1000 * tally.seconds / cfg.num_samples, 2),
@@ -176,6 +201,7 @@ def run_conditional_sampling(cfg: DictConfig, model) -> dict:
     total = num_inputs * per_input
     labels = parse_labels(_label_arg(cfg), total, model.num_classes, condition.uses_label)
     sampler = to_plain(cfg.sampler)
+    guide = load_guide(cfg, model)
     out_dir = Path(cfg.out_dir)
     owner = np.repeat(np.arange(num_inputs), per_input)  # input of each sample
 
@@ -195,6 +221,7 @@ def run_conditional_sampling(cfg: DictConfig, model) -> dict:
         cfg_interval=cfg_interval_of(cfg),
         seed=int(cfg.seed),
         use_ema=bool(cfg.use_ema),
+        guide=guide,
     ):
         tally.add(batch)
         samples.append(batch.images)
@@ -230,7 +257,7 @@ def run_conditional_sampling(cfg: DictConfig, model) -> dict:
         "condition": condition.__class__.__name__,
         "inputs": [str(f) for f in files],
         "samples_per_input": per_input,
-        **tally.summary(sampler["name"]),
+        **tally.summary(sampler["name"], guided=guide is not None),
         "wall_seconds": round(tally.seconds, 3),
         "ms_per_image": round(1000 * tally.seconds / total, 2),
         "known_region_bit_exact": exact,

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from latent_flow.flowturbo.module import base_condition, base_network, load_refiner
-from latent_flow.sampling.guidance import GuidedVelocity, guidance_rows
+from latent_flow.sampling.guidance import GUIDE_ROW, GuidedVelocity, guidance_rows
 from latent_flow.sampling.solvers import SampleResult, Solver, VelocityFn
 from latent_flow.sampling.time_grids import TIME_GRID_KINDS
 from latent_flow.sampling.time_grids import time_grid as make_time_grid
@@ -334,6 +334,11 @@ class FlowTurboSolver(Solver):
             raise TypeError(
                 "FlowTurboSolver.sample needs the model's guided velocity (use model.sample_latents(solver, ...) "
                 f"or solver.integrate(x_init, cond, null_cond, scale)), got {type(velocity_fn).__name__}"
+            )
+        if GUIDE_ROW in velocity_fn.cond:
+            raise ValueError(
+                "sampler=flowturbo does not support autoguidance (its refiner was trained against the base's own "
+                "guided velocity); sample with guide_ckpt_path=null, or with another sampler"
             )
         if velocity_fn.batched and not velocity_fn.interval_is_everywhere:
             raise ValueError(

@@ -37,30 +37,37 @@ class SampledBatch:
     refiner_nfe: int
     seconds: float
     inputs: dict[str, np.ndarray] | None = None
+    guide_nfe: int = 0
 
 
 @dataclass
 class NFETally:
-    """Model calls per sample over batches: base model and refiner (``sampler=flowturbo``) apart."""
+    """Model calls per sample over batches: base model, refiner (``sampler=flowturbo``) and the
+    autoguidance guide apart."""
 
     nfe: list[int] = field(default_factory=list)
     refiner_nfe: list[int] = field(default_factory=list)
+    guide_nfe: list[int] = field(default_factory=list)
     seconds: float = 0.0
     images: int = 0
 
     def add(self, batch: SampledBatch) -> None:
         self.nfe.append(batch.nfe)
         self.refiner_nfe.append(batch.refiner_nfe)
+        self.guide_nfe.append(batch.guide_nfe)
         self.seconds += batch.seconds
         self.images += len(batch.indices)
 
-    def summary(self, sampler_name: str) -> dict[str, Any]:
-        """``nfe_per_sample`` (the mean over batches) and, for FlowTurbo, base and refiner NFE apart."""
+    def summary(self, sampler_name: str, *, guided: bool = False) -> dict[str, Any]:
+        """``nfe_per_sample`` (the mean over batches) and, for FlowTurbo, base and refiner NFE apart;
+        with autoguidance the guide's evaluations per sample (``guide_nfe_per_sample``)."""
         per = max(len(self.nfe), 1)
         out: dict[str, Any] = {"nfe_per_sample": sum(self.nfe) / per}
         if str(sampler_name).lower() == "flowturbo":
             out["base_nfe_per_sample"] = sum(self.nfe) / per
             out["refiner_nfe_per_sample"] = sum(self.refiner_nfe) / per
+        if guided:
+            out["guide_nfe_per_sample"] = sum(self.guide_nfe) / per
         return out
 
 
@@ -77,6 +84,7 @@ def sample_batches(
     seed: int = 0,
     use_ema: bool = True,
     generate_fn: Callable | None = None,
+    guide=None,
 ) -> Iterator[SampledBatch]:
     """Sample ``indices`` in batches of ``batch_size``; yields a :class:`SampledBatch` per batch.
 
@@ -90,9 +98,13 @@ def sample_batches(
         generate_fn: instead of the model's own velocity, a callable with
             :func:`latent_flow.api.generate`'s signature (compositional energy guidance); it needs
             consecutive indices.
+        guide: autoguidance by this weaker model (checked by the caller with
+            :func:`latent_flow.training.checkpoints.check_guide`) instead of CFG's unconditional branch.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if guide is not None and generate_fn is not None:
+        raise ValueError("autoguidance (guide_ckpt_path=) is not supported with compose= (energy guidance)")
     options = dict(sampler)
     name = options.pop("name")
     solver = None if generate_fn is not None else build_model_solver(model, name, use_ema=use_ema, **options)
@@ -133,6 +145,7 @@ def sample_batches(
                 use_ema=use_ema,
                 spatial_cond=spatial_cond,
                 cfg_interval=cfg_interval,
+                guide=guide,
             )
             images = model.decode(result.x)
         arr = to_uint8(images)
@@ -145,4 +158,5 @@ def sample_batches(
             refiner_nfe=int(getattr(result, "refiner_nfe", 0)),
             seconds=time.perf_counter() - start,
             inputs=inputs,
+            guide_nfe=int(getattr(result, "guide_nfe", 0)),
         )

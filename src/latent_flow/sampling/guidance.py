@@ -44,7 +44,15 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["ModelFn", "GuidedVelocity", "classifier_free_guidance", "check_guidance_interval", "guidance_rows"]
+__all__ = [
+    "GUIDE_ROW",
+    "GuidedVelocity",
+    "ModelFn",
+    "autoguidance",
+    "check_guidance_interval",
+    "classifier_free_guidance",
+    "guidance_rows",
+]
 
 ModelFn = Callable[[Tensor, Tensor, dict[str, Tensor]], Tensor]
 """``model_fn(x, t, cond_dict) -> velocity`` with ``t`` ``(B,)`` (t = 0 noise, t = 1 data)."""
@@ -249,3 +257,50 @@ def classifier_free_guidance(
             ``t_hi == 1``), the conditional velocity elsewhere; ``None``: everywhere.
     """
     return GuidedVelocity(model_fn, cond, null_cond, scale, interval)
+
+
+#: the condition key that marks the rows of an autoguided call that the guide model evaluates
+GUIDE_ROW = "__guide_row__"
+
+
+def autoguidance(
+    model_fn: ModelFn,
+    guide_fn: ModelFn,
+    cond: Mapping[str, Tensor],
+    scale: float,
+    interval: Sequence[float] | None = None,
+) -> GuidedVelocity:
+    """Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"):
+    ``v_guide + scale (v_main - v_guide)``, both velocities *conditional* on ``cond``.
+
+    The guide is a weaker model of the same condition and the same latent space (an earlier
+    checkpoint, a smaller backbone) in place of CFG's unconditional branch. It reuses
+    :class:`GuidedVelocity` (intervals, the one batched call, the counters): its "null" rows are
+    ``cond`` marked with :data:`GUIDE_ROW`, and the routed model function sends the marked rows
+    to ``guide_fn``, the others to ``model_fn``. ``guided_calls`` counts the steps in which the
+    guide ran (its NFE); ``scale = 1`` is the main model alone, without any guide call.
+    """
+    marker = next(iter(cond.values())).device if cond else None
+    main_rows = {**cond, GUIDE_ROW: torch.zeros(1, dtype=torch.bool, device=marker)}
+    guide_rows = {**cond, GUIDE_ROW: torch.ones(1, dtype=torch.bool, device=marker)}
+
+    def routed(x: Tensor, t: Tensor, c: dict[str, Tensor]) -> Tensor:
+        c = dict(c)
+        rows = c.pop(GUIDE_ROW).to(x.device).reshape(-1)
+        if rows.numel() == 1:
+            rows = rows.expand(x.shape[0])
+        if not bool(rows.any()):
+            return model_fn(x, t, c)
+        if bool(rows.all()):
+            return guide_fn(x, t, c)
+        main = ~rows
+
+        def pick(mask: Tensor) -> dict[str, Tensor]:
+            return {k: v[mask.to(v.device)] for k, v in c.items()}
+
+        out = torch.empty_like(x)
+        out[main] = model_fn(x[main], t[main.to(t.device)], pick(main)).to(x.dtype)
+        out[rows] = guide_fn(x[rows], t[rows.to(t.device)], pick(rows)).to(x.dtype)
+        return out
+
+    return GuidedVelocity(routed, main_rows, guide_rows, scale, interval)

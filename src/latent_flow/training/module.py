@@ -31,7 +31,7 @@ from latent_flow.conditioning import build_condition
 from latent_flow.flow.path import AffinePath
 from latent_flow.flow.schedulers import build_scheduler
 from latent_flow.flow.time_sampling import build_time_sampler
-from latent_flow.sampling.guidance import classifier_free_guidance
+from latent_flow.sampling.guidance import autoguidance, classifier_free_guidance
 from latent_flow.sampling.noise import noise_for_indices
 from latent_flow.sampling.solvers import Solver
 from latent_flow.training.ema import EMA
@@ -191,10 +191,19 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
     def forward(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
         return self.velocity(x_t, t, cond or {})
 
-    def velocity_fn(self, cond: dict[str, Tensor], *, cfg_scale: float = 1.0, use_ema: bool = True, cfg_interval=None):
+    def velocity_fn(
+        self, cond: dict[str, Tensor], *, cfg_scale: float = 1.0, use_ema: bool = True, cfg_interval=None, guide=None
+    ):
         """A ``velocity_fn(x, t)`` for the solvers, with classifier-free guidance when ``cfg_scale != 1``
-        (only for ``t`` in ``cfg_interval = [t_lo, t_hi]`` when given; see ``sampling/guidance.py``)."""
+        (only for ``t`` in ``cfg_interval = [t_lo, t_hi]`` when given; see ``sampling/guidance.py``).
+
+        ``guide``: another ``LatentFlowModule`` of the same latent space and condition (checked by
+        :func:`latent_flow.training.checkpoints.check_guide`): autoguidance, ``v_guide + cfg_scale
+        (v - v_guide)`` with both velocities conditional, instead of CFG's unconditional branch."""
         model_fn = lambda x, t, c: self.velocity(x, t, c, use_ema=use_ema)  # noqa: E731
+        if guide is not None:
+            guide_fn = lambda x, t, c: guide.velocity(x, t, c, use_ema=use_ema)  # noqa: E731
+            return autoguidance(model_fn, guide_fn, cond, cfg_scale, cfg_interval)
         if cfg_scale != 1.0 and not (self.condition.uses_label or self.condition.spatial_channels):
             raise ValueError(f"cfg_scale={cfg_scale} needs a conditional model (condition=none was trained)")
         return classifier_free_guidance(model_fn, cond, self.condition.null(cond), cfg_scale, cfg_interval)
@@ -324,11 +333,13 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         use_ema: bool = True,
         spatial_cond: dict[str, Tensor] | None = None,
         cfg_interval: Sequence[float] | None = None,
+        guide=None,
     ):
         """Sample latents for the given sample indices (noise seeded per index).
 
         ``cfg_interval=[t_lo, t_hi]``: guidance only for ``t_lo <= t < t_hi`` (t = 0 noise), the
-        conditional velocity elsewhere. Stochastic solvers (``solver.stochastic``, e.g.
+        conditional velocity elsewhere. ``guide``: autoguidance by that weaker model (see
+        :meth:`velocity_fn`); the result then carries ``guide_nfe``, the guide's evaluations. Stochastic solvers (``solver.stochastic``, e.g.
         ``euler_maruyama``) also get this model's path (for the score) and per-index step noise.
         Returns the solver's ``SampleResult`` (``.x`` latents, ``.nfe`` model calls).
         """
@@ -338,7 +349,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             if not spatial_cond:
                 raise ValueError(
                     f"this model is conditioned on {self.hparams.condition['name']!r}: pass spatial_cond "
-                    "(see latent_flow.conditional_sampling, or sample with inputs=/masks=/semantic=)"
+                    "(see latent_flow.generation.spatial_condition, or sample with inputs=/masks=/semantic=)"
                 )
             cond.update({k: v.to(self.device) for k, v in spatial_cond.items()})
         elif spatial_cond:
@@ -352,10 +363,16 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            velocity = self.velocity_fn(cond, cfg_scale=cfg_scale, use_ema=use_ema, cfg_interval=cfg_interval)
+            velocity = self.velocity_fn(
+                cond, cfg_scale=cfg_scale, use_ema=use_ema, cfg_interval=cfg_interval, guide=guide
+            )
             if getattr(solver, "stochastic", False):  # SDE: the score from this path, noise per sample index
-                return solver.sample(velocity, x_init, path=self.path, noise_indices=list(indices), noise_seed=seed)
-            return solver.sample(velocity, x_init)
+                result = solver.sample(velocity, x_init, path=self.path, noise_indices=list(indices), noise_seed=seed)
+            else:
+                result = solver.sample(velocity, x_init)
+            if guide is not None:
+                result.guide_nfe = int(velocity.guided_calls)
+            return result
         finally:
             self.train(was_training)
 
