@@ -19,7 +19,6 @@ def compose(config_name: str, overrides: list[str], run_dir: Path):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
-
     from omegaconf import open_dict
 
     from latent_flow.cli.run import CONFIG_DIR
@@ -64,8 +63,9 @@ TINY_TRAIN = [
 
 def real_images(n: int, resolution: int, seed: int) -> torch.Tensor:
     """Shapes renders and perturbed copies (blur, noise, colour shift): real, varied inputs in [0, 1]."""
-    from latent_flow.data import ShapesDataset
     from torch import nn
+
+    from latent_flow.data import ShapesDataset
 
     data = ShapesDataset(num_samples=n, resolution=resolution, seed=seed)
     images = torch.stack([data[i]["image"] for i in range(n)]) * 0.5 + 0.5

@@ -15,7 +15,6 @@ from conftest import TINY_TRAIN
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from conftest import compose
-
     from latent_flow.train import run_training
 
     root = tmp_path_factory.mktemp("beyondrun")
@@ -24,12 +23,22 @@ def tiny_run(tmp_path_factory):
 
 
 def test_likelihood_cli_writes_bits_per_dim_of_the_validation_split(tiny_run, compose_cfg):
-    from latent_flow.data.datamodule import split_indices
     from latent_flow.cli.likelihood import held_out_split, run_likelihood
+    from latent_flow.data.datamodule import split_indices
 
     ckpt = tiny_run / "run" / "checkpoints" / "last.ckpt"
-    cfg = compose_cfg("likelihood", [f"ckpt_path={ckpt}", "num_samples=3", "batch_size=2", "rtol=1e-3", "atol=1e-3",
-                                     "num_probes=2", f"paths.cache_dir={tiny_run / 'cache'}"])
+    cfg = compose_cfg(
+        "likelihood",
+        [
+            f"ckpt_path={ckpt}",
+            "num_samples=3",
+            "batch_size=2",
+            "rtol=1e-3",
+            "atol=1e-3",
+            "num_probes=2",
+            f"paths.cache_dir={tiny_run / 'cache'}",
+        ],
+    )
     summary = run_likelihood(cfg)
     saved = json.loads((Path(cfg.out_dir) / "likelihood.json").read_text())
     assert saved["bits_per_dim"] == summary["bits_per_dim"] and math.isfinite(saved["bits_per_dim"])
@@ -43,14 +52,23 @@ def test_likelihood_cli_writes_bits_per_dim_of_the_validation_split(tiny_run, co
     assert idx == split_indices(256, 0.02, 42)[1].tolist()
 
 
-def test_sample_cli_sde_with_guidance_interval_records_it_and_any_batch_split_is_the_same(tiny_run, compose_cfg, tmp_path):
+def test_sample_cli_sde_with_guidance_interval_records_it_and_any_batch_split_is_the_same(
+    tiny_run, compose_cfg, tmp_path
+):
     from PIL import Image
 
     from latent_flow.sample import run_sampling
 
     ckpt = tiny_run / "run" / "checkpoints" / "last.ckpt"
-    common = [f"ckpt_path={ckpt}", "num_samples=4", "sampler=euler_maruyama", "sampler.steps=3", "sampler.diffusion=1.0",
-              "cfg_scale=2.0", "cfg_interval=[0.3,1.0]"]
+    common = [
+        f"ckpt_path={ckpt}",
+        "num_samples=4",
+        "sampler=euler_maruyama",
+        "sampler.steps=3",
+        "sampler.diffusion=1.0",
+        "cfg_scale=2.0",
+        "cfg_interval=[0.3,1.0]",
+    ]
     runs = []
     for batch in (4, 3):
         cfg = compose_cfg("sample", common + [f"batch_size={batch}"], run_dir=tmp_path / f"b{batch}")
@@ -80,8 +98,11 @@ def test_autoguidance_cli_by_an_earlier_checkpoint_records_the_guide_and_its_nfe
     ckpts = tiny_run / "run" / "checkpoints"
     guide = ckpts / "step_0000003.ckpt"  # the same run at half its steps: a weaker model of the same latents
     common = [f"ckpt_path={ckpts / 'last.ckpt'}", "num_samples=4", "batch_size=4", "sampler=heun", "sampler.steps=3"]
-    cfg = compose_cfg("sample", common + ["guidance=autoguidance", f"guide_ckpt_path={guide}", "cfg_scale=2.0"],
-                      run_dir=tmp_path / "auto")
+    cfg = compose_cfg(
+        "sample",
+        common + ["guidance=autoguidance", f"guide_ckpt_path={guide}", "cfg_scale=2.0"],
+        run_dir=tmp_path / "auto",
+    )
     summary = run_sampling(cfg)
     assert summary["guide_ckpt_path"] == str(guide) and summary["cfg_scale"] == 2.0
     assert summary["nfe_per_sample"] == 6 and summary["guide_nfe_per_sample"] == 6  # Heun 3: 6 steps, each guided
@@ -94,9 +115,20 @@ def test_autoguidance_cli_by_an_earlier_checkpoint_records_the_guide_and_its_nfe
         a = (Path(same.out_dir) / "images" / f"{i:06d}.png").read_bytes()
         assert a == (Path(plain.out_dir) / "images" / f"{i:06d}.png").read_bytes()
     # evaluate: the guide's weights are part of the recipe, and its NFE is reported
-    ev = compose_cfg("evaluate", [f"ckpt_path={ckpts / 'last.ckpt'}", "num_samples=4", "batch_size=4", "sampler=heun",
-                                  "sampler.steps=3", "cfg_scale=2.0", f"guide_ckpt_path={guide}",
-                                  "metrics=[]", f"out_dir={tmp_path / 'ev'}"])
+    ev = compose_cfg(
+        "evaluate",
+        [
+            f"ckpt_path={ckpts / 'last.ckpt'}",
+            "num_samples=4",
+            "batch_size=4",
+            "sampler=heun",
+            "sampler.steps=3",
+            "cfg_scale=2.0",
+            f"guide_ckpt_path={guide}",
+            "metrics=[]",
+            f"out_dir={tmp_path / 'ev'}",
+        ],
+    )
     out = run_evaluation(ev)
     assert out["guide_sha256"] and out["guide_nfe_per_sample"] == 6
     recipe = json.loads((tmp_path / "ev" / "recipe.json").read_text())
@@ -105,7 +137,6 @@ def test_autoguidance_cli_by_an_earlier_checkpoint_records_the_guide_and_its_nfe
 
 def test_autoguidance_refuses_a_guide_of_another_latent_space(tiny_run, compose_cfg, tmp_path):
     from conftest import compose
-
     from latent_flow.sample import run_sampling
     from latent_flow.train import run_training
 
@@ -113,8 +144,15 @@ def test_autoguidance_refuses_a_guide_of_another_latent_space(tiny_run, compose_
     # the same autoencoder and latents (a shared cache), but trained without labels
     overrides = TINY_TRAIN + ["condition=none", "samples.cfg_scale=1.0", f"paths.cache_dir={tiny_run / 'cache'}"]
     run_training(compose("train", overrides, other))
-    cfg = compose_cfg("sample", [f"ckpt_path={tiny_run / 'run' / 'checkpoints' / 'last.ckpt'}", "num_samples=2",
-                                 f"guide_ckpt_path={other / 'run' / 'checkpoints' / 'last.ckpt'}", "cfg_scale=2.0"])
+    cfg = compose_cfg(
+        "sample",
+        [
+            f"ckpt_path={tiny_run / 'run' / 'checkpoints' / 'last.ckpt'}",
+            "num_samples=2",
+            f"guide_ckpt_path={other / 'run' / 'checkpoints' / 'last.ckpt'}",
+            "cfg_scale=2.0",
+        ],
+    )
     with pytest.raises(ValueError, match="cannot guide this model: its condition"):
         run_sampling(cfg)
 
@@ -122,6 +160,8 @@ def test_autoguidance_refuses_a_guide_of_another_latent_space(tiny_run, compose_
 def test_autoguidance_without_a_guide_checkpoint_names_the_option(tiny_run, compose_cfg):
     from latent_flow.sample import run_sampling
 
-    cfg = compose_cfg("sample", [f"ckpt_path={tiny_run / 'run' / 'checkpoints' / 'last.ckpt'}", "guidance=autoguidance"])
+    cfg = compose_cfg(
+        "sample", [f"ckpt_path={tiny_run / 'run' / 'checkpoints' / 'last.ckpt'}", "guidance=autoguidance"]
+    )
     with pytest.raises(ValueError, match="guidance=autoguidance needs guide_ckpt_path="):
         run_sampling(cfg)

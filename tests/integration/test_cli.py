@@ -41,8 +41,14 @@ def test_train_cli_with_wandb_offline_then_sample(tmp_path):
     out = tmp_path / "samples"
     proc = run(
         "latent_flow.sample",
-        [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "num_samples=3", "sampler=midpoint",
-         "sampler.steps=2", f"out_dir={out}", f"hydra.run.dir={tmp_path / 'sample_run'}"],
+        [
+            f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+            "num_samples=3",
+            "sampler=midpoint",
+            "sampler.steps=2",
+            f"out_dir={out}",
+            f"hydra.run.dir={tmp_path / 'sample_run'}",
+        ],
         tmp_path,
     )
     assert "wrote 3 samples" in proc.stdout
@@ -53,8 +59,16 @@ def test_multirun_sweep_over_backbones_and_paths(tmp_path):
     overrides = [o for o in TINY_TRAIN if not o.startswith("backbone=")]
     run(
         "latent_flow.train",
-        ["-m", "backbone=dit_xs2,unet_t", "path=condot,vp", "logger=none", "callbacks=none",
-         "trainer.enable_checkpointing=false", "trainer.max_steps=3", "hydra.sweep.dir=" + str(tmp_path / "sweep")]
+        [
+            "-m",
+            "backbone=dit_xs2,unet_t",
+            "path=condot,vp",
+            "logger=none",
+            "callbacks=none",
+            "trainer.enable_checkpointing=false",
+            "trainer.max_steps=3",
+            "hydra.sweep.dir=" + str(tmp_path / "sweep"),
+        ]
         + [o for o in overrides if not o.startswith(("callbacks.", "trainer.max_steps"))],
         tmp_path,
     )
@@ -65,8 +79,14 @@ def test_multirun_sweep_over_backbones_and_paths(tmp_path):
 def test_optuna_sweep_optimises_the_logged_metric(tmp_path):
     run(
         "latent_flow.train",
-        ["hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1",
-         "logger=none", "hydra.sweep.dir=" + str(tmp_path / "optuna")] + TINY_TRAIN,
+        [
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=1",
+            "logger=none",
+            "hydra.sweep.dir=" + str(tmp_path / "optuna"),
+        ]
+        + TINY_TRAIN,
         tmp_path,
     )
     results = (tmp_path / "optuna" / "optimization_results.yaml").read_text()
@@ -77,23 +97,37 @@ def test_train_autoencoder_and_encode_cli(tmp_path):
     export = tmp_path / "ae.pt"
     run(
         "latent_flow.train_autoencoder",
-        ["data.dataset.num_samples=64", "autoencoder.training.max_steps=3", "autoencoder.training.batch_size=16",
-         f"export_path={export}", "logger=none", f"hydra.run.dir={tmp_path / 'ae_run'}"],
+        [
+            "data.dataset.num_samples=64",
+            "autoencoder.training.max_steps=3",
+            "autoencoder.training.batch_size=16",
+            f"export_path={export}",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'ae_run'}",
+        ],
         tmp_path,
     )
     assert export.exists()
     proc = run(
         "latent_flow.encode",
-        ["data.dataset.num_samples=64", f"autoencoder.ckpt_path={export}", "shard_size=32",
-         f"hydra.run.dir={tmp_path / 'enc_run'}"],
+        [
+            "data.dataset.num_samples=64",
+            f"autoencoder.ckpt_path={export}",
+            "shard_size=32",
+            f"hydra.run.dir={tmp_path / 'enc_run'}",
+        ],
         tmp_path,
     )
     assert "64 items x 1 view(s), latents (4, 8, 8)" in proc.stdout
     assert len(list((tmp_path / "cache" / "latents").glob("*/shard_*.labels.npy"))) == 2
     again = run(
         "latent_flow.encode",
-        ["data.dataset.num_samples=64", f"autoencoder.ckpt_path={export}", "shard_size=32",
-         f"hydra.run.dir={tmp_path / 'enc_run2'}"],
+        [
+            "data.dataset.num_samples=64",
+            f"autoencoder.ckpt_path={export}",
+            "shard_size=32",
+            f"hydra.run.dir={tmp_path / 'enc_run2'}",
+        ],
         tmp_path,
     )
     assert "encoded in" not in again.stdout  # cached: nothing encoded again

@@ -199,3 +199,98 @@ def test_wrong_preset_name_fails_clearly(compose_cfg):
     cfg = compose_cfg("train", ["backbone.name=DiT-Q/3"])
     with pytest.raises(ValueError, match="DiT-Q/3"):
         _module_from_cfg(cfg)
+
+
+# ------------------------------------------------------------------ configs composed, not copied
+PAPER_EXPERIMENTS = sorted(
+    e for e in EXPERIMENTS if "base/paper" in (Path(CONFIG_DIR) / "experiment" / f"{e}.yaml").read_text()
+)
+
+
+def compose_train(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose("train", overrides)
+
+
+def _flat(node, prefix=""):
+    """``{"a.b": leaf}`` of a plain nested dict."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_the_paper_experiments_share_one_base():
+    assert len(PAPER_EXPERIMENTS) == 11, PAPER_EXPERIMENTS
+
+
+@pytest.mark.parametrize("name", PAPER_EXPERIMENTS)
+def test_a_paper_experiment_states_only_what_differs_from_its_base(name):
+    """Every value an experiment file sets differs from what base/paper already composes to."""
+    import yaml
+
+    own = yaml.safe_load((Path(CONFIG_DIR) / "experiment" / f"{name}.yaml").read_text())
+    own_defaults = own.pop("defaults")
+    own.pop("task_name")
+    base_cfg = compose_train(["+experiment=base/paper"])
+    restated = [k for k, v in _flat(own).items() if OmegaConf.select(base_cfg, k) == v]
+    assert not restated, f"{name}.yaml restates what base/paper gives: {restated}"
+    base_groups = yaml.safe_load((Path(CONFIG_DIR) / "experiment" / "base" / "paper.yaml").read_text())["defaults"]
+    assert not set(map(str, own_defaults)) & set(map(str, base_groups)), (
+        f"{name}.yaml repeats a group choice of base/paper"
+    )
+
+
+def test_guidance_defaults_live_in_one_group_and_overrides_still_work():
+    from hydra import compose, initialize_config_dir
+
+    for key in ("cfg_scale:", "cfg_interval:"):
+        for name in ("sample.yaml", "evaluate.yaml"):
+            assert not any(line.startswith(key) for line in (Path(CONFIG_DIR) / name).read_text().splitlines())
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose("sample", ["ckpt_path=x", "cfg_scale=2.0", "cfg_interval=[0.3,1.0]"])
+        assert cfg.cfg_scale == 2.0 and list(cfg.cfg_interval) == [0.3, 1.0] and cfg.guide_ckpt_path is None
+        plain = compose("evaluate", ["ckpt_path=x"])
+        assert plain.cfg_scale == 1.0 and plain.cfg_interval is None
+        auto = compose("evaluate", ["ckpt_path=x", "guidance=autoguidance"])
+        assert OmegaConf.is_missing(auto, "guide_ckpt_path") and auto.cfg_scale == 2.0
+
+
+def test_null_removes_a_callback_or_a_logger_entry(tmp_path):
+    from latent_flow.cli.run import instantiate_callbacks, instantiate_loggers
+    from latent_flow.training.callbacks import SampleGridCallback
+
+    cfg = compose_train([f"paths.output_dir={tmp_path}"])
+    kept = instantiate_callbacks(cfg.callbacks)
+    assert any(isinstance(c, SampleGridCallback) for c in kept)
+    cfg = compose_train([f"paths.output_dir={tmp_path}", "callbacks.sample_grid=null"])
+    removed = instantiate_callbacks(cfg.callbacks)
+    assert not any(isinstance(c, SampleGridCallback) for c in removed) and len(removed) == len(kept) - 1
+    both = compose_train([f"paths.output_dir={tmp_path}", "logger=many"])
+    assert len(instantiate_loggers(both.logger)) == 2
+    one = compose_train([f"paths.output_dir={tmp_path}", "logger=many", "logger.wandb=null"])
+    (logger,) = instantiate_loggers(one.logger)
+    assert type(logger).__name__ == "CSVLogger"
+    with pytest.raises(ValueError, match="callbacks.broken has no _target_"):
+        instantiate_callbacks(OmegaConf.create({"broken": {"every_n_steps": 3}}))
+
+
+@pytest.mark.parametrize("refiner", sorted(REFINER_EXPERIMENTS))
+def test_refiner_callbacks_are_the_defaults_without_the_sample_grid(refiner):
+    cfg = compose_train([f"+experiment={refiner}", "base_ckpt_path=x"])
+    plain = compose_train([])
+    callbacks = OmegaConf.to_container(cfg.callbacks)
+    assert callbacks.pop("sample_grid") is None
+    expected = OmegaConf.to_container(plain.callbacks)
+    expected.pop("sample_grid")
+    assert callbacks == expected and set(callbacks) == {
+        "model_checkpoint",
+        "on_exception",
+        "metrics_json",
+        "progress_bar",
+    }

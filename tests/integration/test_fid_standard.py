@@ -17,7 +17,6 @@ import torch
 torch_fidelity = pytest.importorskip("torch_fidelity")
 
 from conftest import real_images  # noqa: E402
-
 from latent_flow.evaluation.inception import torch_fidelity_state_dict  # noqa: E402
 from latent_flow.utils.images import save_png  # noqa: E402
 
@@ -47,17 +46,38 @@ def test_fid_kid_pr_of_two_folders_equal_torch_fidelity(folders, compose_cfg, tm
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     ref_dir = tmp_path / "ref_a"
     proc = subprocess.run(
-        [sys.executable, "-m", "latent_flow.reference_stats", "data=image_folder", f"data.dataset.root={folders / 'a'}",
-         "data.dataset.resolution=32", "data.num_workers=0", "split=all", f"out_dir={ref_dir}",
-         f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "latent_flow.reference_stats",
+            "data=image_folder",
+            f"data.dataset.root={folders / 'a'}",
+            "data.dataset.resolution=32",
+            "data.num_workers=0",
+            "split=all",
+            f"out_dir={ref_dir}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((ref_dir / "reference.json").read_text())
     assert info["num_images"] == N and info["feature_extractor"]["_target_"].endswith("inception.InceptionFeatures")
 
-    cfg = compose_cfg("evaluate", [f"images_dir={folders / 'b'}", f"evaluation.reference_stats={ref_dir}",
-                                   "metrics=[fid,kid,precision_recall,is]", f"out_dir={tmp_path / 'eval'}"])
+    cfg = compose_cfg(
+        "evaluate",
+        [
+            f"images_dir={folders / 'b'}",
+            f"evaluation.reference_stats={ref_dir}",
+            "metrics=[fid,kid,precision_recall,is]",
+            f"out_dir={tmp_path / 'eval'}",
+        ],
+    )
     ours = run_evaluation(cfg)["metrics"]
     assert ours["num_samples"] == N and ours["num_reference"] == N
     assert ours["is_mean"] is None and "classifier head" in ours["is_unavailable"]
@@ -65,8 +85,16 @@ def test_fid_kid_pr_of_two_folders_equal_torch_fidelity(folders, compose_cfg, tm
     weights = tmp_path / "converted.pth"
     torch.save(torch_fidelity_state_dict(), weights)
     theirs = torch_fidelity.calculate_metrics(
-        input1=str(folders / "b"), input2=str(folders / "a"), fid=True, kid=True, cuda=False,
-        cache=False, verbose=False, feature_extractor_weights_path=str(weights), kid_subset_size=N, kid_subsets=1,
+        input1=str(folders / "b"),
+        input2=str(folders / "a"),
+        fid=True,
+        kid=True,
+        cuda=False,
+        cache=False,
+        verbose=False,
+        feature_extractor_weights_path=str(weights),
+        kid_subset_size=N,
+        kid_subsets=1,
         batch_size=20,
     )
     assert ours["fid"] > 1.0  # two different sets

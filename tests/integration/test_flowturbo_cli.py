@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import TINY_TRAIN
 
 #: the data settings of TINY_TRAIN (a refiner trains on its base's data) and a 3-step refiner run
@@ -26,7 +27,6 @@ TINY_REFINER = [
 def refiner_run(tmp_path_factory):
     """A tiny base run (DiT-XS/2) and a 3-step refiner run for it, shared by this module's tests."""
     from conftest import compose
-
     from latent_flow.train import run_training
 
     root = tmp_path_factory.mktemp("flowturbo")
@@ -74,8 +74,15 @@ def test_sample_with_flowturbo_writes_files_and_separate_nfe(refiner_run, compos
     _, base_ckpt, refiner_ckpt, _ = refiner_run
     cfg = compose_cfg(
         "sample",
-        [f"ckpt_path={base_ckpt}", "num_samples=4", "batch_size=2", "sampler=flowturbo", "sampler.schedule=H1P2R2",
-         f"sampler.refiner_ckpt_path={refiner_ckpt}", "cfg_scale=2.0"],
+        [
+            f"ckpt_path={base_ckpt}",
+            "num_samples=4",
+            "batch_size=2",
+            "sampler=flowturbo",
+            "sampler.schedule=H1P2R2",
+            f"sampler.refiner_ckpt_path={refiner_ckpt}",
+            "cfg_scale=2.0",
+        ],
     )
     summary = run_sampling(cfg)
     out = Path(cfg.out_dir)
@@ -92,8 +99,15 @@ def test_evaluate_with_flowturbo_reports_both_nfe(refiner_run, compose_cfg):
     _, base_ckpt, refiner_ckpt, _ = refiner_run
     cfg = compose_cfg(
         "evaluate",
-        [f"ckpt_path={base_ckpt}", "num_samples=3", "batch_size=3", "sampler=flowturbo", "sampler.schedule=H1R1",
-         f"sampler.refiner_ckpt_path={refiner_ckpt}", "metrics=[]"],
+        [
+            f"ckpt_path={base_ckpt}",
+            "num_samples=3",
+            "batch_size=3",
+            "sampler=flowturbo",
+            "sampler.schedule=H1R1",
+            f"sampler.refiner_ckpt_path={refiner_ckpt}",
+            "metrics=[]",
+        ],
     )
     summary = run_evaluation(cfg)
     assert (summary["base_nfe_per_sample"], summary["refiner_nfe_per_sample"]) == (2, 2)
@@ -113,8 +127,13 @@ def test_refiner_with_another_base_fails_clearly(refiner_run, tmp_path, compose_
     # resuming the refiner run with another base fails too
     cfg = compose_cfg(
         "train",
-        ["+experiment=shapes_refiner", f"base_ckpt_path={other}", f"ckpt_path={refiner_ckpt}",
-         f"paths.cache_dir={root / 'base' / 'cache'}"] + TINY_REFINER,
+        [
+            "+experiment=shapes_refiner",
+            f"base_ckpt_path={other}",
+            f"ckpt_path={refiner_ckpt}",
+            f"paths.cache_dir={root / 'base' / 'cache'}",
+        ]
+        + TINY_REFINER,
     )
     with pytest.raises(RefinerBaseMismatchError, match="resume with the base_ckpt_path"):
         run_training(cfg)
@@ -142,8 +161,14 @@ def test_refiner_training_resumes(refiner_run, compose_cfg):
     overrides = [o for o in TINY_REFINER if not o.startswith("trainer.max_steps")]
     cfg = compose_cfg(
         "train",
-        ["+experiment=shapes_refiner", f"base_ckpt_path={base_ckpt}", f"ckpt_path={refiner_ckpt}",
-         f"paths.cache_dir={root / 'base' / 'cache'}", "trainer.max_steps=5"] + overrides,
+        [
+            "+experiment=shapes_refiner",
+            f"base_ckpt_path={base_ckpt}",
+            f"ckpt_path={refiner_ckpt}",
+            f"paths.cache_dir={root / 'base' / 'cache'}",
+            "trainer.max_steps=5",
+        ]
+        + overrides,
     )
     assert run_training(cfg)["global_step"] == 5
 

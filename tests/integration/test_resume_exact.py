@@ -42,7 +42,12 @@ def _train(run_dir: Path, tmp_path: Path, extra: list[str], expect_kill: bool = 
     }
     args = RESUME_TRAIN + [f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}", *extra]
     proc = subprocess.run(
-        [sys.executable, "-m", "latent_flow.train", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "latent_flow.train", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if expect_kill:
         assert proc.returncode == -9, f"expected SIGKILL, got {proc.returncode}:\n{proc.stderr[-3000:]}"
@@ -80,11 +85,19 @@ def test_sigkill_and_resume_from_last_ckpt_is_bit_exact(tmp_path):
     last = broken / "checkpoints" / "last.ckpt"
     # killed during step 6 (last.ckpt holds step 4, mid-epoch 0), resumed, killed during step 10
     # (last.ckpt holds step 8 = the end of epoch 0), resumed to the end
-    _train(broken, tmp_path, ["+callbacks.kill._target_=resume_helpers.SigkillMidStep", "+callbacks.kill.step=6"],
-           expect_kill=True)
+    _train(
+        broken,
+        tmp_path,
+        ["+callbacks.kill._target_=resume_helpers.SigkillMidStep", "+callbacks.kill.step=6"],
+        expect_kill=True,
+    )
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 4
-    _train(broken, tmp_path, [f"ckpt_path={last}", "+callbacks.kill._target_=resume_helpers.SigkillMidStep",
-                              "+callbacks.kill.step=10"], expect_kill=True)
+    _train(
+        broken,
+        tmp_path,
+        [f"ckpt_path={last}", "+callbacks.kill._target_=resume_helpers.SigkillMidStep", "+callbacks.kill.step=10"],
+        expect_kill=True,
+    )
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 8
     _train(broken, tmp_path, [f"ckpt_path={last}"])
 

@@ -30,8 +30,14 @@ def _module(cfg):
     ae_cfg = OmegaConf.to_container(cfg.autoencoder, resolve=True)
     ae = build_autoencoder({"name": ae_cfg["name"], **ae_cfg.get("config", {})})
     module = LatentFlowModule(
-        backbone=cfg.backbone, condition=cfg.condition, path=cfg.path, optim=cfg.optim, ema=cfg.ema,
-        latent_shape=ae.latent_shape(cfg.data.resolution), num_classes=dataset.num_classes, autoencoder=None,
+        backbone=cfg.backbone,
+        condition=cfg.condition,
+        path=cfg.path,
+        optim=cfg.optim,
+        ema=cfg.ema,
+        latent_shape=ae.latent_shape(cfg.data.resolution),
+        num_classes=dataset.num_classes,
+        autoencoder=None,
     )
     return dataset, module
 
@@ -57,8 +63,12 @@ def test_spatial_experiment_composes_and_instantiates(experiment, compose_cfg):
         else:
             assert full.data.name == "celebahq256"
         overrides += [
-            "data=shapes", "data.dataset.resolution=256", "autoencoder=kl_shapes",
-            "autoencoder.config.channel_mult=[1,2,2,2]", "backbone=unet_t", "~backbone.attention_resolutions",
+            "data=shapes",
+            "data.dataset.resolution=256",
+            "autoencoder=kl_shapes",
+            "autoencoder.config.channel_mult=[1,2,2,2]",
+            "backbone=unet_t",
+            "~backbone.attention_resolutions",
         ]
     else:
         assert full.backbone.name == "UNet-T" and full.data.name == "shapes"
@@ -100,7 +110,11 @@ def test_semantic_on_data_without_maps_fails_clearly(compose_cfg):
 
     with pytest.raises(ValueError, match="needs condition.num_semantic_classes"):
         LatentFlowModule(
-            backbone={"name": "UNet-T"}, condition=cfg.condition, path=cfg.path, optim=cfg.optim, ema=None,
+            backbone={"name": "UNet-T"},
+            condition=cfg.condition,
+            path=cfg.path,
+            optim=cfg.optim,
+            ema=None,
             latent_shape=(4, 8, 8),
         )
 

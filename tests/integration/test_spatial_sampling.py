@@ -27,16 +27,27 @@ def _train_tiny(tmp: Path, condition: dict, steps: int = 8) -> Path:
     dataset = ShapesDataset(num_samples=64, resolution=RES, seed=0)
     ae = IdentityAutoencoder(space_to_depth=2)
     dm = LatentDataModule(
-        dataset, ae, cache_dir=tmp / "cache", name="shapes", batch_size=16, val_fraction=0.1,
+        dataset,
+        ae,
+        cache_dir=tmp / "cache",
+        name="shapes",
+        batch_size=16,
+        val_fraction=0.1,
         cache_extras=cache_extras(condition),
     )
     dm.prepare_data()
     dm.setup("fit")
     model = LatentFlowModule(
-        backbone={"name": "UNet-T"}, condition=condition, path={"scheduler": {"name": "condot"}},
-        optim={"lr": 2e-3}, ema={"decay": 0.5, "warmup": False}, latent_shape=dm.latent_shape,
-        num_classes=dataset.num_classes, latent_stats=dm.latent_stats,
-        autoencoder={"name": "identity", "space_to_depth": 2}, data={"name": "shapes", "resolution": RES},
+        backbone={"name": "UNet-T"},
+        condition=condition,
+        path={"scheduler": {"name": "condot"}},
+        optim={"lr": 2e-3},
+        ema={"decay": 0.5, "warmup": False},
+        latent_shape=dm.latent_shape,
+        num_classes=dataset.num_classes,
+        latent_stats=dm.latent_stats,
+        autoencoder={"name": "identity", "space_to_depth": 2},
+        data={"name": "shapes", "resolution": RES},
     )
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     model.train()
@@ -53,8 +64,13 @@ def _train_tiny(tmp: Path, condition: dict, steps: int = 8) -> Path:
     assert float(loss) < first  # it trains
     path = tmp / "tiny.ckpt"
     torch.save(
-        {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-         "pytorch-lightning_version": L.__version__, "epoch": 0, "global_step": steps},
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": L.__version__,
+            "epoch": 0,
+            "global_step": steps,
+        },
         path,
     )
     return path
@@ -89,8 +105,16 @@ def _sample(compose_cfg, ckpt, tmp_path, *overrides):
 
     cfg = compose_cfg(
         "sample",
-        [f"ckpt_path={ckpt}", "sampler=euler", "sampler.steps=3", "samples_per_input=3", "batch_size=4",
-         "grid_upscale=1", f"out_dir={tmp_path / 'out'}", *overrides],
+        [
+            f"ckpt_path={ckpt}",
+            "sampler=euler",
+            "sampler.steps=3",
+            "samples_per_input=3",
+            "batch_size=4",
+            "grid_upscale=1",
+            f"out_dir={tmp_path / 'out'}",
+            *overrides,
+        ],
     )
     return run_sampling(cfg), tmp_path / "out"
 
@@ -102,7 +126,7 @@ def test_inpainting_cli_keeps_the_known_region_bit_exact(inpaint_ckpt, compose_c
     known = []
     for i in range(2):
         m = np.full((RES, RES), 255, np.uint8)
-        m[3 + i : 11, 4:12 + i] = 0  # a hole
+        m[3 + i : 11, 4 : 12 + i] = 0  # a hole
         Image.fromarray(m).save(masks / f"in{i}.png")
         known.append(m == 255)
     summary, out = _sample(compose_cfg, inpaint_ckpt, tmp_path, f"inputs={folder}", f"masks={masks}")
@@ -201,8 +225,14 @@ def test_api_generate_takes_spatial_conditions(semantic_ckpt):
     images, result = generate(model, num_samples=2, sampler="euler", steps=2, labels=[0, 1], spatial_cond=cond)
     assert images.shape == (2, 3, RES, RES) and result.nfe == 2
     # the map is an input: another map gives other samples from the same noise
-    other, _ = generate(model, num_samples=2, sampler="euler", steps=2, labels=[0, 1],
-                        spatial_cond=spatial_condition(model, semantic=np.zeros_like(maps)))
+    other, _ = generate(
+        model,
+        num_samples=2,
+        sampler="euler",
+        steps=2,
+        labels=[0, 1],
+        spatial_cond=spatial_condition(model, semantic=np.zeros_like(maps)),
+    )
     assert not torch.allclose(images, other)
 
 
@@ -221,8 +251,17 @@ def test_evaluate_inpainting_model_on_held_out_renders(inpaint_ckpt, compose_cfg
     from latent_flow.data.masks import MaskGenerator
     from latent_flow.evaluate import run_evaluation
 
-    cfg = compose_cfg("evaluate", [f"ckpt_path={inpaint_ckpt}", "num_samples=6", "batch_size=4", "sampler=euler",
-                                   "sampler.steps=2", f"out_dir={tmp_path / 'eval'}"])
+    cfg = compose_cfg(
+        "evaluate",
+        [
+            f"ckpt_path={inpaint_ckpt}",
+            "num_samples=6",
+            "batch_size=4",
+            "sampler=euler",
+            "sampler.steps=2",
+            f"out_dir={tmp_path / 'eval'}",
+        ],
+    )
     first = run_evaluation(cfg)["metrics"]
     assert first["known_region_bit_exact"] is True
     assert 0.2 <= first["hole_ratio"] <= 0.5  # the model's training masks: holes of 20-50%
@@ -245,8 +284,18 @@ def test_evaluate_semantic_model_reports_miou_against_the_requested_maps(
 ):
     from latent_flow.evaluate import run_evaluation
 
-    cfg = compose_cfg("evaluate", [f"ckpt_path={semantic_ckpt}", "num_samples=5", "batch_size=5", "sampler=euler",
-                                   "sampler.steps=2", "cfg_scale=1.5", f"out_dir={tmp_path / 'eval'}"])
+    cfg = compose_cfg(
+        "evaluate",
+        [
+            f"ckpt_path={semantic_ckpt}",
+            "num_samples=5",
+            "batch_size=5",
+            "sampler=euler",
+            "sampler.steps=2",
+            "cfg_scale=1.5",
+            f"out_dir={tmp_path / 'eval'}",
+        ],
+    )
     m = run_evaluation(cfg)["metrics"]
     assert {"fd_shapes", "label_accuracy", "miou", "miou_per_class"} <= set(m) and "known_region_bit_exact" not in m
     assert 0 <= m["miou"] <= 1
@@ -263,8 +312,13 @@ def test_evaluate_semantic_model_reports_miou_against_the_requested_maps(
         hparams = {"data": {"name": "shapes"}}
 
     with pytest.raises(ValueError, match="miou needs an inpainting / semantic model"):
-        _metrics(compose_cfg("evaluate", [f"ckpt_path={semantic_ckpt}", "metrics=[miou]"]), Plain(),
-                 np.zeros((2, RES, RES, 3), np.uint8), None, None)
+        _metrics(
+            compose_cfg("evaluate", [f"ckpt_path={semantic_ckpt}", "metrics=[miou]"]),
+            Plain(),
+            np.zeros((2, RES, RES, 3), np.uint8),
+            None,
+            None,
+        )
 
 
 def test_evaluate_spatial_model_of_other_data_says_how_to_score_it(semantic_ckpt, compose_cfg):

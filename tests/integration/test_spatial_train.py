@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAIN
 from PIL import Image
+
+from conftest import TINY_TRAIN
 
 FAST = [
     *(o for o in TINY_TRAIN if not o.startswith(("autoencoder.", "backbone=", "optim.warmup_steps"))),
@@ -78,14 +79,30 @@ def test_celeba_experiments_train_through_the_dataset_loaders(experiment, compos
 
     root = _celebamask_tree(tmp_path / "CelebAMask-HQ")
     data_root = root if experiment == "celebamask_semantic" else root / "CelebA-HQ-img"
-    cfg = compose_cfg("train", [
-        f"+experiment={experiment}", f"data.dataset.root={data_root}", "data.dataset.resolution=16",
-        "data.batch_size=2", "data.num_workers=0", "data.val_fraction=0.25", "autoencoder=pixel_s2d",
-        "backbone=unet_t", "~backbone.attention_resolutions", "sampler=euler", "sampler.steps=2",
-        "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
-        "trainer.accelerator=cpu", "samples.per_class=1", "samples.max_rows=1",
-        "callbacks.progress_bar.refresh_rate=0", "condition.mask_variants=1" if "inpaint" in experiment else "seed=1",
-    ])
+    cfg = compose_cfg(
+        "train",
+        [
+            f"+experiment={experiment}",
+            f"data.dataset.root={data_root}",
+            "data.dataset.resolution=16",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "data.val_fraction=0.25",
+            "autoencoder=pixel_s2d",
+            "backbone=unet_t",
+            "~backbone.attention_resolutions",
+            "sampler=euler",
+            "sampler.steps=2",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "trainer.limit_val_batches=1",
+            "trainer.accelerator=cpu",
+            "samples.per_class=1",
+            "samples.max_rows=1",
+            "callbacks.progress_bar.refresh_rate=0",
+            "condition.mask_variants=1" if "inpaint" in experiment else "seed=1",
+        ],
+    )
     summary = run_training(cfg)
     assert summary["status"] == "finished" and summary["global_step"] == 2
     meta = json.loads((Path(summary["latent_cache"]) / "meta.json").read_text())

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import signal
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,6 @@ from conftest import TINY_TRAIN
 def trained_run(tmp_path_factory):
     """One tiny quick-start run shared by the tests of this module."""
     from conftest import compose
-
     from latent_flow.train import run_training
 
     root = tmp_path_factory.mktemp("quick")
@@ -57,7 +56,6 @@ def test_checkpoint_holds_ema_and_no_autoencoder_weights(trained_run):
 def test_last_checkpoint_holds_the_final_step_off_the_checkpoint_interval(trained_run, tmp_path):
     """max_time / max_steps between two checkpoint intervals: last.ckpt still holds the final weights."""
     from conftest import compose
-
     from latent_flow.train import run_training
 
     root, _, _ = trained_run
@@ -69,7 +67,6 @@ def test_last_checkpoint_holds_the_final_step_off_the_checkpoint_interval(traine
 
 def test_resume_continues_global_step_and_ema(trained_run, tmp_path):
     from conftest import compose
-
     from latent_flow.train import run_training
 
     root, _, _ = trained_run
@@ -86,7 +83,6 @@ def test_resume_continues_global_step_and_ema(trained_run, tmp_path):
 
 def test_resume_with_another_backbone_fails_clearly(trained_run, tmp_path):
     from conftest import compose
-
     from latent_flow.train import run_training
     from latent_flow.training.module import BackboneMismatchError
 
@@ -114,8 +110,16 @@ def test_sample_command_writes_what_it_promises(trained_run, compose_cfg):
     ckpt = root / "run" / "checkpoints" / "last.ckpt"
     cfg = compose_cfg(
         "sample",
-        [f"ckpt_path={ckpt}", "num_samples=5", "batch_size=3", "sampler=euler", "sampler.steps=3",
-         "cfg_scale=2.0", "label=1", "save_npz=true"],
+        [
+            f"ckpt_path={ckpt}",
+            "num_samples=5",
+            "batch_size=3",
+            "sampler=euler",
+            "sampler.steps=3",
+            "cfg_scale=2.0",
+            "label=1",
+            "save_npz=true",
+        ],
     )
     summary = run_sampling(cfg)
     out = Path(cfg.out_dir)
@@ -144,8 +148,9 @@ def test_sampling_is_reproducible_per_index(trained_run):
 
 def test_sigterm_during_training_leaves_a_resumable_checkpoint(compose_cfg, tmp_path, monkeypatch):
     """SIGTERM mid-run: Lightning stops at the next batch and OnExceptionCheckpoint saves."""
-    from latent_flow.train import run_training
     from lightning.pytorch.callbacks import Callback
+
+    from latent_flow.train import run_training
 
     overrides = [o for o in TINY_TRAIN if not o.startswith("trainer.max_steps")]
     cfg = compose_cfg("train", overrides + ["trainer.max_steps=1000"])
@@ -168,14 +173,17 @@ def test_sigterm_during_training_leaves_a_resumable_checkpoint(compose_cfg, tmp_
     assert 4 <= state["global_step"] <= 5
 
 
-@pytest.mark.skipif(not os.environ.get("LATENT_FLOW_TAEF2_DIR"), reason="LATENT_FLOW_TAEF2_DIR is not set (.ci/run sets it)")
+@pytest.mark.skipif(
+    not os.environ.get("LATENT_FLOW_TAEF2_DIR"), reason="LATENT_FLOW_TAEF2_DIR is not set (.ci/run sets it)"
+)
 def test_training_on_real_taef2_latents_is_drop_in(compose_cfg, tmp_path):
     """The pretrained TAEF2 autoencoder replaces the own one by config alone; its weights stay out of checkpoints."""
     from latent_flow.train import run_training
 
     overrides = [o for o in TINY_TRAIN if not o.startswith("autoencoder.")]
-    cfg = compose_cfg("train", overrides + ["autoencoder=taef2", "data.dataset.resolution=64",
-                                            "data.dataset.num_samples=96"])
+    cfg = compose_cfg(
+        "train", overrides + ["autoencoder=taef2", "data.dataset.resolution=64", "data.dataset.num_samples=96"]
+    )
     summary = run_training(cfg)
     assert summary["latent_shape"] == [32, 8, 8] and summary["autoencoder"]["name"] == "taesd"
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

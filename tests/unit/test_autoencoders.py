@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from latent_flow.training.autoencoder import AutoencoderModule
 from latent_flow.autoencoders import (
     Autoencoder,
     IdentityAutoencoder,
@@ -18,6 +17,7 @@ from latent_flow.autoencoders import (
     measure_latent_stats,
     save_autoencoder,
 )
+from latent_flow.training.autoencoder import AutoencoderModule
 
 
 def synthetic_images(n: int, res: int = 32, seed: int = 0) -> torch.Tensor:

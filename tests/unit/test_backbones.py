@@ -273,8 +273,14 @@ def test_every_preset_constructs_with_expected_size() -> None:
 
 def test_preset_tables_and_dispatch() -> None:
     assert set(BACKBONE_PRESETS) == set(DIT_PRESETS) | set(UNET_PRESETS)
-    for size, depth, hidden, heads in [("S", 12, 384, 6), ("B", 12, 768, 12), ("L", 24, 1024, 16),
-                                       ("XL", 28, 1152, 16), ("T", 6, 128, 4), ("XS", 4, 64, 4)]:
+    for size, depth, hidden, heads in [
+        ("S", 12, 384, 6),
+        ("B", 12, 768, 12),
+        ("L", 24, 1024, 16),
+        ("XL", 28, 1152, 16),
+        ("T", 6, 128, 4),
+        ("XS", 4, 64, 4),
+    ]:
         cfg = DIT_PRESETS[f"DiT-{size}/2"]
         assert (cfg["depth"], cfg["hidden_size"], cfg["num_heads"]) == (depth, hidden, heads)
     assert {"DiT-T/1", "DiT-XS/1", "DiT-XL/8", "DiT-B/4"} <= set(DIT_PRESETS)

@@ -91,7 +91,9 @@ def test_and_of_one_term_is_that_term_and_weights_scale(classifier):
     out = classifier(x, t)
     torch.testing.assert_close(single, -F.log_softmax(out["color"], -1)[:, 1])
     wrapped = And((parse("color=green"),))
-    torch.testing.assert_close(compose_energy(wrapped, lambda tm: classifier.term_energy(out, tm.attribute, tm.value)), single)
+    torch.testing.assert_close(
+        compose_energy(wrapped, lambda tm: classifier.term_energy(out, tm.attribute, tm.value)), single
+    )
     torch.testing.assert_close(ComposedEnergy("3*color=green", classifier)(x, t), 3 * single)
     # OR of a condition with itself is the condition (mixture weights are normalised)
     torch.testing.assert_close(ComposedEnergy("color=green | color=green@5", classifier)(x, t), single)
@@ -101,7 +103,7 @@ def test_not_flips_the_guidance_direction(classifier):
     x, t = _x(seed=3, n=4)
     cap = 50.0  # far above the energies here: NOT is the plain negation
     path = AffinePath(CondOTScheduler())
-    zero = lambda x, t: torch.zeros_like(x)
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
     settings = GuidanceSettings(scale=1.5, max_weight=100.0)
     pos = EnergyGuidedVelocity(zero, ComposedEnergy("size=large", classifier, not_cap=cap), path, settings)
     neg = EnergyGuidedVelocity(zero, ComposedEnergy("!(size=large)", classifier, not_cap=cap), path, settings)
@@ -188,7 +190,9 @@ def _toy_sample(expression: str, solver_name: str, n: int = 256, scale: float = 
     x0 = torch.randn(n, 2, generator=g, dtype=torch.float64)
     energy = ComposedEnergy(expression, _ToyClassifier())
     vf = EnergyGuidedVelocity(
-        lambda x, t: _toy_velocity_and_logits(x, t)[0], energy, AffinePath(CondOTScheduler()),
+        lambda x, t: _toy_velocity_and_logits(x, t)[0],
+        energy,
+        AffinePath(CondOTScheduler()),
         GuidanceSettings(scale=scale, max_weight=50.0),
     )
     result = build_solver(solver_name, **opts).sample(vf, x0)
@@ -196,8 +200,15 @@ def _toy_sample(expression: str, solver_name: str, n: int = 256, scale: float = 
     return result, vf, region
 
 
-@pytest.mark.parametrize("solver, opts", [("euler", {"steps": 40}), ("heun", {"steps": 20}),
-                                          ("midpoint", {"steps": 20}), ("dopri5", {"atol": 1e-4, "rtol": 1e-4})])
+@pytest.mark.parametrize(
+    "solver, opts",
+    [
+        ("euler", {"steps": 40}),
+        ("heun", {"steps": 20}),
+        ("midpoint", {"steps": 20}),
+        ("dopri5", {"atol": 1e-4, "rtol": 1e-4}),
+    ],
+)
 def test_toy_guided_samples_land_in_the_requested_region(solver, opts):
     result, vf, region = _toy_sample("region=north", solver, **opts)
     assert (region == 2).float().mean() > 0.97
@@ -223,7 +234,7 @@ def test_toy_unguided_is_balanced_and_or_not_requests():
 def test_reverse_time_inverts_the_toy_flow():
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(64, 2, generator=g, dtype=torch.float64)
-    v = lambda x, t: _toy_velocity_and_logits(x, t)[0]
+    v = lambda x, t: _toy_velocity_and_logits(x, t)[0]  # noqa: E731
     solver = build_solver("heun", steps=100)
     x1 = solver.sample(v, x0).x
     back = solver.sample(reverse_time(v), x1).x
@@ -237,10 +248,16 @@ def test_classifier_for_another_path_or_latent_space_is_refused():
 
     model = SimpleNamespace(
         latent_shape=(4, 8, 8),
-        hparams={"path": {"scheduler": {"name": "condot", "sigma_min": 0.0}}, "latent_stats": {"mean": [0.0] * 4, "std": [1.0] * 4}},
+        hparams={
+            "path": {"scheduler": {"name": "condot", "sigma_min": 0.0}},
+            "latent_stats": {"mean": [0.0] * 4, "std": [1.0] * 4},
+        },
     )
-    ok = {"latent_shape": [4, 8, 8], "scheduler": {"name": "condot", "sigma_min": 0.0},
-          "latent_stats": {"mean": [0.0] * 4, "std": [1.0] * 4}}
+    ok = {
+        "latent_shape": [4, 8, 8],
+        "scheduler": {"name": "condot", "sigma_min": 0.0},
+        "latent_stats": {"mean": [0.0] * 4, "std": [1.0] * 4},
+    }
     check_compatible(model, ok)
     with pytest.raises(ValueError, match="path scheduler"):
         check_compatible(model, {**ok, "scheduler": {"name": "vp", "beta_min": 0.1, "beta_max": 20.0}})

@@ -14,10 +14,10 @@ from PIL import Image
 
 lmdb = pytest.importorskip("lmdb")
 
-from latent_flow.data.celebamask import PART_NAMES, SEMANTIC_CLASSES, CelebAMaskHQDataset  # noqa: E402
-from latent_flow.data.imagenet import ImageNetDataset, adm_center_crop  # noqa: E402
 from latent_flow.data import lmdb_dataset  # noqa: E402
+from latent_flow.data.celebamask import PART_NAMES, SEMANTIC_CLASSES, CelebAMaskHQDataset  # noqa: E402
 from latent_flow.data.image_folder import resize_center_crop  # noqa: E402
+from latent_flow.data.imagenet import ImageNetDataset, adm_center_crop  # noqa: E402
 from latent_flow.data.lmdb_dataset import KEY_CACHE_NAME, LMDBImageDataset  # noqa: E402
 
 RES = 16
@@ -81,7 +81,7 @@ def keyed_db(tmp_path):
 
 def imagenet_tree(root: Path) -> Path:
     sizes = {"n01440764": [(64, 48), (20, 30)], "n01443537": [(50, 50)]}
-    for k, (synset, shapes) in enumerate(sorted(sizes.items())):
+    for _k, (synset, shapes) in enumerate(sorted(sizes.items())):
         folder = root / "train" / synset
         folder.mkdir(parents=True)
         for j, size in enumerate(shapes):
@@ -247,7 +247,9 @@ def test_keyed_lmdb_default_format_and_raw_rgb(tmp_path):
     with pytest.raises(RuntimeError, match="'2'"):
         ds[2]
     encoded = tmp_path / "enc_lmdb"
-    write_lmdb(encoded, {b"0": encode(solid((30, 30), (0, 0, 0)), "PNG"), b"1": encode(solid((30, 30), (255,) * 3), "PNG")})
+    write_lmdb(
+        encoded, {b"0": encode(solid((30, 30), (0, 0, 0)), "PNG"), b"1": encode(solid((30, 30), (255,) * 3), "PNG")}
+    )
     enc = LMDBImageDataset(encoded, RES, layout="keyed")
     assert float(enc[1]["image"].min()) == 1.0 and float(enc[0]["image"].max()) == -1.0
 

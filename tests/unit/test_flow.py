@@ -240,7 +240,9 @@ def test_logit_normal_default_median_and_reproducibility() -> None:
     sampler = LogitNormalTimeSampler()
     t = sampler(20000, "cpu", torch.Generator().manual_seed(2))
     assert abs(t.median().item() - 0.5) < 0.02
-    assert torch.equal(sampler(8, "cpu", torch.Generator().manual_seed(5)), sampler(8, "cpu", torch.Generator().manual_seed(5)))
+    assert torch.equal(
+        sampler(8, "cpu", torch.Generator().manual_seed(5)), sampler(8, "cpu", torch.Generator().manual_seed(5))
+    )
     with pytest.raises(ValueError):
         LogitNormalTimeSampler(std=0.0)
 

@@ -204,7 +204,9 @@ def test_nfe_counts_are_exact(schedule, scale):
     out = FlowTurboSolver(schedule, nets).integrate(
         torch.randn(2, 4, 8, 8), {"label": labels}, {"label": torch.full_like(labels, 3)}, scale
     )
-    assert (out.base_nfe, out.refiner_nfe) == (calls["base"], calls["refiner"]) == parse_schedule(schedule).expected_nfe()
+    assert (
+        (out.base_nfe, out.refiner_nfe) == (calls["base"], calls["refiner"]) == parse_schedule(schedule).expected_nfe()
+    )
     assert out.nfe == out.base_nfe
     assert torch.isfinite(out.x).all()
 
@@ -275,7 +277,10 @@ def test_refiner_loss_uses_one_label_drop_for_all_three_calls_and_clamps_time():
 
     base = _tiny_base()
     module = RefinerModule(
-        base_ckpt_path="unused.ckpt", optim={"lr": 1e-3}, base_model=base, label_dropout=0.5,
+        base_ckpt_path="unused.ckpt",
+        optim={"lr": 1e-3},
+        base_model=base,
+        label_dropout=0.5,
         time_offset={"min": 0.05, "max": 0.5},
     )
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -321,16 +326,30 @@ def test_inpainting_base_refiner_sees_the_spatial_channels_and_samples():
 
     base = LatentFlowModule(
         backbone={"name": "DiT-XS/2"},
-        condition={"name": "inpaint", "resolution": 32, "masks": {}, "mask_variants": 2, "cond_dropout": 0.1,
-                   "use_label": True, "label_dropout": 0.1},
-        path={"scheduler": {"name": "condot"}}, optim={"lr": 1e-3}, ema={"decay": 0.9},
-        latent_shape=[4, 8, 8], num_classes=3,
+        condition={
+            "name": "inpaint",
+            "resolution": 32,
+            "masks": {},
+            "mask_variants": 2,
+            "cond_dropout": 0.1,
+            "use_label": True,
+            "label_dropout": 0.1,
+        },
+        path={"scheduler": {"name": "condot"}},
+        optim={"lr": 1e-3},
+        ema={"decay": 0.9},
+        latent_shape=[4, 8, 8],
+        num_classes=3,
     )
     module = RefinerModule(base_ckpt_path="unused.ckpt", optim={"lr": 1e-3}, base_model=base)
     assert module.hparams.refiner_spec["in_channels"] == 2 * 4 + base.condition.spatial_channels
     b = 4
-    batch = {"latent": torch.randn(b, 4, 8, 8), "label": torch.tensor([0, 1, 2, 0]),
-             "masked_latent": torch.randn(b, 4, 8, 8), "mask": (torch.rand(b, 1, 32, 32) > 0.5).float()}
+    batch = {
+        "latent": torch.randn(b, 4, 8, 8),
+        "label": torch.tensor([0, 1, 2, 0]),
+        "masked_latent": torch.randn(b, 4, 8, 8),
+        "mask": (torch.rand(b, 1, 32, 32) > 0.5).float(),
+    }
     assert torch.isfinite(module.refiner_loss(batch)["loss"])
     cond = base.condition.from_batch(batch)
     solver = FlowTurboSolver("H1P1R1", TurboNetworks(base_network(base), module.refiner, base.condition))
@@ -344,10 +363,23 @@ def test_inpainting_base_refiner_sees_the_spatial_channels_and_samples():
 _CONDITIONS = {
     "label": {"name": "label", "label_dropout": 0.1},
     "semantic": {"name": "semantic", "resolution": 32, "num_semantic_classes": 4, "cond_dropout": 0.1},
-    "semantic_label": {"name": "semantic", "resolution": 32, "num_semantic_classes": 4, "cond_dropout": 0.1,
-                       "use_label": True, "label_dropout": 0.1},
-    "inpaint_label": {"name": "inpaint", "resolution": 32, "masks": {}, "mask_variants": 2, "cond_dropout": 0.1,
-                      "use_label": True, "label_dropout": 0.1},
+    "semantic_label": {
+        "name": "semantic",
+        "resolution": 32,
+        "num_semantic_classes": 4,
+        "cond_dropout": 0.1,
+        "use_label": True,
+        "label_dropout": 0.1,
+    },
+    "inpaint_label": {
+        "name": "inpaint",
+        "resolution": 32,
+        "masks": {},
+        "mask_variants": 2,
+        "cond_dropout": 0.1,
+        "use_label": True,
+        "label_dropout": 0.1,
+    },
 }
 
 
@@ -357,8 +389,13 @@ def _perturbed_base(kind: str, seed: int = 0):
 
     torch.manual_seed(seed)
     model = LatentFlowModule(
-        backbone={"name": "DiT-XS/2"}, condition=_CONDITIONS[kind], path={"scheduler": {"name": "condot"}},
-        optim={"lr": 1e-3}, ema={"decay": 0.9}, latent_shape=[4, 8, 8], num_classes=3,
+        backbone={"name": "DiT-XS/2"},
+        condition=_CONDITIONS[kind],
+        path={"scheduler": {"name": "condot"}},
+        optim={"lr": 1e-3},
+        ema={"decay": 0.9},
+        latent_shape=[4, 8, 8],
+        num_classes=3,
     )
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from latent_flow.sampling import EulerSolver, HeunSolver, classifier_free_guidance, check_guidance_interval
+from latent_flow.sampling import EulerSolver, HeunSolver, check_guidance_interval, classifier_free_guidance
 
 
 class CondNet(nn.Module):
@@ -96,7 +96,9 @@ def test_rows_at_different_times_are_guided_row_by_row_in_one_call() -> None:
     torch.testing.assert_close(out, ref)
 
 
-@pytest.mark.parametrize("bad", [(0.7, 0.3), (-0.1, 0.5), (0.2, 1.5), (0.5,), (0.1, 0.2, 0.3), "ab", (float("nan"), 1.0), 3])
+@pytest.mark.parametrize(
+    "bad", [(0.7, 0.3), (-0.1, 0.5), (0.2, 1.5), (0.5,), (0.1, 0.2, 0.3), "ab", (float("nan"), 1.0), 3]
+)
 def test_invalid_intervals_raise(bad) -> None:
     net = CondNet()
     _, cond, null = _inputs()
@@ -112,9 +114,13 @@ def test_interval_through_the_model_and_flowturbo_refuses_it() -> None:
 
     torch.manual_seed(0)
     model = LatentFlowModule(
-        backbone={"name": "DiT-XS/2"}, condition={"name": "label", "label_dropout": 0.1},
-        path={"scheduler": {"name": "condot"}}, optim={"lr": 1e-3}, ema={"decay": 0.9},
-        latent_shape=[4, 8, 8], num_classes=3,
+        backbone={"name": "DiT-XS/2"},
+        condition={"name": "label", "label_dropout": 0.1},
+        path={"scheduler": {"name": "condot"}},
+        optim={"lr": 1e-3},
+        ema={"decay": 0.9},
+        latent_shape=[4, 8, 8],
+        num_classes=3,
     )
     labels = torch.tensor([0, 1, 2])
     solver = HeunSolver(steps=3)

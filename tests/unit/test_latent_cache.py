@@ -58,8 +58,9 @@ def test_cached_latents_equal_fresh_encodings(tmp_path):
         item = view[i]
         torch.testing.assert_close(item["latent"], fresh[i], rtol=1e-5, atol=1e-5)
         raw_flip = torch.from_numpy(view.raw_latent(i, view=1))
-        torch.testing.assert_close(ae.encode_raw(torch.flip(data.images[i : i + 1], dims=[-1]))[0], raw_flip,
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            ae.encode_raw(torch.flip(data.images[i : i + 1], dims=[-1]))[0], raw_flip, rtol=1e-5, atol=1e-5
+        )
         assert int(item["label"]) == i % 3 and torch.equal(item["attributes"], torch.tensor([i % 3, i % 2]))
     # normalised over all views: per-channel mean ~0, std ~1
     both = torch.cat([fresh, fresh_flip])

@@ -29,7 +29,10 @@ def gaussian_flow(path: AffinePath, mean: torch.Tensor, std: torch.Tensor):
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         c = path.coefficients(t, x)
         var = c.alpha_t**2 * std**2 + c.sigma_t**2
-        return c.d_alpha_t * mean + (c.d_alpha_t * c.alpha_t * std**2 + c.d_sigma_t * c.sigma_t) * (x - c.alpha_t * mean) / var
+        return (
+            c.d_alpha_t * mean
+            + (c.d_alpha_t * c.alpha_t * std**2 + c.d_sigma_t * c.sigma_t) * (x - c.alpha_t * mean) / var
+        )
 
     def marginal_logp(x: torch.Tensor, t: float) -> torch.Tensor:
         c = path.coefficients(torch.full((x.shape[0],), t, dtype=x.dtype), x)
@@ -66,7 +69,9 @@ def test_vp_path_with_its_exact_prior() -> None:
     velocity, logp_true = gaussian_flow(path, MEAN, STD)
     x = _points()
     # VP's beta(s) makes the noise end stiff: dopri5 at 1e-5 gives ~7e-4 nats/dim here, 1e-7 gives ~2e-5
-    res = log_likelihood(velocity, x, divergence="exact", prior_logp=lambda x0: logp_true(x0, 0.0), rtol=1e-7, atol=1e-7)
+    res = log_likelihood(
+        velocity, x, divergence="exact", prior_logp=lambda x0: logp_true(x0, 0.0), rtol=1e-7, atol=1e-7
+    )
     assert (res.logp - logp_true(x, 1.0)).abs().max() / 2 < 1e-4
 
 

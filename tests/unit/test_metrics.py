@@ -11,13 +11,13 @@ from latent_flow.evaluation.metrics import (
     INCEPTION_WEIGHTS_FILE,
     InceptionWeightsMissingError,
     compute_features,
+    count_label,
     image_metrics,
     inception_score,
     kid,
-    precision_recall,
     knn_radii,
     metric_names,
-    count_label,
+    precision_recall,
 )
 
 
@@ -131,7 +131,11 @@ def test_inception_score_unavailable_without_logits_is_recorded_not_raised():
 
 
 def test_metric_names_carry_both_counts():
-    named = metric_names({"fid": 2.5, "kid_mean": 0.1, "is_mean": 3.0}, num_samples=10_000, num_reference=50_000,
-                         reference="ffhq256 train")
+    named = metric_names(
+        {"fid": 2.5, "kid_mean": 0.1, "is_mean": 3.0},
+        num_samples=10_000,
+        num_reference=50_000,
+        reference="ffhq256 train",
+    )
     assert named == {"fid@10k vs 50k ffhq256 train": 2.5, "kid@10k vs 50k ffhq256 train": 0.1, "is@10k": 3.0}
     assert count_label(1500) == "1.5k" and count_label(456) == "456"

@@ -19,9 +19,14 @@ def _pixel_model(space_to_depth: int = 2):
     g = torch.Generator().manual_seed(0)
     stats = {"mean": (0.1 * torch.randn(c, generator=g)).tolist(), "std": (0.3 + torch.rand(c, generator=g)).tolist()}
     model = LatentFlowModule(
-        backbone={"name": "DiT-XS/2"}, condition={"name": "label", "label_dropout": 0.1},
-        path={"scheduler": {"name": "condot"}}, optim={"lr": 1e-3}, ema={"decay": 0.9},
-        latent_shape=[c, h, h], num_classes=3, latent_stats=stats,
+        backbone={"name": "DiT-XS/2"},
+        condition={"name": "label", "label_dropout": 0.1},
+        path={"scheduler": {"name": "condot"}},
+        optim={"lr": 1e-3},
+        ema={"decay": 0.9},
+        latent_shape=[c, h, h],
+        num_classes=3,
+        latent_stats=stats,
         autoencoder={"name": "identity", "space_to_depth": space_to_depth},
     )
     seen = []
@@ -52,7 +57,7 @@ def test_pixel_model_reports_dequantised_pixel_bits_per_dim() -> None:
     d = 3 * 32 * 32
     assert out.num_dims == d
     # the Gaussian flow's Jacobian is a multiple of I: Hutchinson with Rademacher probes is exact
-    torch.testing.assert_close(out.logp.double(), exact.double(), rtol=0, atol=2e-3 * d ** 0.5)
+    torch.testing.assert_close(out.logp.double(), exact.double(), rtol=0, atol=2e-3 * d**0.5)
     bpd = (-exact.double() + d * math.log(127.5)) / (d * math.log(2))
     torch.testing.assert_close(out.bits_per_dim.double(), bpd, rtol=0, atol=1e-4)
 
@@ -64,7 +69,9 @@ def test_latents_are_scored_in_latent_space() -> None:
     assert out.space == "latent" and out.description == "bits/dim in the autoencoder's latent space, normalised latents"
     exact = standard_normal_logp(z)
     torch.testing.assert_close(out.logp.double(), exact.double(), rtol=0, atol=0.1)
-    torch.testing.assert_close(out.bits_per_dim.double(), -exact.double() / (z[0].numel() * math.log(2)), rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        out.bits_per_dim.double(), -exact.double() / (z[0].numel() * math.log(2)), rtol=0, atol=1e-4
+    )
 
 
 def test_inputs_must_be_unambiguous_and_labels_given() -> None:

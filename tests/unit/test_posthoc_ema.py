@@ -85,7 +85,6 @@ def test_reconstruction_matches_an_ema_tracked_directly(tmp_path):
 
 def test_training_stores_snapshots_and_the_command_writes_a_usable_checkpoint(compose_cfg, tmp_path):
     from conftest import TINY_TRAIN
-
     from latent_flow.api import generate, load_model
     from latent_flow.posthoc_ema import run_posthoc_ema
     from latent_flow.train import run_training

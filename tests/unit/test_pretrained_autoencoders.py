@@ -136,16 +136,21 @@ def test_hub_id_local_files_only_and_missing_dir(tmp_path, monkeypatch):
     start = time.monotonic()
     with pytest.raises(PretrainedWeightsNotFoundError, match="autoencoder.pretrained=") as info:
         load_autoencoder(
-            {"name": "diffusers_kl", "pretrained": "latent-flow-tests/no-such-flux", "subfolder": "vae",
-             "local_files_only": True}
+            {
+                "name": "diffusers_kl",
+                "pretrained": "latent-flow-tests/no-such-flux",
+                "subfolder": "vae",
+                "local_files_only": True,
+            }
         )
     assert time.monotonic() - start < 5.0
     assert "--include 'vae/*'" in str(info.value)
     with pytest.raises(FileNotFoundError, match="not found"):
         load_autoencoder({"name": "diffusers_kl", "pretrained": str(tmp_path / "missing")})
     with pytest.raises(PretrainedWeightsNotFoundError, match="download latent-flow-tests/no-such-taesd"):
-        load_autoencoder({"name": "diffusers_tiny", "pretrained": "latent-flow-tests/no-such-taesd",
-                          "local_files_only": True})
+        load_autoencoder(
+            {"name": "diffusers_tiny", "pretrained": "latent-flow-tests/no-such-taesd", "local_files_only": True}
+        )
 
 
 # ------------------------------------------------------------------ TAESD family (own)

@@ -18,8 +18,10 @@ from latent_flow.evaluation.reference import (
     reference_indices,
 )
 
-POOL = {"_target_": "torch.nn.Sequential",
-        "_args_": [{"_target_": "torch.nn.AdaptiveAvgPool2d", "output_size": 2}, {"_target_": "torch.nn.Flatten"}]}
+POOL = {
+    "_target_": "torch.nn.Sequential",
+    "_args_": [{"_target_": "torch.nn.AdaptiveAvgPool2d", "output_size": 2}, {"_target_": "torch.nn.Flatten"}],
+}
 
 
 class CountingExtractor(torch.nn.Module):
@@ -66,8 +68,17 @@ def test_images_are_the_files_bit_exact_and_stats_match_the_features(folder, tmp
     root, pixels = folder
     ds = ImageFolderDataset(root, resolution=8)
     idx = reference_indices(len(ds), split="all", val_fraction=0.0, seed=0)
-    summary = compute_reference(ds, idx, build_feature_extractor(POOL), tmp_path / "ref", extractor_spec=POOL,
-                                chunk_size=5, batch_size=3, save_images=True, progress=False)
+    summary = compute_reference(
+        ds,
+        idx,
+        build_feature_extractor(POOL),
+        tmp_path / "ref",
+        extractor_spec=POOL,
+        chunk_size=5,
+        batch_size=3,
+        save_images=True,
+        progress=False,
+    )
     assert summary["num_images"] == 12 and summary["feature_dim"] == 12
     ref = np.load(tmp_path / "ref" / "reference.npz")["arr_0"]
     assert ref.dtype == np.uint8 and np.array_equal(ref, pixels)  # no flip, no lossy re-encoding
@@ -104,12 +115,26 @@ def test_two_ranks_split_the_chunks_and_give_the_single_process_stats(folder, tm
     idx = np.arange(len(ds))
     compute_reference(ds, idx, CountingExtractor(), tmp_path / "one", extractor_spec=POOL, chunk_size=4, progress=False)
     r1 = CountingExtractor()
-    assert compute_reference(ds, idx, r1, tmp_path / "two", extractor_spec=POOL, chunk_size=4, rank=1,
-                             world_size=2, progress=False) is None
+    assert (
+        compute_reference(
+            ds, idx, r1, tmp_path / "two", extractor_spec=POOL, chunk_size=4, rank=1, world_size=2, progress=False
+        )
+        is None
+    )
     assert r1.images == 4  # chunk 1 of 0, 1, 2
     r0 = CountingExtractor()
-    compute_reference(ds, idx, r0, tmp_path / "two", extractor_spec=POOL, chunk_size=4, rank=0, world_size=2,
-                      progress=False, wait_timeout=5)
+    compute_reference(
+        ds,
+        idx,
+        r0,
+        tmp_path / "two",
+        extractor_spec=POOL,
+        chunk_size=4,
+        rank=0,
+        world_size=2,
+        progress=False,
+        wait_timeout=5,
+    )
     assert r0.images == 8
     a, b = np.load(tmp_path / "one" / "stats.npz"), np.load(tmp_path / "two" / "stats.npz")
     assert np.array_equal(a["indices"], b["indices"]) and np.allclose(a["sigma"], b["sigma"])
@@ -123,7 +148,9 @@ def test_missing_or_mismatched_statistics_are_refused(folder, tmp_path):
     ds = ImageFolderDataset(folder[0], resolution=8)
     compute_reference(ds, np.arange(4), CountingExtractor(), tmp_path / "r", extractor_spec=POOL, progress=False)
     with pytest.raises(ReferenceStatsError, match="computed with feature extractor torch.nn.Sequential"):
-        load_reference_stats(tmp_path / "r", feature_extractor={"_target_": "latent_flow.evaluation.metrics.InceptionFeatures"})
+        load_reference_stats(
+            tmp_path / "r", feature_extractor={"_target_": "latent_flow.evaluation.metrics.InceptionFeatures"}
+        )
     np.savez(tmp_path / "bad.npz", features=np.zeros((2, 2)))
     with pytest.raises(ReferenceStatsError, match=r"no \['mu', 'sigma'\]"):
         load_reference_stats(tmp_path / "bad.npz")
@@ -134,8 +161,16 @@ def test_missing_or_mismatched_statistics_are_refused(folder, tmp_path):
 def test_the_command_writes_stats_of_the_requested_split(compose_cfg, tmp_path):
     from latent_flow.reference_stats import run_reference_stats
 
-    cfg = compose_cfg("reference_stats", ["feature_extractor=pixels", "data.dataset.num_samples=100",
-                                          "data.val_fraction=0.1", "split=val", "chunk_size=4"])
+    cfg = compose_cfg(
+        "reference_stats",
+        [
+            "feature_extractor=pixels",
+            "data.dataset.num_samples=100",
+            "data.val_fraction=0.1",
+            "split=val",
+            "chunk_size=4",
+        ],
+    )
     summary = run_reference_stats(cfg)
     out = tmp_path / "run"
     info = json.loads((out / "reference.json").read_text())

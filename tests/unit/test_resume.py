@@ -90,8 +90,9 @@ def test_latent_dataset_choices_follow_the_key_not_the_global_rng(tmp_path):
     from latent_flow.data.latent_cache import LatentCache
 
     data = ShapesDataset(num_samples=8, resolution=16, seed=0)
-    cache = LatentCache(tmp_path, data, IdentityAutoencoder(), flip=True, name="t",
-                        extras={"masks": {}, "mask_variants": 3})
+    cache = LatentCache(
+        tmp_path, data, IdentityAutoencoder(), flip=True, name="t", extras={"masks": {}, "mask_variants": 3}
+    )
     cache.build(progress=False)
     view = cache.dataset_view(random_flip=True)
     keys = [draw_key(0, 0, p) for p in range(40)]
@@ -105,5 +106,7 @@ def test_latent_dataset_choices_follow_the_key_not_the_global_rng(tmp_path):
     # the key varies the choices: both views and several mask variants over 5 accesses of each item
     seen: dict[int, set] = {}
     for p, x in enumerate(a):
-        seen.setdefault(p % 8, set()).add((x["mask"].sum().item(), x["latent"][..., 0].sum().item()))  # column 0: flip-sensitive
+        seen.setdefault(p % 8, set()).add(
+            (x["mask"].sum().item(), x["latent"][..., 0].sum().item())
+        )  # column 0: flip-sensitive
     assert sum(len(v) for v in seen.values()) > 8 + 4

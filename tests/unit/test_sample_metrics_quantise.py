@@ -37,12 +37,18 @@ def test_fd_shapes_callback_scores_uint8_quantised_images(monkeypatch, tmp_path)
     n = 6
     decoded = torch.rand(n, 3, 32, 32) * 2.2 - 1.1  # decodes are continuous (and may leave [-1, 1])
     cb = SampleMetricsCallback(
-        every_n_steps=1, num_samples=n, batch_size=n, sampler={"name": "euler", "steps": 1}, cache_dir=str(tmp_path),
+        every_n_steps=1,
+        num_samples=n,
+        batch_size=n,
+        sampler={"name": "euler", "steps": 1},
+        cache_dir=str(tmp_path),
         metrics_path=str(tmp_path / "metrics.json"),
     )
     monkeypatch.setattr(cb, "_sample", lambda pl_module, labels: (decoded.clone(), 1))
     module = SimpleNamespace(
-        hparams={"data": {"name": "shapes", "resolution": 32}}, device=torch.device("cpu"), num_classes=5,
+        hparams={"data": {"name": "shapes", "resolution": 32}},
+        device=torch.device("cpu"),
+        num_classes=5,
         condition=SimpleNamespace(uses_label=True, spatial_channels=0),
     )
     trainer = SimpleNamespace(global_step=3, is_global_zero=True, loggers=[])

@@ -24,7 +24,10 @@ def gaussian_velocity(path: AffinePath, mean=MEAN, std=STD):
         c = path.coefficients(t, x)
         var = c.alpha_t**2 * std.to(x.dtype) ** 2 + c.sigma_t**2
         m = mean.to(x.dtype)
-        return c.d_alpha_t * m + (c.d_alpha_t * c.alpha_t * std.to(x.dtype) ** 2 + c.d_sigma_t * c.sigma_t) * (x - c.alpha_t * m) / var
+        return (
+            c.d_alpha_t * m
+            + (c.d_alpha_t * c.alpha_t * std.to(x.dtype) ** 2 + c.d_sigma_t * c.sigma_t) * (x - c.alpha_t * m) / var
+        )
 
     return velocity
 
@@ -58,7 +61,9 @@ def test_zero_diffusion_is_the_odes_euler_bit_for_bit() -> None:
         sde = EulerMaruyamaSolver(steps=9, diffusion=0.0, time_grid=grid, shift=shift).sample(v, x0)
         assert torch.equal(ode.x, sde.x) and sde.nfe == ode.nfe == 9
     # also when built by name without a path (diffusion 0 needs no score)
-    assert torch.equal(build_solver("euler_maruyama", steps=9, diffusion=0).sample(v, x0).x, EulerSolver(steps=9).sample(v, x0).x)
+    assert torch.equal(
+        build_solver("euler_maruyama", steps=9, diffusion=0).sample(v, x0).x, EulerSolver(steps=9).sample(v, x0).x
+    )
 
 
 @pytest.mark.parametrize("name, form, w", [("condot", "sigma", 1.0), ("condot", "constant", 0.5), ("vp", "sigma", 1.0)])
@@ -108,16 +113,22 @@ def test_sample_latents_passes_path_and_indices_any_batch_split_same_samples() -
 
     torch.manual_seed(0)
     model = LatentFlowModule(
-        backbone={"name": "DiT-XS/2"}, condition={"name": "label", "label_dropout": 0.1},
-        path={"scheduler": {"name": "condot"}}, optim={"lr": 1e-3}, ema={"decay": 0.9},
-        latent_shape=[4, 8, 8], num_classes=3,
+        backbone={"name": "DiT-XS/2"},
+        condition={"name": "label", "label_dropout": 0.1},
+        path={"scheduler": {"name": "condot"}},
+        optim={"lr": 1e-3},
+        ema={"decay": 0.9},
+        latent_shape=[4, 8, 8],
+        num_classes=3,
     )
     solver = build_solver("euler_maruyama", steps=4, diffusion=1.0)  # no path: the model passes its own
     labels = torch.tensor([0, 1, 2, 0])
     whole = model.sample_latents(solver, indices=range(4), labels=labels, cfg_scale=2.0, seed=5)
     assert whole.nfe == 4
-    parts = [model.sample_latents(solver, indices=range(lo, lo + 2), labels=labels[lo:lo + 2], cfg_scale=2.0, seed=5).x
-             for lo in (0, 2)]
+    parts = [
+        model.sample_latents(solver, indices=range(lo, lo + 2), labels=labels[lo : lo + 2], cfg_scale=2.0, seed=5).x
+        for lo in (0, 2)
+    ]
     torch.testing.assert_close(torch.cat(parts), whole.x, rtol=1e-5, atol=1e-5)
     ode = model.sample_latents(build_solver("euler", steps=4), indices=range(4), labels=labels, cfg_scale=2.0, seed=5)
     assert not torch.allclose(ode.x, whole.x)

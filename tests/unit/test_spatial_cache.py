@@ -25,10 +25,13 @@ def shapes():
 def test_keys_without_extras_are_unchanged():
     # caches of label / none runs keep their directories
     assert cache_key("d", "a", False) == cache_key("d", "a", False, {}) == cache_key("d", "a", False, None)
-    keys = {cache_key("d", "a", False), cache_key("d", "a", False, {"semantic": True}),
-            cache_key("d", "a", False, {"masks": MASKS, "mask_variants": 2}),
-            cache_key("d", "a", False, {"masks": {**MASKS, "hole_max": 0.5}, "mask_variants": 2}),
-            cache_key("d", "a", False, {"masks": MASKS, "mask_variants": 3})}
+    keys = {
+        cache_key("d", "a", False),
+        cache_key("d", "a", False, {"semantic": True}),
+        cache_key("d", "a", False, {"masks": MASKS, "mask_variants": 2}),
+        cache_key("d", "a", False, {"masks": {**MASKS, "hole_max": 0.5}, "mask_variants": 2}),
+        cache_key("d", "a", False, {"masks": MASKS, "mask_variants": 3}),
+    }
     assert len(keys) == 5
 
 
@@ -65,16 +68,16 @@ def test_masks_and_masked_latents(tmp_path, shapes):
         torch.testing.assert_close(item["masked_latent"], expected)
     # training picks variants at random: over many accesses all of them appear
     train_view = cache.dataset_view(random_flip=False, random_variant=True)
-    seen = {int(np.argmax([torch.equal(train_view[5]["mask"][0], torch.from_numpy(gen(5, v)).float())
-                           for v in range(3)])) for _ in range(30)}
+    seen = {
+        int(np.argmax([torch.equal(train_view[5]["mask"][0], torch.from_numpy(gen(5, v)).float()) for v in range(3)]))
+        for _ in range(30)
+    }
     assert seen == {0, 1, 2}
 
 
 def test_flipped_views_flip_mask_and_map_too(tmp_path, shapes):
     ae = IdentityAutoencoder(space_to_depth=1)
-    cache = LatentCache(
-        tmp_path, shapes, ae, flip=True, extras={"masks": MASKS, "mask_variants": 1, "semantic": True}
-    )
+    cache = LatentCache(tmp_path, shapes, ae, flip=True, extras={"masks": MASKS, "mask_variants": 1, "semantic": True})
     cache.build(progress=False)
     view = cache.dataset_view(random_flip=True, random_variant=False)
     mean = torch.tensor(view.meta.mean).view(-1, 1, 1)
@@ -95,7 +98,11 @@ def test_flipped_views_flip_mask_and_map_too(tmp_path, shapes):
 
 def test_datamodule_passes_extras_and_fixes_validation_variants(tmp_path, shapes):
     dm = LatentDataModule(
-        shapes, IdentityAutoencoder(2), cache_dir=tmp_path, batch_size=4, val_fraction=0.25,
+        shapes,
+        IdentityAutoencoder(2),
+        cache_dir=tmp_path,
+        batch_size=4,
+        val_fraction=0.25,
         cache_extras={"masks": MASKS, "mask_variants": 2},
     )
     dm.prepare_data()

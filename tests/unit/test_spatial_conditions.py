@@ -78,9 +78,19 @@ def test_label_and_spatial_combined():
         assert torch.equal(label, batch["label"])
         assert (enc.null(cond)["label"] == 5).all()
     module = LatentFlowModule(
-        backbone={"name": "UNet-T"}, condition={"name": "semantic", "use_label": True, "label_dropout": 0.2,
-                                               "resolution": 32, "num_semantic_classes": 6},
-        path={"scheduler": {"name": "condot"}}, optim={"lr": 1e-3}, ema=None, latent_shape=LATENT, num_classes=5,
+        backbone={"name": "UNet-T"},
+        condition={
+            "name": "semantic",
+            "use_label": True,
+            "label_dropout": 0.2,
+            "resolution": 32,
+            "num_semantic_classes": 6,
+        },
+        path={"scheduler": {"name": "condot"}},
+        optim={"lr": 1e-3},
+        ema=None,
+        latent_shape=LATENT,
+        num_classes=5,
     )
     assert module.backbone.num_classes == 5 and module.condition.spatial_channels == 4
 
@@ -91,7 +101,7 @@ def test_condition_dropout_replaces_whole_samples_by_the_null():
     cond = enc.from_batch(_inpaint_batch(400))
     enc.train()
     dropped = enc.train_dropout(cond)
-    is_null = (dropped["masked_latent"].flatten(1).abs().sum(1) == 0)
+    is_null = dropped["masked_latent"].flatten(1).abs().sum(1) == 0
     assert torch.equal(is_null, dropped["mask"].flatten(1).sum(1) == 0)  # both parts dropped together
     assert 0.4 < is_null.float().mean() < 0.6
     kept = ~is_null
@@ -107,8 +117,11 @@ def test_condition_dropout_replaces_whole_samples_by_the_null():
 
 def test_semantic_encoder_trains_with_the_backbone():
     module = LatentFlowModule(
-        backbone={"name": "UNet-T"}, condition={"name": "semantic", "resolution": 32, "num_semantic_classes": 6},
-        path={"scheduler": {"name": "condot"}}, optim={"lr": 1e-2}, ema={"decay": 0.9, "warmup": False},
+        backbone={"name": "UNet-T"},
+        condition={"name": "semantic", "resolution": 32, "num_semantic_classes": 6},
+        path={"scheduler": {"name": "condot"}},
+        optim={"lr": 1e-2},
+        ema={"decay": 0.9, "warmup": False},
         latent_shape=LATENT,
     )
     enc_params = dict(module.condition.named_parameters())
@@ -143,8 +156,11 @@ def test_semantic_encoder_trains_with_the_backbone():
 
 def test_ddp_parameter_checksum_covers_the_map_encoder_and_its_ema():
     module = LatentFlowModule(
-        backbone={"name": "UNet-T"}, condition={"name": "semantic", "resolution": 32, "num_semantic_classes": 6},
-        path={"scheduler": {"name": "condot"}}, optim={"lr": 1e-2}, ema={"decay": 0.9, "warmup": False},
+        backbone={"name": "UNet-T"},
+        condition={"name": "semantic", "resolution": 32, "num_semantic_classes": 6},
+        path={"scheduler": {"name": "condot"}},
+        optim={"lr": 1e-2},
+        ema={"decay": 0.9, "warmup": False},
         latent_shape=LATENT,
     )
     before = module.parameter_checksum()
@@ -159,8 +175,12 @@ def test_ddp_parameter_checksum_covers_the_map_encoder_and_its_ema():
 
 def test_parameter_free_conditions_have_no_ema_copy():
     module = LatentFlowModule(
-        backbone={"name": "UNet-T"}, condition={"name": "inpaint", "resolution": 32},
-        path={"scheduler": {"name": "condot"}}, optim={"lr": 1e-3}, ema={"decay": 0.9}, latent_shape=LATENT,
+        backbone={"name": "UNet-T"},
+        condition={"name": "inpaint", "resolution": 32},
+        path={"scheduler": {"name": "condot"}},
+        optim={"lr": 1e-3},
+        ema={"decay": 0.9},
+        latent_shape=LATENT,
     )
     assert module.condition_ema is None
     assert not any(k.startswith("condition") for k in module.state_dict())
@@ -200,7 +220,8 @@ def test_cache_extras():
     assert cache_extras({"name": "label"}) == {} and cache_extras({"name": "none"}) == {}
     assert cache_extras({"name": "semantic"}) == {"semantic": True}
     assert cache_extras({"name": "inpaint", "masks": {"hole_min": 0.2}, "mask_variants": 2}) == {
-        "masks": {"hole_min": 0.2}, "mask_variants": 2
+        "masks": {"hole_min": 0.2},
+        "mask_variants": 2,
     }
 
 
@@ -211,8 +232,13 @@ def test_spatial_label_models_train_the_joint_null_at_the_configured_rate(name):
     options = {"resolution": 32, "cond_dropout": p_cond, "use_label": True, "label_dropout": p_label}
     options.update({"num_semantic_classes": 6} if name == "semantic" else {"masks": {}, "mask_variants": 2})
     module = LatentFlowModule(
-        backbone={"name": "DiT-XS/2"}, condition={"name": name, **options}, path={"scheduler": {"name": "condot"}},
-        optim={"lr": 1e-3}, ema=None, latent_shape=LATENT, num_classes=5,
+        backbone={"name": "DiT-XS/2"},
+        condition={"name": name, **options},
+        path={"scheduler": {"name": "condot"}},
+        optim={"lr": 1e-3},
+        ema=None,
+        latent_shape=LATENT,
+        num_classes=5,
     ).train()
     seen_labels, spatial_null = [], []
     module.backbone.y_embedder.embedding_table.register_forward_hook(
@@ -254,7 +280,12 @@ def test_spatial_label_models_train_the_joint_null_at_the_configured_rate(name):
 
 def test_label_only_models_keep_the_backbone_label_dropout():
     module = LatentFlowModule(
-        backbone={"name": "DiT-XS/2"}, condition={"name": "label", "label_dropout": 0.3},
-        path={"scheduler": {"name": "condot"}}, optim={"lr": 1e-3}, ema=None, latent_shape=LATENT, num_classes=5,
+        backbone={"name": "DiT-XS/2"},
+        condition={"name": "label", "label_dropout": 0.3},
+        path={"scheduler": {"name": "condot"}},
+        optim={"lr": 1e-3},
+        ema=None,
+        latent_shape=LATENT,
+        num_classes=5,
     )
     assert module.backbone.y_embedder.dropout_prob == 0.3

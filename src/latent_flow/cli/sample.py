@@ -39,7 +39,14 @@ from latent_flow.utils.config import to_plain
 from latent_flow.utils.images import colorize_semantic, from_uint8, make_grid_image, save_png
 from latent_flow.utils.io import write_json
 
-__all__ = ["cfg_interval_of", "guide_path", "load_guide", "run_conditional_sampling", "run_sampling", "sampling_settings"]
+__all__ = [
+    "cfg_interval_of",
+    "guide_path",
+    "load_guide",
+    "run_conditional_sampling",
+    "run_sampling",
+    "sampling_settings",
+]
 
 log = logging.getLogger(__name__)
 
