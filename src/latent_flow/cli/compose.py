@@ -11,18 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from latent_flow.compositional.energy import DEFAULT_NOT_CAP
 from latent_flow.compositional.expression import parse, to_string, validate
 from latent_flow.compositional.sampling import generate_composed, load_classifier_for
+from latent_flow.utils.config import to_plain
 
 __all__ = ["ComposedGenerator", "composed_generator", "guidance_options"]
 
 
 def guidance_options(cfg: DictConfig) -> dict[str, float]:
     """``guidance_scale`` and the ``energy_guidance`` node (max_weight, t_min, t_max, not_cap) as keyword arguments."""
-    g = OmegaConf.to_container(cfg.get("energy_guidance") or {}, resolve=True)
+    g = to_plain(cfg.get("energy_guidance") or {})
     known = {"max_weight", "t_min", "t_max", "not_cap"}
     unknown = sorted(set(g) - known)
     if unknown:

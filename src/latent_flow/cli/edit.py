@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from latent_flow.api import load_model
 from latent_flow.cli.compose import guidance_options
@@ -28,6 +28,7 @@ from latent_flow.compositional.editing import invert, predicted_attributes, rege
 from latent_flow.compositional.guidance import GuidanceSettings
 from latent_flow.compositional.sampling import guided_solver, load_classifier_for
 from latent_flow.data.image_folder import load_image
+from latent_flow.utils.config import to_plain
 from latent_flow.utils.images import from_uint8, make_grid_image, save_png, to_uint8
 from latent_flow.utils.io import write_json
 
@@ -48,7 +49,7 @@ def _readings(classifier, x) -> dict:
 def run_edit(cfg: DictConfig) -> dict:
     start = time.time()
     out_dir = Path(cfg.out_dir)
-    edits = list(OmegaConf.to_container(cfg.edits, resolve=True) if OmegaConf.is_config(cfg.edits) else cfg.edits or [])
+    edits = list(to_plain(cfg.edits) or [])
     if isinstance(cfg.edits, str):
         edits = [cfg.edits]
     model = load_model(cfg.ckpt_path, device=cfg.device)
@@ -61,9 +62,9 @@ def run_edit(cfg: DictConfig) -> dict:
     with torch.no_grad():
         x_data = model.autoencoder.encode(image).float()
 
-    sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
+    sampler = to_plain(cfg.sampler)
     solver = guided_solver(sampler.pop("name"), **sampler)
-    inv_cfg = OmegaConf.to_container(cfg.inversion_sampler, resolve=True) if cfg.inversion_sampler else None
+    inv_cfg = to_plain(cfg.inversion_sampler) if cfg.inversion_sampler else None
     inv_solver = guided_solver(inv_cfg.pop("name"), **inv_cfg) if inv_cfg else solver
     opts = guidance_options(cfg)
     settings = GuidanceSettings(
@@ -101,7 +102,7 @@ def run_edit(cfg: DictConfig) -> dict:
         **opts,
         "anchor_weight": float(cfg.anchor_weight),
         "latent_weight": float(cfg.latent_weight),
-        "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
+        "sampler": to_plain(cfg.sampler),
         "inversion_sampler": inv_cfg or "same as sampler",
         "readings": {name: _readings(classifier, x) for name, x in stages},
         "round_trip_latent_rmse": float((x_rec - x_data).square().mean().sqrt()),

@@ -203,7 +203,7 @@ def _metrics(cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None,
     shapes_metrics = {"fd_shapes", "label_accuracy", "miou"} & set(requested)
     if shapes_metrics:
         resolution = arr.shape[1]
-        oracle = load_or_train_oracle(cfg.paths.cache_dir, resolution, **OmegaConf.to_container(cfg.evaluation.oracle))
+        oracle = load_or_train_oracle(cfg.paths.cache_dir, resolution, **to_plain(cfg.evaluation.oracle))
         if "fd_shapes" in requested:
             n_ref = cfg.evaluation.reference_samples or len(arr)
             out["fd_shapes"] = fd_shapes(oracle, images, real_images(n_ref, resolution, cfg.evaluation.reference_seed))
@@ -245,7 +245,7 @@ def _feature_metrics(cfg: DictConfig, arr: np.ndarray, metrics: tuple[str, ...])
             "`python -m latent_flow.reference_stats data=... split=train`> or evaluation.reference_npz=/path/to/"
             "reference.npz (arr_0: uint8 NHWC); offline on shapes, metrics=[fd_shapes,label_accuracy]"
         )
-    spec = OmegaConf.to_container(ev.feature_extractor, resolve=True)
+    spec = to_plain(ev.feature_extractor)
     extractor = build_feature_extractor(spec)
     device = "cuda" if torch.cuda.is_available() and str(cfg.device) in ("auto", "cuda") else "cpu"
     if isinstance(extractor, torch.nn.Module):

@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from latent_flow.data.emoji import prepare_emoji, summary_table
+from latent_flow.utils.config import to_plain
 from latent_flow.utils.io import write_json
 
 __all__ = ["DATASETS", "positional_dataset", "run_prepare_data"]
@@ -40,7 +41,7 @@ def run_prepare_data(cfg: DictConfig) -> dict:
     sources = cfg.sources
     sources = [sources] if isinstance(sources, str) else list(sources)
     background = cfg.background if isinstance(cfg.background, str) else list(cfg.background)
-    source_paths = OmegaConf.to_container(cfg.source_paths, resolve=True) if cfg.get("source_paths") else None
+    source_paths = to_plain(cfg.source_paths) if cfg.get("source_paths") else None
     summaries = prepare_emoji(
         cfg.out_dir,
         sources,

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from latent_flow.evaluation.reference import build_feature_extractor, compute_reference, reference_indices
+from latent_flow.utils.config import to_plain
 from latent_flow.utils.distributed import distributed_rank, rank_device, resolve_device
 
 __all__ = ["run_reference_stats"]
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 def run_reference_stats(cfg: DictConfig) -> dict | None:
     rank, world_size = distributed_rank()
     device = str(resolve_device(rank_device(cfg.device, rank)))
-    spec = OmegaConf.to_container(cfg.evaluation.feature_extractor, resolve=True)
+    spec = to_plain(cfg.evaluation.feature_extractor)
     extractor = build_feature_extractor(spec)
     if isinstance(extractor, torch.nn.Module):
         extractor.to(device)

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from latent_flow.utils.config import to_plain
 from latent_flow.utils.distributed import resolve_precision
 from latent_flow.utils.io import write_json
 
@@ -70,7 +71,7 @@ def instantiate_loggers(cfg: DictConfig | None) -> list:
 
 
 def build_trainer(cfg: DictConfig, *, callbacks: list, loggers: list) -> L.Trainer:
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg = to_plain(cfg.trainer)
     trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "auto"))
     return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, _convert_="object")
 
@@ -111,7 +112,7 @@ def fit(cfg: DictConfig, model: L.LightningModule, datamodule: L.LightningDataMo
     ckpt_path = check_ckpt_path(cfg.get("ckpt_path"))
     loggers = instantiate_loggers(cfg.get("logger"))
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(to_plain(cfg))
     trainer = build_trainer(cfg, callbacks=instantiate_callbacks(cfg.get("callbacks")), loggers=loggers)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     _save_final_checkpoint(trainer)

@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from latent_flow.cli.run import check_ckpt_path, configure_torch, fit, run_status, save_resolved_config, write_summary
 from latent_flow.cli.train_refiner import run_refiner_training
@@ -28,6 +28,7 @@ from latent_flow.conditioning import cache_extras, check_condition_data
 from latent_flow.data.datamodule import LatentDataModule
 from latent_flow.training.autoencoder import ensure_autoencoder
 from latent_flow.training.module import LatentFlowModule
+from latent_flow.utils.config import to_plain
 
 __all__ = ["run_training", "sweep_value"]
 
@@ -59,7 +60,7 @@ def run_training(cfg: DictConfig) -> dict:
     )
     stage_ae = time.time()
 
-    condition_cfg = OmegaConf.to_container(cfg.condition, resolve=True)
+    condition_cfg = to_plain(cfg.condition)
     check_condition_data(condition_cfg, dataset)  # e.g. condition=semantic on data without maps
     datamodule = LatentDataModule(
         dataset,

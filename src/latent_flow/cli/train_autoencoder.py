@@ -13,10 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from latent_flow.cli.run import instantiate_loggers, save_resolved_config
 from latent_flow.training.autoencoder import autoencoder_cache_path, train_autoencoder
+from latent_flow.utils.config import to_plain
 from latent_flow.utils.distributed import resolve_precision
 
 __all__ = ["run_autoencoder_training"]
@@ -27,7 +28,7 @@ def run_autoencoder_training(cfg: DictConfig) -> Path:
     save_resolved_config(cfg, cfg.paths.output_dir)
     dataset = instantiate(cfg.data.dataset)
     export_path = cfg.export_path or autoencoder_cache_path(cfg.autoencoder, dataset, cfg.paths.cache_dir)
-    trainer_overrides = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_overrides = to_plain(cfg.trainer)
     trainer_overrides.pop("_target_", None)
     trainer_overrides["precision"] = resolve_precision(trainer_overrides.get("precision", "auto"))
     path = train_autoencoder(

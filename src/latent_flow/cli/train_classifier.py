@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from latent_flow.api import load_model
 from latent_flow.cli.run import save_resolved_config
@@ -33,15 +33,12 @@ from latent_flow.compositional.training import (
 )
 from latent_flow.data.datamodule import split_indices
 from latent_flow.data.latent_cache import LatentCache, build_cache_distributed
+from latent_flow.utils.config import to_plain
 from latent_flow.utils.io import write_json
 
 __all__ = ["run_classifier_training"]
 
 log = logging.getLogger(__name__)
-
-
-def _container(value):
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def _load_latents(cache, flow_stats: dict, progress: bool) -> tuple[torch.Tensor, np.ndarray]:
@@ -95,13 +92,13 @@ def run_classifier_training(cfg: DictConfig) -> dict:
     latents, attributes = _load_latents(cache, stats, bool(cfg.progress))
     stage_data = time.time()
 
-    holdout = _container(cfg.holdout) or []
+    holdout = to_plain(cfg.holdout) or []
     held = holdout_mask(attributes, names, values, holdout)
     rest = np.flatnonzero(~held)
     train_pos, val_pos = split_indices(len(rest), float(cfg.train.val_fraction), int(cfg.seed))
     train_idx, val_idx, held_idx = rest[train_pos], rest[val_pos], np.flatnonzero(held)
-    specs = classifier_specs(names, values, _container(cfg.attributes), _container(cfg.continuous), float(cfg.sigma))
-    classifier = LatentAttributeClassifier(flow.latent_shape, specs, **_container(cfg.classifier)).to(device)
+    specs = classifier_specs(names, values, to_plain(cfg.attributes), to_plain(cfg.continuous), float(cfg.sigma))
+    classifier = LatentAttributeClassifier(flow.latent_shape, specs, **to_plain(cfg.classifier)).to(device)
     targets = torch.from_numpy(attributes).long()
     log.info(
         "classifier %.2fM parameters; %d train / %d val / %d held-out items (holdout=%s)",
@@ -129,7 +126,7 @@ def run_classifier_training(cfg: DictConfig) -> dict:
     stage_train = time.time()
 
     max_items = int(cfg.eval.max_items)
-    t_bins = list(_container(cfg.eval.t_bins))
+    t_bins = list(to_plain(cfg.eval.t_bins))
     # seen: validation items of the training combinations; heldout: every holdout rule on its own,
     # with the joint accuracy of the rule's attributes (the zero-shot combination read correctly)
     seen_idx = val_idx[:max_items]

@@ -24,6 +24,7 @@ from latent_flow.conditioning import cache_extras
 from latent_flow.data.datamodule import LatentDataModule
 from latent_flow.flowturbo.module import RefinerModule
 from latent_flow.training.checkpoints import load_flow_module
+from latent_flow.utils.config import to_plain
 
 __all__ = ["run_refiner_training"]
 
@@ -95,7 +96,7 @@ def run_refiner_training(cfg: DictConfig) -> dict:
     datamodule.setup("fit")
     _check_latents(base, datamodule, cfg.data.name, base_path)
 
-    r = OmegaConf.to_container(cfg.refiner, resolve=True)
+    r = to_plain(cfg.refiner)
     L.seed_everything(cfg.seed, workers=True)  # initial weights from the seed alone (not from the stages above)
     model = RefinerModule(
         base_ckpt_path=base_path,
