@@ -33,15 +33,9 @@ from latent_flow.cli.sample import cfg_interval_of, load_guide, sampling_setting
 from latent_flow.conditioning import InpaintCondition
 from latent_flow.data import ShapesDataset
 from latent_flow.data.image_folder import list_image_files
+from latent_flow.evaluation import oracle as oracle_lib  # module attributes: patchable in tests
 from latent_flow.evaluation.frechet import frechet_distance, gaussian_stats
 from latent_flow.evaluation.metrics import compute_features, image_metrics, metric_names
-from latent_flow.evaluation.oracle import (
-    fd_shapes,
-    fd_shapes_floor,
-    load_or_train_oracle,
-    oracle_metrics_on_samples,
-    real_images,
-)
 from latent_flow.evaluation.reference import build_feature_extractor, load_reference_stats
 from latent_flow.generation import NFETally, sample_batches
 from latent_flow.utils.config import to_plain
@@ -203,20 +197,22 @@ def _metrics(cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None,
     shapes_metrics = {"fd_shapes", "label_accuracy", "miou"} & set(requested)
     if shapes_metrics:
         resolution = arr.shape[1]
-        oracle = load_or_train_oracle(cfg.paths.cache_dir, resolution, **to_plain(cfg.evaluation.oracle))
+        oracle = oracle_lib.load_or_train_oracle(cfg.paths.cache_dir, resolution, **to_plain(cfg.evaluation.oracle))
         if "fd_shapes" in requested:
             n_ref = cfg.evaluation.reference_samples or len(arr)
-            out["fd_shapes"] = fd_shapes(oracle, images, real_images(n_ref, resolution, cfg.evaluation.reference_seed))
-            out["fd_shapes_floor"] = fd_shapes_floor(oracle, n=len(arr), resolution=resolution)
+            out["fd_shapes"] = oracle_lib.fd_shapes(
+                oracle, images, oracle_lib.real_images(n_ref, resolution, cfg.evaluation.reference_seed)
+            )
+            out["fd_shapes_floor"] = oracle_lib.fd_shapes_floor(oracle, n=len(arr), resolution=resolution)
         if "label_accuracy" in requested and labels is not None:
-            out["label_accuracy"] = oracle_metrics_on_samples(oracle, images, labels=torch.from_numpy(labels))[
-                "label_accuracy"
-            ]
+            out["label_accuracy"] = oracle_lib.oracle_metrics_on_samples(
+                oracle, images, labels=torch.from_numpy(labels)
+            )["label_accuracy"]
         if "miou" in requested:
             if spatial is None:
                 raise ValueError("metrics: miou needs an inpainting / semantic model (the requested maps)")
             # semantic: against the requested maps; inpainting: against the maps of the original renders
-            seg = oracle_metrics_on_samples(oracle, images, semantic=torch.from_numpy(spatial["maps"]))
+            seg = oracle_lib.oracle_metrics_on_samples(oracle, images, semantic=torch.from_numpy(spatial["maps"]))
             out["miou"], out["miou_per_class"] = seg["miou"], seg["miou_per_class"]
         if spatial is not None and "masks" in spatial:
             known = spatial["masks"]
