@@ -91,6 +91,10 @@ class AutoencoderModule(pl.LightningModule):
             SD-style) or the posterior mean (False).
         export_path: where ``on_train_end`` writes the autoencoder file
             (None: nothing written automatically).
+        channels_last: train in the channels_last memory format (weights and images). Same
+            numbers within float tolerance (``tests/unit/test_channels_last.py``), and 1.7x
+            faster per step on the 2-core CPU (``benchmarks/quickstart_speed.py``). The exported
+            file holds contiguous (NCHW) weights either way.
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class AutoencoderModule(pl.LightningModule):
         kl_weight: float = 1e-6,
         sample_posterior: bool = True,
         export_path: str | os.PathLike[str] | None = None,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -139,11 +144,21 @@ class AutoencoderModule(pl.LightningModule):
         self.kl_weight = float(kl_weight)
         self.sample_posterior = bool(sample_posterior)
         self.export_path = None if export_path is None else str(export_path)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.autoencoder.to(memory_format=torch.channels_last)
+
+    def prepare_images(self, images: Tensor) -> Tensor:
+        """``images`` in the module's memory format (channels_last when ``channels_last``)."""
+        if self.channels_last and images.dim() == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     # ------------------------------------------------------------- losses
     def compute_losses(self, images: Tensor, sample: bool | None = None) -> dict[str, Tensor]:
         """``{"rec", "kl", "loss", "reconstruction"}`` for a batch of images in [-1, 1]."""
         sample = self.sample_posterior if sample is None else sample
+        images = self.prepare_images(images)
         mean, logvar = self.autoencoder.encode_distribution(images)
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if sample else mean
         recon = self.autoencoder.decode_unclamped(z)
@@ -186,8 +201,14 @@ class AutoencoderModule(pl.LightningModule):
 
     # ------------------------------------------------------------- export
     def export(self, path: str | os.PathLike[str]) -> Path:
-        """Write the autoencoder file (config, weights, latent stats if set)."""
-        return save_autoencoder(self.autoencoder, path)
+        """Write the autoencoder file (config, weights, latent stats if set), weights contiguous (NCHW)."""
+        if not self.channels_last:
+            return save_autoencoder(self.autoencoder, path)
+        self.autoencoder.to(memory_format=torch.contiguous_format)
+        try:
+            return save_autoencoder(self.autoencoder, path)
+        finally:
+            self.autoencoder.to(memory_format=torch.channels_last)
 
     def on_train_end(self) -> None:
         if self.export_path is not None and (self._trainer is None or self.trainer.is_global_zero):
