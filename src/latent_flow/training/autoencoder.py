@@ -160,7 +160,9 @@ class AutoencoderModule(pl.LightningModule):
         sample = self.sample_posterior if sample is None else sample
         images = self.prepare_images(images)
         mean, logvar = self.autoencoder.encode_distribution(images)
-        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if sample else mean
+        # noise drawn in NCHW order (randn_like would follow channels_last): the same z in both formats
+        noise = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device) if sample else None
+        z = mean + noise * torch.exp(0.5 * logvar) if sample else mean
         recon = self.autoencoder.decode_unclamped(z)
         rec = images.new_zeros(())
         if self.l1_weight:
