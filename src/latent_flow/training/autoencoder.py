@@ -204,7 +204,7 @@ class AutoencoderModule(pl.LightningModule):
     # ------------------------------------------------------------- export
     def export(self, path: str | os.PathLike[str]) -> Path:
         """Write the autoencoder file (config, weights, latent stats if set), weights contiguous (NCHW)."""
-        if not self.channels_last:
+        if not self.channels_last or self.autoencoder.encoder[0].weight.is_contiguous():
             return save_autoencoder(self.autoencoder, path)
         self.autoencoder.to(memory_format=torch.contiguous_format)
         try:
@@ -213,6 +213,8 @@ class AutoencoderModule(pl.LightningModule):
             self.autoencoder.to(memory_format=torch.channels_last)
 
     def on_train_end(self) -> None:
+        # back to NCHW after training: the module then computes exactly what its exported file does
+        self.autoencoder.to(memory_format=torch.contiguous_format)
         if self.export_path is not None and (self._trainer is None or self.trainer.is_global_zero):
             self.export(self.export_path)
 
