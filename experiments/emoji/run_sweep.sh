@@ -50,6 +50,7 @@ round2() { # chosen after round 1: logit-normal won, so the learning rate is swe
 
 eval_all() {
   local arm step
+  # (as run here, the step-300 checkpoints of round 2 were not scored: time ran out)
   for arm in uniform_lr1e-3 logitnormal_lr1e-3 logitnormal_lr2e-3 logitnormal_lr5e-4; do
     for step in 300 600; do
       evaluate "$OUT/$arm/checkpoints/step_0000$step.ckpt" "$OUT/$arm/eval/step$step" &
