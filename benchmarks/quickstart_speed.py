@@ -2,10 +2,13 @@
 
 Times the two training steps of `make train` (forward, backward, AdamW step; the flow step
 also updates the EMA) in both memory formats, alternating the formats in rounds and keeping
-each format's best round, so background load hits both alike:
+each format's best round, so background load hits both alike; and the same for the steps of the
+quick start before 2026-12-03, so that the two layouts are compared in one run:
 
-  autoencoder : AutoencoderModule (KL AE base 16, mult (1,2,2)), batch 64 of 32x32x3 images
-  flow        : UNet-T (label-conditional, 5 classes), batch 128 of 4x8x8 latents, CondOT
+  autoencoder      : AutoencoderModule (KL AE base 16, mult (1,2), 1 latent channel), batch 64 of 32x32x3
+  flow             : UNet-T on 2x2 patches (patch_size 2), label-conditional, batch 64 of 1x16x16 latents
+  autoencoder (old): mult (1,2,2), 4 latent channels (32x32x3 -> 4x8x8), batch 64
+  flow (old)       : UNet-T on 4x8x8 latents, batch 128
 
     .venv/bin/python benchmarks/quickstart_speed.py                 # threads = torch default
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quickstart_speed.py --steps 10 --rounds 3
@@ -32,14 +35,19 @@ def _time(step, steps: int, warmup: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def autoencoder_steps(batch_size: int):
+def autoencoder_steps(batch_size: int, channel_mult=(1, 2), latent_channels: int = 1):
     from latent_flow.training.autoencoder import AutoencoderModule
 
     images = torch.rand(batch_size, 3, 32, 32) * 2 - 1
     steps = {}
     for fmt in ("nchw", "channels_last"):
         torch.manual_seed(0)
-        module = AutoencoderModule(channel_mult=(1, 2, 2), base_channels=16, channels_last=fmt == "channels_last")
+        module = AutoencoderModule(
+            channel_mult=channel_mult,
+            latent_channels=latent_channels,
+            base_channels=16,
+            channels_last=fmt == "channels_last",
+        )
         opt = torch.optim.AdamW(module.autoencoder.parameters(), lr=1e-3)
 
         def step(module=module, opt=opt):
@@ -52,13 +60,16 @@ def autoencoder_steps(batch_size: int):
     return steps
 
 
-def flow_steps(batch_size: int):
+def flow_steps(batch_size: int, latent_shape=(1, 16, 16), patch_size: int = 2):
     from latent_flow.backbones.unet import unet_preset
     from latent_flow.training.ema import EMA
 
     torch.manual_seed(0)
-    base = unet_preset("UNet-T", input_size=8, in_channels=4, num_classes=5, class_dropout_prob=0.1)
-    x1 = torch.randn(batch_size, 4, 8, 8)
+    c, h, w = latent_shape
+    base = unet_preset(
+        "UNet-T", input_size=h, in_channels=c, num_classes=5, class_dropout_prob=0.1, patch_size=patch_size
+    )
+    x1 = torch.randn(batch_size, c, h, w)
     y = torch.randint(0, 5, (batch_size,))
     steps = {}
     for fmt in ("nchw", "channels_last"):
@@ -89,12 +100,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; each format's best is kept")
     parser.add_argument("--ae-batch", type=int, default=64)
-    parser.add_argument("--flow-batch", type=int, default=128)
+    parser.add_argument("--flow-batch", type=int, default=64)
+    parser.add_argument("--old-flow-batch", type=int, default=128)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for stage, steps in (
-        (f"autoencoder (batch {args.ae_batch})", autoencoder_steps(args.ae_batch)),
-        (f"flow UNet-T (batch {args.flow_batch})", flow_steps(args.flow_batch)),
+        (f"autoencoder f2 1ch (batch {args.ae_batch})", autoencoder_steps(args.ae_batch)),
+        (f"flow UNet-T/2 1x16x16 (batch {args.flow_batch})", flow_steps(args.flow_batch)),
+        (f"old autoencoder f4 4ch (batch {args.ae_batch})", autoencoder_steps(args.ae_batch, (1, 2, 2), 4)),
+        (f"old flow UNet-T 4x8x8 (batch {args.old_flow_batch})", flow_steps(args.old_flow_batch, (4, 8, 8), 1)),
     ):
         best = {fmt: float("inf") for fmt in steps}
         for _ in range(args.rounds):
@@ -102,7 +116,7 @@ def main() -> None:
                 best[fmt] = min(best[fmt], _time(step, args.steps, args.warmup))
         ratio = best["nchw"] / best["channels_last"]
         print(
-            f"{stage:28s} nchw {best['nchw'] * 1e3:7.1f} ms/step   channels_last "
+            f"{stage:38s} nchw {best['nchw'] * 1e3:7.1f} ms/step   channels_last "
             f"{best['channels_last'] * 1e3:7.1f} ms/step   speed-up {ratio:.2f}x",
             flush=True,
         )

@@ -340,3 +340,34 @@ def test_unet_attention_placement() -> None:
     model(torch.randn(1, 4, 16, 16), torch.rand(1))
     # 2 encoder + 3 decoder blocks at 8x8 (factor 2), plus the middle block at 4x4
     assert sorted(seen) == [4] + [8] * 5
+
+
+def test_unet_patch_size_equals_a_unet_on_folded_input() -> None:
+    """patch_size p = pixel_unshuffle -> a p=1 UNet with p*p times the channels -> pixel_shuffle."""
+    torch.manual_seed(0)
+    patched = unet_preset("UNet-T", input_size=16, in_channels=4, num_classes=NUM_CLASSES, patch_size=2)
+    plain = unet_preset("UNet-T", input_size=8, in_channels=16, num_classes=NUM_CLASSES)
+    for p in patched.out[-1].parameters():  # the zero-initialised output conv would hide any mismatch
+        nn.init.normal_(p)
+    plain.load_state_dict(patched.state_dict())  # same parameter shapes, by construction
+    patched.eval(), plain.eval()
+    x, t, y = torch.randn(3, 4, 16, 16), torch.rand(3), torch.tensor([0, 1, 4])
+    out = patched(x, t, y)
+    assert out.shape == x.shape
+    want = torch.nn.functional.pixel_shuffle(plain(torch.nn.functional.pixel_unshuffle(x, 2), t, y), 2)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    # each output patch depends on its own input patch and its neighbours, not only on itself
+    x2 = x.clone()
+    x2[:, :, :2, :2] += 1.0
+    changed = (patched(x2, t, y) - out).abs().amax(dim=(0, 1)) > 0
+    assert changed[:2, :2].all() and changed.sum() > 4
+
+
+def test_unet_patch_size_validation() -> None:
+    with pytest.raises(ValueError, match=r"input_size 12 .*divisible by 8 .*patch_size=4"):
+        unet_preset("UNet-T", input_size=12, patch_size=4)
+    with pytest.raises(ValueError, match="patch_size must be >= 1"):
+        unet_preset("UNet-T", input_size=8, patch_size=0)
+    unet = unet_preset("UNet-T", input_size=16, patch_size=2)
+    with pytest.raises(ValueError, match=r"10x10 .*divisible by 4"):
+        unet(torch.randn(1, 4, 10, 10), torch.rand(1))

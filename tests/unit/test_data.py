@@ -462,3 +462,23 @@ def test_image_folder_no_images_message_names_the_ignored_files(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match=r"no images found.*1 file\(s\) with other extensions.*scan\.heic"):
             ImageFolderDataset(tmp_path, resolution=32)
+
+
+def test_shapes_cache_renders_serves_the_same_items_rendering_each_once(monkeypatch) -> None:
+    plain = ShapesDataset(num_samples=6, resolution=32, seed=3)
+    cached = ShapesDataset(num_samples=6, resolution=32, seed=3, cache_renders=True)
+    assert cached.fingerprint() == plain.fingerprint()  # same items: the cache key must not change
+    calls = []
+    real = ShapesDataset._render
+    monkeypatch.setattr(ShapesDataset, "_render", lambda self, i: calls.append(i) or real(self, i))
+    for _ in range(2):
+        for i in (0, 5, -1, 2):
+            a, b = plain[i], cached[i]
+            assert a.keys() == b.keys()
+            for key in a:
+                assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+    # the plain dataset rendered 8 times; the cached one once per distinct item (0, 5, 2)
+    assert len(calls) == 8 + 3
+    image, _, _ = cached.render(0)
+    image[:] = 0  # a caller writing into the returned array does not corrupt the cache
+    assert torch.equal(cached[0]["image"], plain[0]["image"])

@@ -139,6 +139,11 @@ class UNet(nn.Module):
         class_dropout_prob: per-sample label dropout probability in training.
         input_size: intended spatial size; must be divisible by ``2**(len(channel_mult)-1)``.
         grad_checkpointing: recompute each block's activations in backward while training.
+        patch_size: side of the non-overlapping patches the input is folded into before the first
+            conv (``pixel_unshuffle``; ``in_channels * patch_size**2`` channels at ``input_size /
+            patch_size``) and the output unfolded from after the last (``pixel_shuffle``), as DiT
+            patchifies. 1 = none. ``attention_resolutions`` count from the patch grid. 2 on a
+            16x16 latent costs what 1 costs on an 8x8 one.
 
     ``forward(x, t, y=None)``: ``t`` ``(B,)`` in ``[0, 1]``, t = 0 noise, t = 1 data.
     """
@@ -158,8 +163,12 @@ class UNet(nn.Module):
         *,
         input_size: int,
         grad_checkpointing: bool = False,
+        patch_size: int = 1,
     ) -> None:
         super().__init__()
+        patch_size = int(patch_size)
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         channel_mult = tuple(int(m) for m in channel_mult)
         attention_resolutions = tuple(int(a) for a in attention_resolutions)
         if not channel_mult:
@@ -168,11 +177,11 @@ class UNet(nn.Module):
             raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        self.total_downsample = 2 ** (len(channel_mult) - 1)
+        self.total_downsample = patch_size * 2 ** (len(channel_mult) - 1)
         if input_size < 1 or input_size % self.total_downsample:
             raise ValueError(
                 f"input_size {input_size} is not divisible by {self.total_downsample} "
-                f"(= 2**(len(channel_mult)-1) for channel_mult={channel_mult})"
+                f"(= patch_size * 2**(len(channel_mult)-1) for patch_size={patch_size}, channel_mult={channel_mult})"
             )
         valid_factors = tuple(2**i for i in range(len(channel_mult)))
         bad = [a for a in attention_resolutions if a not in valid_factors]
@@ -193,12 +202,13 @@ class UNet(nn.Module):
         self.class_dropout_prob = class_dropout_prob
         self.input_size = input_size
         self.grad_checkpointing = grad_checkpointing
+        self.patch_size = patch_size
 
         emb_dim = 4 * model_channels
         self.t_embedder = TimestepEmbedder(emb_dim, frequency_embedding_size=model_channels)
         self.y_embedder = LabelEmbedder(num_classes, emb_dim, class_dropout_prob) if num_classes > 0 else None
 
-        self.input_conv = nn.Conv2d(in_channels, model_channels, 3, padding=1)
+        self.input_conv = nn.Conv2d(in_channels * patch_size**2, model_channels, 3, padding=1)
         self.down_blocks = nn.ModuleList()
         skip_channels = [model_channels]
         ch, ds = model_channels, 1
@@ -237,7 +247,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(
             group_norm(ch),
             nn.SiLU(),
-            _zero(nn.Conv2d(ch, out_channels, 3, padding=1)),
+            _zero(nn.Conv2d(ch, out_channels * patch_size**2, 3, padding=1)),
         )
 
     @property
@@ -252,7 +262,8 @@ class UNet(nn.Module):
         if h % self.total_downsample or w % self.total_downsample:
             raise ValueError(
                 f"input size {h}x{w} is not divisible by {self.total_downsample} "
-                f"(= 2**(len(channel_mult)-1) for channel_mult={self.channel_mult})"
+                f"(= patch_size * 2**(len(channel_mult)-1) for patch_size={self.patch_size}, "
+                f"channel_mult={self.channel_mult})"
             )
 
     def condition(self, t: Tensor, y: Tensor | None, batch_size: int, device: torch.device) -> Tensor:
@@ -274,7 +285,8 @@ class UNet(nn.Module):
         self._check_input(x)
         emb = self.condition(t, y, x.shape[0], x.device)
         use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        h = self.input_conv(x)
+        p = self.patch_size
+        h = self.input_conv(F.pixel_unshuffle(x, p) if p > 1 else x)
         skips = [h]
         for block in self.down_blocks:
             h = self._run(block, h, emb, use_ckpt)
@@ -282,7 +294,8 @@ class UNet(nn.Module):
         h = self._run(self.middle_block, h, emb, use_ckpt)
         for block in self.up_blocks:
             h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, use_ckpt)
-        return self.out(h)
+        out = self.out(h)
+        return F.pixel_shuffle(out, p) if p > 1 else out
 
 
 UNET_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(

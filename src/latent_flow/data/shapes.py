@@ -387,6 +387,10 @@ class ShapesDataset(Dataset):
             A rule matches an image when every listed attribute has the listed value (a value may be
             a name or a list of names; counts may be given as ints). Excluded draws are resampled
             deterministically, so no image ever shows an excluded combination.
+        cache_renders: keep each item's pixels after its first render and serve it from memory
+            afterwards (about 4 KB per item at 32 px; the items are the same either way). Pays off
+            when the same items are read many times in one process: the quick start's
+            autoencoder epochs, then its latent cache, read the 20,000 items 3 times.
 
     Items: ``{"image": (3, H, W) float in [-1, 1], "label": long (), "index": long (),
     "attributes": (5,) long in the order of ``attribute_names``, "semantic": (H, W) long}``
@@ -403,6 +407,7 @@ class ShapesDataset(Dataset):
         shapes: list[str] | None = None,
         colors: list[str] | None = None,
         exclude: list[dict] | None = None,
+        cache_renders: bool = False,
     ) -> None:
         self.num_samples = _check_int("num_samples", num_samples, 1)
         self.resolution = _check_int("resolution", resolution, 16)
@@ -432,6 +437,8 @@ class ShapesDataset(Dataset):
         self.exclude: list[dict[str, list[str]]] = self._normalise_exclude(exclude)
         self._allowed = self._allowed_table()
         self._coords = ((np.arange(self.resolution, dtype=np.float64) + 0.5) / self.resolution).astype(np.float32)
+        self.cache_renders = bool(cache_renders)
+        self._memo: dict[str, np.ndarray] | None = None  # allocated on the first render when cache_renders
 
     # ---------------------------------------------------------------- configuration helpers
     def _normalise_exclude(self, exclude: list[dict] | None) -> list[dict[str, list[str]]]:
@@ -551,7 +558,28 @@ class ShapesDataset(Dataset):
 
     def render(self, index: int) -> tuple[np.ndarray, dict[str, int], np.ndarray]:
         """Render item ``index``: (uint8 image (H, W, 3), attributes {name: value index}, semantic (H, W) int64)."""
-        spec, rng = self._layout(self._check_index(index))
+        index = self._check_index(index)
+        if not self.cache_renders:
+            return self._render(index)
+        memo = self._memo
+        if memo is None:
+            n, res = self.num_samples, self.resolution
+            memo = self._memo = {
+                "done": np.zeros(n, dtype=bool),
+                "image": np.empty((n, res, res, 3), dtype=np.uint8),
+                "semantic": np.empty((n, res, res), dtype=np.uint8),
+                "attributes": np.empty((n, len(ATTRIBUTE_NAMES)), dtype=np.int64),
+            }
+        if not memo["done"][index]:
+            image, attributes, semantic = self._render(index)
+            memo["image"][index], memo["semantic"][index] = image, semantic
+            memo["attributes"][index] = [attributes[k] for k in ATTRIBUTE_NAMES]
+            memo["done"][index] = True
+        attributes = dict(zip(ATTRIBUTE_NAMES, (int(v) for v in memo["attributes"][index])))
+        return memo["image"][index].copy(), attributes, memo["semantic"][index].astype(np.int64)
+
+    def _render(self, index: int) -> tuple[np.ndarray, dict[str, int], np.ndarray]:
+        spec, rng = self._layout(index)
         res = self.resolution
         coords = self._coords
 
