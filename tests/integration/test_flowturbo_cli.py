@@ -58,7 +58,9 @@ def test_refiner_training_writes_a_checkpoint_that_names_its_base(refiner_run):
     saved = torch.load(refiner_ckpt, map_location="cpu", weights_only=False)
     hp = saved["hyper_parameters"]
     assert hp["base_ckpt_path"] == str(base_ckpt.resolve()) and len(hp["base_hash"]) == 40
-    assert hp["refiner_spec"]["family"] == "dit" and hp["refiner_spec"]["in_channels"] == 8
+    # the refiner sees the latent and the base velocity: twice the base's latent channels
+    base_channels = torch.load(base_ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]["latent_shape"][0]
+    assert hp["refiner_spec"]["family"] == "dit" and hp["refiner_spec"]["in_channels"] == 2 * base_channels
     assert 0 < hp["parameter_ratio"] < 1
     # the base is not part of the refiner checkpoint; the refiner and its EMA are
     keys = saved["state_dict"].keys()

@@ -43,13 +43,15 @@ def test_training_runs_all_stages_and_writes_the_run_dir(trained_run):
 
 
 def test_checkpoint_holds_ema_and_no_autoencoder_weights(trained_run):
-    root, _, _ = trained_run
+    root, cfg, _ = trained_run
     ckpt = torch.load(root / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     keys = list(ckpt["state_dict"])
     assert any(k.startswith("ema.module.") for k in keys)
     assert not any("autoencoder" in k or k.startswith("encoder") or k.startswith("decoder") for k in keys)
     hp = ckpt["hyper_parameters"]
-    assert hp["autoencoder"]["name"] == "kl" and len(hp["latent_stats"]["mean"]) == 4
+    channels = cfg.autoencoder.config.latent_channels  # one latent mean / std per channel
+    assert hp["autoencoder"]["name"] == "kl" and len(hp["latent_stats"]["mean"]) == channels
+    assert hp["latent_shape"][0] == channels
     assert int(ckpt["state_dict"]["ema.num_updates"]) == 6
 
 
