@@ -482,3 +482,11 @@ def test_shapes_cache_renders_serves_the_same_items_rendering_each_once(monkeypa
     image, _, _ = cached.render(0)
     image[:] = 0  # a caller writing into the returned array does not corrupt the cache
     assert torch.equal(cached[0]["image"], plain[0]["image"])
+
+
+def test_shapes_cache_renders_refuses_more_than_its_memory_limit() -> None:
+    small = ShapesDataset(num_samples=20000, resolution=32, cache_renders=True)
+    assert small.render_cache_bytes() == 20000 * (4 * 32 * 32 + 8 * 5 + 1)
+    with pytest.raises(ValueError, match=r"GiB of renders .*data\.dataset\.cache_renders=false"):
+        ShapesDataset(num_samples=2_000_000, resolution=64, cache_renders=True)
+    ShapesDataset(num_samples=2_000_000, resolution=64)  # without the cache: nothing held, no limit

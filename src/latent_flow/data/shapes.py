@@ -372,6 +372,10 @@ def _check_int(name: str, value: object, minimum: int, maximum: int | None = Non
     return value
 
 
+#: Most memory ``ShapesDataset(cache_renders=True)`` may hold (the quick start's 20,000 items at 32 px: 82 MB).
+MAX_RENDER_CACHE_BYTES = 4 * 2**30
+
+
 class ShapesDataset(Dataset):
     """Built-in procedural dataset of coloured shapes (see the module docstring).
 
@@ -390,7 +394,8 @@ class ShapesDataset(Dataset):
         cache_renders: keep each item's pixels after its first render and serve it from memory
             afterwards (about 4 KB per item at 32 px; the items are the same either way). Pays off
             when the same items are read many times in one process: the quick start's
-            autoencoder epochs, then its latent cache, read the 20,000 items 3 times.
+            autoencoder epochs, then its latent cache, read the 20,000 items 3 times. Refused with a
+            ValueError above :data:`MAX_RENDER_CACHE_BYTES` (see :meth:`render_cache_bytes`).
 
     Items: ``{"image": (3, H, W) float in [-1, 1], "label": long (), "index": long (),
     "attributes": (5,) long in the order of ``attribute_names``, "semantic": (H, W) long}``
@@ -438,6 +443,12 @@ class ShapesDataset(Dataset):
         self._allowed = self._allowed_table()
         self._coords = ((np.arange(self.resolution, dtype=np.float64) + 0.5) / self.resolution).astype(np.float32)
         self.cache_renders = bool(cache_renders)
+        if self.cache_renders and self.render_cache_bytes() > MAX_RENDER_CACHE_BYTES:
+            raise ValueError(
+                f"cache_renders would keep up to {self.render_cache_bytes() / 2**30:.1f} GiB of renders in memory "
+                f"({self.num_samples} items at {self.resolution} px; the limit is "
+                f"{MAX_RENDER_CACHE_BYTES / 2**30:.0f} GiB): set data.dataset.cache_renders=false"
+            )
         self._memo: dict[str, np.ndarray] | None = None  # allocated on the first render when cache_renders
 
     # ---------------------------------------------------------------- configuration helpers
@@ -577,6 +588,10 @@ class ShapesDataset(Dataset):
             memo["done"][index] = True
         attributes = dict(zip(ATTRIBUTE_NAMES, (int(v) for v in memo["attributes"][index])))
         return memo["image"][index].copy(), attributes, memo["semantic"][index].astype(np.int64)
+
+    def render_cache_bytes(self) -> int:
+        """Memory that ``cache_renders`` holds once every item was read (image, semantic map, attributes)."""
+        return self.num_samples * (4 * self.resolution**2 + 8 * len(ATTRIBUTE_NAMES) + 1)
 
     def _render(self, index: int) -> tuple[np.ndarray, dict[str, int], np.ndarray]:
         spec, rng = self._layout(index)
