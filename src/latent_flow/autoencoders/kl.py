@@ -24,10 +24,13 @@ Decoder (mirror)::
 between consecutive levels, so ``channel_mult=(1, 2, 2)`` maps 32x32 RGB to
 8x8 latents (factor 4, the default) and ``(1, 2)`` gives factor 2.
 
-Defaults (``base_channels=16, channel_mult=(1, 2, 2)``, 0.15 M parameters) were
-chosen for the CPU quick start: on the 32x32 shapes data, batch 64, AdamW
-lr 1e-3, 2 CPU threads, they reach ~25 dB PSNR in 45 s and ~28 dB in 2 min;
-``base_channels=32`` learns about as much per step at twice the cost. (This is one fewer than
+Defaults (``base_channels=16, channel_mult=(1, 2, 2)``, 0.15 M parameters; ``autoencoder=kl_shapes``)
+were the CPU quick start's until 2026-12-03: on the 32x32 shapes data, batch 64, AdamW lr 1e-3,
+2 CPU threads, they reach ~25 dB PSNR in 45 s and ~28 dB in 2 min; ``base_channels=32`` learns
+about as much per step at twice the cost. The quick start now uses ``channel_mult=(1, 2)`` with
+one latent channel (``autoencoder=kl_shapes_f2``, 16x16x1): at equal steps its reconstructions
+keep the shapes' edges far better (FD-shapes 137 against 190 for the default after 600 / 800
+steps, experiments/quickstart/README.md). (This is one fewer than
 the ``2 ** len(channel_mult)`` sketched in an early version of
 docs/interfaces.md; ``downsample_factor`` is the one source of truth.)
 
