@@ -18,8 +18,8 @@ run em100_w1.0    $EV sampler=euler_maruyama sampler.steps=100 sampler.diffusion
                   hydra.run.dir=outputs/evaluate/beyond_em100_w1.0_cfg2
 # CFG 2 with a guidance interval (Heun 25)
 for iv in "0.0,0.7" "0.3,1.0"; do
-  run heun25_iv$iv $PY experiments/beyond/evaluate_with_interval.py "cfg_interval=[$iv]" ckpt_path=$CKPT num_samples=500 \
-                  sampler=heun sampler.steps=25 cfg_scale=2.0 hydra.run.dir=outputs/evaluate/beyond_heun25_cfg2_iv${iv/,/_}
+  run heun25_iv$iv $EV "cfg_interval=[$iv]" sampler=heun sampler.steps=25 cfg_scale=2.0 \
+                  hydra.run.dir=outputs/evaluate/beyond_heun25_cfg2_iv${iv/,/_}
 done
 run heun25_cfg1   $EV sampler=heun sampler.steps=25 cfg_scale=1.0 hydra.run.dir=outputs/evaluate/beyond_heun25_cfg1
 # bits/dim of the 400 held-out latents (Hutchinson, 1 Rademacher probe), and 4 probes on 100 of them

@@ -16,7 +16,6 @@ for s in 1 2; do
   [ -f $d/metrics.json ] || $EV sampler=euler_maruyama sampler.steps=100 sampler.diffusion=1.0 seed=$s hydra.run.dir=$d
   for iv in "0.0,0.7" "0.3,1.0"; do
     d=outputs/evaluate/beyond_heun25_cfg2_iv${iv/,/_}_seed$s
-    [ -f $d/metrics.json ] || $PY experiments/beyond/evaluate_with_interval.py "cfg_interval=[$iv]" ckpt_path=$CKPT \
-        num_samples=500 sampler=heun sampler.steps=25 cfg_scale=2.0 seed=$s hydra.run.dir=$d
+    [ -f $d/metrics.json ] || $EV "cfg_interval=[$iv]" sampler=heun sampler.steps=25 seed=$s hydra.run.dir=$d
   done
 done

@@ -75,6 +75,8 @@ def test_sample_cli_sde_with_guidance_interval_records_it_and_any_batch_split_is
         summary = run_sampling(cfg)
         assert summary["cfg_interval"] == [0.3, 1.0] and summary["sampler"]["name"] == "euler_maruyama"
         assert summary["nfe_per_sample"] == 3
+        # the rows the network saw: t = 0 outside the interval (1 row), t = 1/3 and 2/3 inside (2 rows each)
+        assert summary["model_rows_per_sample"] == 1 + 2 + 2
         saved = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
         assert saved["cfg_interval"] == [0.3, 1.0]
         runs.append(np.stack([np.asarray(Image.open(Path(cfg.out_dir) / "images" / f"{i:06d}.png")) for i in range(4)]))
@@ -106,10 +108,12 @@ def test_autoguidance_cli_by_an_earlier_checkpoint_records_the_guide_and_its_nfe
     summary = run_sampling(cfg)
     assert summary["guide_ckpt_path"] == str(guide) and summary["cfg_scale"] == 2.0
     assert summary["nfe_per_sample"] == 6 and summary["guide_nfe_per_sample"] == 6  # Heun 3: 6 steps, each guided
+    assert summary["model_rows_per_sample"] == 6 + 6  # the main model's rows and the guide's
     # scale 1: the main model alone (the guide never runs), the same images as plain sampling
     same = compose_cfg("sample", common + [f"guide_ckpt_path={guide}", "cfg_scale=1.0"], run_dir=tmp_path / "one")
     plain = compose_cfg("sample", common + ["cfg_scale=1.0"], run_dir=tmp_path / "plain")
-    assert run_sampling(same)["guide_nfe_per_sample"] == 0
+    alone = run_sampling(same)
+    assert alone["guide_nfe_per_sample"] == 0 and alone["model_rows_per_sample"] == 6
     run_sampling(plain)
     for i in range(4):
         a = (Path(same.out_dir) / "images" / f"{i:06d}.png").read_bytes()
@@ -130,7 +134,7 @@ def test_autoguidance_cli_by_an_earlier_checkpoint_records_the_guide_and_its_nfe
         ],
     )
     out = run_evaluation(ev)
-    assert out["guide_sha256"] and out["guide_nfe_per_sample"] == 6
+    assert out["guide_sha256"] and out["guide_nfe_per_sample"] == 6 and out["model_rows_per_sample"] == 12
     recipe = json.loads((tmp_path / "ev" / "recipe.json").read_text())
     assert recipe["guide_sha256"] == out["guide_sha256"]
 

@@ -65,6 +65,7 @@ def test_evaluation_writes_its_files_and_resumes_without_redoing_samples(
     assert npz["arr_0"].shape == (12, 32, 32, 3) and list(npz["labels"]) == [i % 5 for i in range(12)]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["nfe_per_sample"] == 2 and saved["ms_per_image"] > 0
+    assert saved["model_rows_per_sample"] == 2  # no guidance: one row per evaluation
     m = saved["metrics"]
     assert m["fd_shapes"] > 0 and m["fd_shapes_floor"] >= 0 and 0 <= m["label_accuracy"] <= 1
 
@@ -154,6 +155,8 @@ def test_resuming_into_a_folder_of_another_recipe_refuses_and_overwrite_starts_o
         )
     )
     assert guided["cfg_interval"] == [0.3, 1.0] and guided["cfg_scale"] == 2.0
+    # Euler 2 evaluates at t = 0 (outside: 1 row) and t = 0.5 (inside: the doubled batch)
+    assert guided["nfe_per_sample"] == 2 and guided["model_rows_per_sample"] == 1 + 2
 
 
 def test_training_callback_logs_fd_shapes_and_accuracy(compose_cfg, tmp_path, untrained_oracle):

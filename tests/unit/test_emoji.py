@@ -352,3 +352,27 @@ def test_data_config_and_prepare_data_entry_point(compose_cfg, tmp_path, npm_pac
     dm = ImageDataModule(dataset, batch_size=2, val_fraction=cfg.data.val_fraction)
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 3, 64, 64)
+
+
+def test_likelihood_held_out_set_is_the_datasets_own_split(prepared, tmp_path):
+    """``likelihood dataset_split=val`` scores every held-out emoji (the FID set), not the 2% of training."""
+    import yaml
+
+    from latent_flow.cli.likelihood import held_out_split
+
+    out, _ = prepared
+    options = {"sources": ["openmoji"], "resolution": 32, "background": list(BG), "val_fraction": 0.5}
+    dataset = {"_target_": "latent_flow.data.emoji.EmojiDataset", "root": str(out), "split": "train", **options}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"seed": 0, "data": {"name": "emoji", "val_fraction": 0.02, "dataset": dataset}}))
+    held, idx, info = held_out_split("unused.ckpt", config, dataset_split="val")
+    val = EmojiDataset(out, split="val", **options)
+    assert idx == list(range(len(val))) and len(val) > 0 and info["num_held_out"] == len(val)
+    assert [r["codepoints"] for r in held.records] == [r["codepoints"] for r in val.records]
+    train_codes = {r["codepoints"] for r in EmojiDataset(out, split="train", **options).records}
+    assert not train_codes & {r["codepoints"] for r in held.records}
+    # a dataset without splits: a clear error naming the config
+    dataset = {"_target_": "latent_flow.data.shapes.ShapesDataset", "num_samples": 4}
+    config.write_text(yaml.safe_dump({"seed": 0, "data": {"name": "shapes", "dataset": dataset}}))
+    with pytest.raises(ValueError, match=r"has no split option.*dataset_split=null"):
+        held_out_split("unused.ckpt", config, dataset_split="val")

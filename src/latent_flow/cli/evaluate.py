@@ -147,27 +147,41 @@ def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: in
         "nfe": tally.nfe,
         "refiner_nfe": tally.refiner_nfe,
         "guide_nfe": tally.guide_nfe,
+        "model_rows": tally.model_rows,
     }
 
 
-def _flowturbo_nfe(cfg: DictConfig, nfes: list[int], timings: list[dict]) -> dict:
+def _per_sample(timings: list[dict], key: str):
+    """The per-sample value of ``key`` over the ranks' timing records: one value, or the distinct
+    values of the batches (adaptive solvers); None when no record has it."""
+    values = sorted({v for t in timings for v in t.get(key, [])})
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+def _flowturbo_nfe(cfg: DictConfig, timings: list[dict]) -> dict:
     """sampler=flowturbo: base-model and refiner NFE per sample, reported apart."""
     if cfg.sampler.name != "flowturbo":
         return {}
-    refiner = sorted({n for t in timings for n in t.get("refiner_nfe", [])})
+    return {
+        "base_nfe_per_sample": _per_sample(timings, "nfe"),
+        "refiner_nfe_per_sample": _per_sample(timings, "refiner_nfe"),
+    }
 
-    def one(values: list[int]):
-        return values[0] if len(values) == 1 else values
 
-    return {"base_nfe_per_sample": one(nfes), "refiner_nfe_per_sample": one(refiner)}
+def _model_rows(timings: list[dict]) -> dict:
+    """``model_rows_per_sample``: network rows per generated sample (NFE under CFG counts each guided
+    evaluation twice, the guidance interval less, autoguidance adds the guide's rows)."""
+    rows = _per_sample(timings, "model_rows")
+    return {} if rows is None else {"model_rows_per_sample": rows}
 
 
 def _guide_nfe(recipe: dict, timings: list[dict]) -> dict:
     """Autoguidance: the guide's evaluations per sample (a value, or the distinct values of the batches)."""
     if not recipe.get("guide_ckpt_path"):
         return {}
-    values = sorted({n for t in timings for n in t.get("guide_nfe", [])})
-    return {"guide_nfe_per_sample": values[0] if len(values) == 1 else values}
+    return {"guide_nfe_per_sample": _per_sample(timings, "guide_nfe")}
 
 
 def _wait_for_all(image_dir: Path, num_samples: int, timeout: float) -> None:
@@ -388,6 +402,7 @@ def run_evaluation(cfg: DictConfig) -> dict | None:
         "nfe": sorted(set(timing["nfe"]) | set(gen["nfe"])),
         "refiner_nfe": sorted(set(timing.get("refiner_nfe", [])) | set(gen["refiner_nfe"])),
         "guide_nfe": sorted(set(timing.get("guide_nfe", [])) | set(gen["guide_nfe"])),
+        "model_rows": sorted(set(timing.get("model_rows", [])) | set(gen["model_rows"])),
     }
     write_json(timing_path, timing)
     if rank != 0:
@@ -404,12 +419,12 @@ def run_evaluation(cfg: DictConfig) -> dict | None:
     timings = [json.loads(p.read_text()) for p in sorted(out_dir.glob("timing_rank*.json"))]
     images_timed = sum(t["images"] for t in timings)
     seconds = sum(t["seconds"] for t in timings)
-    nfes = sorted({n for t in timings for n in t["nfe"]})
     summary = {
         **recipe,
-        "nfe_per_sample": nfes[0] if len(nfes) == 1 else nfes,
-        **_flowturbo_nfe(cfg, nfes, timings),
+        "nfe_per_sample": _per_sample(timings, "nfe"),
+        **_flowturbo_nfe(cfg, timings),
         **_guide_nfe(recipe, timings),
+        **_model_rows(timings),
         "ms_per_image": round(1000 * seconds / images_timed, 3) if images_timed else None,
         "world_size": world_size,
         "metrics": _metrics(cfg, model, arr, labels, spatial),

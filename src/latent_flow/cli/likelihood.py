@@ -2,7 +2,8 @@
 
 The held-out data are the checkpoint's validation split: the run's dataset (``config.yaml`` next
 to ``checkpoints/``) split exactly as training split it (:func:`latent_flow.data.datamodule.split_indices`
-with the run's ``data.val_fraction`` and ``seed``; items never trained on). Each item is scored by
+with the run's ``data.val_fraction`` and ``seed``; items never trained on), or with
+``dataset_split=val`` all of the dataset's own held-out split (emoji: the set FID is measured against). Each item is scored by
 :func:`latent_flow.api.log_likelihood`: latent models encode the image with the model's autoencoder
 and its training normalisation (bits/dim in the autoencoder's latent space, normalised latents);
 pixel models (autoencoder ``identity`` / space-to-depth) score the dequantised 8-bit image in pixel
@@ -33,8 +34,12 @@ __all__ = ["held_out_split", "run_likelihood"]
 log = logging.getLogger(__name__)
 
 
-def held_out_split(ckpt_path: str | Path, run_config: str | Path | None = None):
-    """``(dataset, indices, info)``: the run's dataset and its validation indices (the training split)."""
+def held_out_split(ckpt_path: str | Path, run_config: str | Path | None = None, dataset_split: str | None = None):
+    """``(dataset, indices, info)``: the run's dataset and its validation indices (the training split).
+
+    ``dataset_split`` (e.g. ``"val"``): instead, every item of the run's dataset built with
+    ``split=dataset_split``, for datasets with their own held-out split (``data=emoji``: the emoji
+    held out by codepoint hash, the set FID is measured against)."""
     path = Path(run_config) if run_config else Path(ckpt_path).resolve().parent.parent / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(
@@ -42,6 +47,21 @@ def held_out_split(ckpt_path: str | Path, run_config: str | Path | None = None):
             "config.yaml (dataset, data.val_fraction, seed); pass run_config=<run dir>/config.yaml"
         )
     run = OmegaConf.load(path)
+    if dataset_split is not None:
+        if "split" not in run.data.dataset:
+            raise ValueError(
+                f"dataset_split={dataset_split!r}, but the run's dataset ({run.data.dataset.get('_target_')}, "
+                f"in {path}) has no split option; use dataset_split=null (the run's validation split)"
+            )
+        dataset = instantiate(OmegaConf.merge(run.data.dataset, {"split": str(dataset_split)}))
+        info = {
+            "data": str(run.data.get("name")),
+            "split": f"dataset split {dataset_split!r} (all of it)",
+            "num_items": len(dataset),
+            "num_held_out": len(dataset),
+            "run_config": str(path),
+        }
+        return dataset, list(range(len(dataset))), info
     dataset = instantiate(run.data.dataset)
     val_fraction = float(run.data.get("val_fraction", 0.02))
     split_seed = int(run.get("seed", 0))
@@ -60,7 +80,7 @@ def held_out_split(ckpt_path: str | Path, run_config: str | Path | None = None):
 
 def run_likelihood(cfg: DictConfig) -> dict:
     model = load_model(cfg.ckpt_path, device=cfg.device)
-    dataset, val_idx, info = held_out_split(cfg.ckpt_path, cfg.get("run_config"))
+    dataset, val_idx, info = held_out_split(cfg.ckpt_path, cfg.get("run_config"), cfg.get("dataset_split"))
     if cfg.num_samples is not None:
         if int(cfg.num_samples) < 1:
             raise ValueError(f"num_samples must be >= 1 or null, got {cfg.num_samples}")

@@ -38,6 +38,9 @@ class SampledBatch:
     seconds: float
     inputs: dict[str, np.ndarray] | None = None
     guide_nfe: int = 0
+    #: network rows per sample of this batch (all model calls, guided rows twice, the guide's too);
+    #: None when the sampler does not report them (``generate_fn``)
+    model_rows: float | None = None
 
 
 @dataclass
@@ -48,6 +51,7 @@ class NFETally:
     nfe: list[int] = field(default_factory=list)
     refiner_nfe: list[int] = field(default_factory=list)
     guide_nfe: list[int] = field(default_factory=list)
+    model_rows: list[float] = field(default_factory=list)
     seconds: float = 0.0
     images: int = 0
 
@@ -55,12 +59,16 @@ class NFETally:
         self.nfe.append(batch.nfe)
         self.refiner_nfe.append(batch.refiner_nfe)
         self.guide_nfe.append(batch.guide_nfe)
+        if batch.model_rows is not None:
+            self.model_rows.append(batch.model_rows)
         self.seconds += batch.seconds
         self.images += len(batch.indices)
 
     def summary(self, sampler_name: str, *, guided: bool = False) -> dict[str, Any]:
         """``nfe_per_sample`` (the mean over batches) and, for FlowTurbo, base and refiner NFE apart;
-        with autoguidance the guide's evaluations per sample (``guide_nfe_per_sample``)."""
+        with autoguidance the guide's evaluations per sample (``guide_nfe_per_sample``); the network
+        rows per sample (``model_rows_per_sample``: the cost that NFE alone hides, CFG's doubled
+        batch and the guide's rows; FlowTurbo's refiner is counted apart) when the sampler reports them."""
         per = max(len(self.nfe), 1)
         out: dict[str, Any] = {"nfe_per_sample": sum(self.nfe) / per}
         if str(sampler_name).lower() == "flowturbo":
@@ -68,6 +76,8 @@ class NFETally:
             out["refiner_nfe_per_sample"] = sum(self.refiner_nfe) / per
         if guided:
             out["guide_nfe_per_sample"] = sum(self.guide_nfe) / per
+        if self.model_rows:
+            out["model_rows_per_sample"] = sum(self.model_rows) / len(self.model_rows)
         return out
 
 
@@ -159,4 +169,5 @@ def sample_batches(
             seconds=time.perf_counter() - start,
             inputs=inputs,
             guide_nfe=int(getattr(result, "guide_nfe", 0)),
+            model_rows=rows / len(batch) if (rows := getattr(result, "model_rows", None)) is not None else None,
         )

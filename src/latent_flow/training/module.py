@@ -341,7 +341,9 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         conditional velocity elsewhere. ``guide``: autoguidance by that weaker model (see
         :meth:`velocity_fn`); the result then carries ``guide_nfe``, the guide's evaluations. Stochastic solvers (``solver.stochastic``, e.g.
         ``euler_maruyama``) also get this model's path (for the score) and per-index step noise.
-        Returns the solver's ``SampleResult`` (``.x`` latents, ``.nfe`` model calls).
+        Returns the solver's ``SampleResult`` (``.x`` latents, ``.nfe`` model calls, ``.model_rows``
+        the rows all those calls passed through the networks: ``nfe x batch`` unguided, twice that
+        under CFG everywhere, less with ``cfg_interval``, main plus guide rows with autoguidance).
         """
         x_init = noise_for_indices(indices, self.latent_shape, seed=seed, device=self.device)
         cond: dict[str, Tensor] = {}
@@ -372,6 +374,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
                 result = solver.sample(velocity, x_init)
             if guide is not None:
                 result.guide_nfe = int(velocity.guided_calls)
+            result.model_rows = int(velocity.forward_samples)  # network rows: CFG's doubled batch, the guide's
             return result
         finally:
             self.train(was_training)
