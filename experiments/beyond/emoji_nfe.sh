@@ -31,19 +31,19 @@ ev() { # NAME ARM [overrides...]: the emoji study's FID (396 samples vs the 396 
 }
 export -f ev
 
-jobs_list() { # one line per evaluation: NFE 20 first (the study's setting), then 10, 40 and 6
-  local guide="guide_ckpt_path=$OUT/taef2/checkpoints/step_0000600.ckpt"
-  echo "ev auto_g300_heun20 taef2 sampler=heun sampler.steps=10 guidance=autoguidance cfg_scale=2.0 guide_ckpt_path=$OUT/taef2/checkpoints/step_0000300.ckpt"
+jobs_list() { # one line per evaluation: NFE 20 first (the study's setting), then 10, 40 and 6; the pixel model at 20
+  local guide="guide_ckpt_path=$OUT/taef2/checkpoints/step_0000300.ckpt" # the better guide at NFE 20 (vs step 600)
+  echo "ev auto_heun20 taef2 sampler=heun sampler.steps=10 guidance=autoguidance cfg_scale=2.0 guide_ckpt_path=$OUT/taef2/checkpoints/step_0000600.ckpt"
   for nfe in 20 10 40 6; do
     local s=$((nfe / 2)) # Heun: 2 evaluations per step
     echo "ev ode_heun$nfe taef2 sampler=heun sampler.steps=$s cfg_scale=1.0"
     echo "ev cfg_heun$nfe taef2 sampler=heun sampler.steps=$s cfg_scale=2.0"
     echo "ev interval_heun$nfe taef2 sampler=heun sampler.steps=$s cfg_scale=2.0 'cfg_interval=[0.3,1.0]'"
-    echo "ev auto_heun$nfe taef2 sampler=heun sampler.steps=$s guidance=autoguidance cfg_scale=2.0 $guide"
+    echo "ev auto_g300_heun$nfe taef2 sampler=heun sampler.steps=$s guidance=autoguidance cfg_scale=2.0 $guide"
     echo "ev sde_cfg_em$nfe taef2 sampler=euler_maruyama sampler.steps=$nfe sampler.diffusion=1.0 cfg_scale=2.0"
     echo "ev cfg_euler$nfe taef2 sampler=euler sampler.steps=$nfe cfg_scale=2.0"
-    echo "ev pixel_cfg_heun$nfe pixel sampler=heun sampler.steps=$s cfg_scale=2.0"
   done
+  echo "ev pixel_cfg_heun20 pixel sampler=heun sampler.steps=10 cfg_scale=2.0" # the pixel model at the study's NFE
 }
 
 likelihood() { # ARM: bits/dim of the first 100 held-out emoji (data.dataset.split=val), Hutchinson, 1 probe
