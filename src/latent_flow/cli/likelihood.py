@@ -47,35 +47,29 @@ def held_out_split(ckpt_path: str | Path, run_config: str | Path | None = None, 
             "config.yaml (dataset, data.val_fraction, seed); pass run_config=<run dir>/config.yaml"
         )
     run = OmegaConf.load(path)
-    if dataset_split is not None:
+    if dataset_split is None:  # the items training held back from the run's dataset
+        dataset = instantiate(run.data.dataset)
+        val_fraction = float(run.data.get("val_fraction", 0.02))
+        split_seed = int(run.get("seed", 0))
+        indices = [int(i) for i in split_indices(len(dataset), val_fraction, split_seed)[1]]
+        split = {"split": "validation", "val_fraction": val_fraction, "split_seed": split_seed}
+    else:  # all of the dataset's own held-out split
         if "split" not in run.data.dataset:
             raise ValueError(
                 f"dataset_split={dataset_split!r}, but the run's dataset ({run.data.dataset.get('_target_')}, "
                 f"in {path}) has no split option; use dataset_split=null (the run's validation split)"
             )
         dataset = instantiate(OmegaConf.merge(run.data.dataset, {"split": str(dataset_split)}))
-        info = {
-            "data": str(run.data.get("name")),
-            "split": f"dataset split {dataset_split!r} (all of it)",
-            "num_items": len(dataset),
-            "num_held_out": len(dataset),
-            "run_config": str(path),
-        }
-        return dataset, list(range(len(dataset))), info
-    dataset = instantiate(run.data.dataset)
-    val_fraction = float(run.data.get("val_fraction", 0.02))
-    split_seed = int(run.get("seed", 0))
-    _, val_idx = split_indices(len(dataset), val_fraction, split_seed)
+        indices = list(range(len(dataset)))
+        split = {"split": f"dataset split {dataset_split!r} (all of it)"}
     info = {
         "data": str(run.data.get("name")),
-        "split": "validation",
-        "val_fraction": val_fraction,
-        "split_seed": split_seed,
+        **split,
         "num_items": len(dataset),
-        "num_held_out": int(len(val_idx)),
+        "num_held_out": len(indices),
         "run_config": str(path),
     }
-    return dataset, [int(i) for i in val_idx], info
+    return dataset, indices, info
 
 
 def run_likelihood(cfg: DictConfig) -> dict:

@@ -39,7 +39,7 @@ class SampledBatch:
     inputs: dict[str, np.ndarray] | None = None
     guide_nfe: int = 0
     #: network rows per sample of this batch (all model calls, guided rows twice, the guide's too);
-    #: None when the sampler does not report them (``generate_fn``)
+    #: None when the sampler does not report them (``generate_fn``, FlowTurbo)
     model_rows: float | None = None
 
 
@@ -68,7 +68,7 @@ class NFETally:
         """``nfe_per_sample`` (the mean over batches) and, for FlowTurbo, base and refiner NFE apart;
         with autoguidance the guide's evaluations per sample (``guide_nfe_per_sample``); the network
         rows per sample (``model_rows_per_sample``: the cost that NFE alone hides, CFG's doubled
-        batch and the guide's rows; FlowTurbo's refiner is counted apart) when the sampler reports them."""
+        batch and the guide's rows) when the sampler reports them (FlowTurbo does not)."""
         per = max(len(self.nfe), 1)
         out: dict[str, Any] = {"nfe_per_sample": sum(self.nfe) / per}
         if str(sampler_name).lower() == "flowturbo":

@@ -343,7 +343,8 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         ``euler_maruyama``) also get this model's path (for the score) and per-index step noise.
         Returns the solver's ``SampleResult`` (``.x`` latents, ``.nfe`` model calls, ``.model_rows``
         the rows all those calls passed through the networks: ``nfe x batch`` unguided, twice that
-        under CFG everywhere, less with ``cfg_interval``, main plus guide rows with autoguidance).
+        under CFG everywhere, less with ``cfg_interval``, main plus guide rows with autoguidance; not set
+        for FlowTurbo, which evaluates its own base and refiner networks and counts their NFE apart).
         """
         x_init = noise_for_indices(indices, self.latent_shape, seed=seed, device=self.device)
         cond: dict[str, Tensor] = {}
@@ -374,7 +375,8 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
                 result = solver.sample(velocity, x_init)
             if guide is not None:
                 result.guide_nfe = int(velocity.guided_calls)
-            result.model_rows = int(velocity.forward_samples)  # network rows: CFG's doubled batch, the guide's
+            if velocity.model_calls == result.nfe:  # the solver ran this velocity (FlowTurbo runs its own networks)
+                result.model_rows = int(velocity.forward_samples)  # network rows: CFG's doubled batch, the guide's
             return result
         finally:
             self.train(was_training)
