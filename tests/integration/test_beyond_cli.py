@@ -44,7 +44,7 @@ def test_likelihood_cli_writes_bits_per_dim_of_the_validation_split(tiny_run, co
     assert saved["bits_per_dim"] == summary["bits_per_dim"] and math.isfinite(saved["bits_per_dim"])
     assert saved["space"] == "latent"
     assert saved["statement"] == "bits/dim in the autoencoder's latent space, normalised latents"
-    assert saved["num_samples"] == 3 and saved["num_dims"] == 4 * 8 * 8 and len(saved["nfe_per_batch"]) == 2
+    assert saved["num_samples"] == 3 and saved["num_dims"] == 2 * 16 * 16 and len(saved["nfe_per_batch"]) == 2
     assert saved["condition"] == "the true label, no guidance" and saved["hutchinson_std_error_of_mean"] > 0
     assert saved["held_out"]["split"] == "validation" and saved["held_out"]["num_held_out"] == 5  # 2% of 256
     # the held-out items are the training run's validation split (TINY_TRAIN: 256 items, seed 42)

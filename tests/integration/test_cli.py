@@ -118,7 +118,7 @@ def test_train_autoencoder_and_encode_cli(tmp_path):
         ],
         tmp_path,
     )
-    assert "64 items x 1 view(s), latents (1, 16, 16)" in proc.stdout
+    assert "64 items x 1 view(s), latents (2, 16, 16)" in proc.stdout
     assert len(list((tmp_path / "cache" / "latents").glob("*/shard_*.labels.npy"))) == 2
     again = run(
         "latent_flow.encode",

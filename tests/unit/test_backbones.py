@@ -267,6 +267,7 @@ def test_every_preset_constructs_with_expected_size() -> None:
         assert abs(counts[f"DiT-{size}/8"] - counts[f"DiT-{size}/2"]) / counts[f"DiT-{size}/2"] < 0.01
     assert 0.2e6 < counts["DiT-XS/2"] < counts["DiT-T/2"] < 5e6 < counts["DiT-S/2"]
     unets = [counts[n] for n in ("UNet-T", "UNet-S", "UNet-B", "UNet-L")]
+    assert 0.3e6 < counts["UNet-XS"] < unets[0]
     assert unets == sorted(unets)
     assert 0.3e6 < unets[0] < 3e6 and 100e6 < unets[3] < 600e6
 
