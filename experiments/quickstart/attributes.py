@@ -46,7 +46,7 @@ def _load_samples(run_dir: Path) -> torch.Tensor:
         images = data["arr_0"]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{path}: expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return _to_float(torch.from_numpy(images).permute(0, 3, 1, 2))
 
 
 def _attribute_mix(pool: dict, target: dict[str, list[int]], n: int, seed: int) -> torch.Tensor:

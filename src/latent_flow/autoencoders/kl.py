@@ -30,8 +30,8 @@ were the CPU quick start's until 2026-12-03: on the 32x32 shapes data, batch 64,
 about as much per step at twice the cost. The quick start now uses ``channel_mult=(1, 2)`` with
 two latent channels (``autoencoder=kl_shapes_f2``, 16x16x2; one channel until 2026-12-04): at equal
 steps factor 2 keeps the shapes' edges far better (FD-shapes of reconstructions 137 with one channel
-against 190 for the default after 600 / 800 steps, 87 with two; experiments/quickstart/README.md). (This is one fewer than
-the ``2 ** len(channel_mult)`` sketched in an early version of
+against 190 for the default after 600 / 800 steps, 87 with two; experiments/quickstart/README.md).
+(This is one fewer than the ``2 ** len(channel_mult)`` sketched in an early version of
 docs/interfaces.md; ``downsample_factor`` is the one source of truth.)
 
 The decoder output is not squashed: ``decode_unclamped`` (used by the training
