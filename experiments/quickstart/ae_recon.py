@@ -10,6 +10,7 @@ evaluation (``train_s`` = seconds spent in training steps so far).
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/quickstart/ae_recon.py --name f4 --mult 1,2,2 --lat 4
     OMP_NUM_THREADS=1 .venv/bin/python experiments/quickstart/ae_recon.py --name f2l1 --mult 1,2 --lat 1 --lr 2e-3
+    .venv/bin/python experiments/quickstart/ae_recon.py --name cached --ckpt .cache/autoencoders/kl-KEY.pt  # score only
 
 The oracle is trained into ``LATENT_FLOW_CACHE`` (default ``.cache``) when missing (~3 min).
 The reconstructions' FD-shapes bounds what a flow model on those latents can reach only loosely
@@ -35,6 +36,7 @@ from latent_flow.evaluation.oracle import (
     oracle_metrics_on_samples,
     real_images,
 )
+from latent_flow.autoencoders.kl import load_kl_autoencoder
 from latent_flow.training.autoencoder import AutoencoderModule, psnr
 
 
@@ -52,14 +54,23 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--evals", default="", help="extra steps to evaluate at, comma separated (the last always)")
     p.add_argument("--cache-dir", default=os.environ.get("LATENT_FLOW_CACHE", ".cache"))
+    p.add_argument("--ckpt", default=None, help="score this trained autoencoder file (no training; --steps 0)")
     a = p.parse_args()
 
     torch.manual_seed(0)
-    mult = tuple(int(m) for m in a.mult.split(","))
-    module = AutoencoderModule(latent_channels=a.lat, base_channels=a.base, channel_mult=mult, num_res_blocks=a.nres)
-    ae = module.autoencoder
+    if a.ckpt is not None:  # an autoencoder file written by train_autoencoder (e.g. in .cache/autoencoders/)
+        ae = load_kl_autoencoder(a.ckpt)
+        a.steps, a.lat = 0, ae.latent_channels
+        mult = tuple(ae.channel_mult)
+        module = AutoencoderModule(latent_channels=a.lat, channel_mult=mult)  # unused: nothing is trained
+    else:
+        mult = tuple(int(m) for m in a.mult.split(","))
+        module = AutoencoderModule(
+            latent_channels=a.lat, base_channels=a.base, channel_mult=mult, num_res_blocks=a.nres
+        )
+        ae = module.autoencoder
     n_params = sum(x.numel() for x in ae.parameters())
-    data = _to_float(_render(ShapesDataset(num_samples=20000, resolution=32, seed=0))["images_u8"])
+    data = None if a.ckpt else _to_float(_render(ShapesDataset(num_samples=20000, resolution=32, seed=0))["images_u8"])
     held = _render(ShapesDataset(num_samples=1000, resolution=32, seed=12345))
     held_x, held_y = _to_float(held["images_u8"]), held["attributes"][:, 0]
     reference = real_images(1000, 32, seed=1)
@@ -95,6 +106,8 @@ def main() -> None:
     evals = {int(e) for e in a.evals.split(",") if e} | {a.steps}
     gen = torch.Generator().manual_seed(1)
     train_s = 0.0
+    if a.steps == 0:
+        evaluate(0, train_s)
     for step in range(a.steps):
         start = time.perf_counter()
         for group in opt.param_groups:

@@ -28,6 +28,7 @@ from torch import Tensor
 from latent_flow.autoencoders import load_autoencoder
 from latent_flow.backbones import build_backbone
 from latent_flow.conditioning import build_condition
+from latent_flow.flow.coupling import check_coupling, couple
 from latent_flow.flow.path import AffinePath
 from latent_flow.flow.schedulers import build_scheduler
 from latent_flow.flow.time_sampling import build_time_sampler
@@ -56,7 +57,9 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             (``conf/condition/``). ``condition=label``: labels dropped in the backbone with ``p``;
             spatial + label: the condition drops the label with the spatial part (joint null with
             probability ``cond_dropout``) and alone with ``p`` among the rest, the backbone not at all.
-        path: ``{"scheduler": {"name": "condot", ...}, "time_sampler": {"name": "uniform", ...}}``.
+        path: ``{"scheduler": {"name": "condot", ...}, "time_sampler": {"name": "uniform", ...},
+            "coupling": "independent" | "ot"}`` (``ot``: minibatch OT pairs within each label,
+            :mod:`latent_flow.flow.coupling`).
         optim: AdamW and schedule settings (lr, weight_decay, betas, eps, warmup_steps,
             cosine, min_lr_ratio, fused).
         ema: ``{"decay": 0.9999, "warmup": True}`` or ``None`` to disable (not recommended).
@@ -153,6 +156,9 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         self.path = AffinePath(build_scheduler(sched_opts.pop("name"), **sched_opts))
         ts_opts = dict(path.get("time_sampler", {"name": "uniform"}))
         self.time_sampler = build_time_sampler(ts_opts.pop("name"), **ts_opts)
+        self.coupling = check_coupling(
+            str(path.get("coupling", "independent")), spatial_condition=bool(self.condition.spatial_channels)
+        )
 
         self._autoencoder = None  # not a submodule: never saved in flow checkpoints
         self._compiled: dict[str, Any] = {}
@@ -242,6 +248,9 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         else:
             x_noise = torch.randn(x_data.shape, generator=generator, dtype=x_data.dtype).to(x_data.device)
             t = self.time_sampler(batch_size, "cpu", generator=generator).to(x_data.device)
+        if self.coupling != "independent":
+            groups = batch["label"] if self.condition.uses_label else None
+            x_noise = couple(self.coupling, x_noise, x_data, groups)
         sample = self.path.sample(x_noise, x_data, t)
         cond = self.condition.train_dropout(self.condition.from_batch(batch))
         pred = self.velocity(sample.x_t, sample.t, cond, use_ema=use_ema)
