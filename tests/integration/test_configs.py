@@ -295,3 +295,24 @@ def test_refiner_callbacks_are_the_defaults_without_the_sample_grid(refiner):
         "metrics_json",
         "progress_bar",
     }
+
+
+# the quick start's recipe (conf/recipe/quickstart.yaml) is for the quick start and the experiments that are
+# the quick start with one change; every other experiment states its own settings and must not inherit it
+QUICKSTART_RECIPE_EXPERIMENTS = {"shapes_unet", "shapes_vp"}
+
+
+@pytest.mark.parametrize("experiment", sorted(set(EXPERIMENTS) - QUICKSTART_RECIPE_EXPERIMENTS - {"shapes_classifier"}))
+def test_the_quickstart_recipe_does_not_leak_into_other_experiments(experiment, compose_cfg):
+    with_recipe = compose_cfg("train", [f"+experiment={experiment}"])
+    without = compose_cfg("train", [f"+experiment={experiment}", "~recipe"])
+    assert OmegaConf.to_container(with_recipe) == OmegaConf.to_container(without)
+
+
+def test_the_quickstart_recipe_applies_to_the_default_run(compose_cfg):
+    cfg = compose_cfg("train", [])
+    assert (cfg.data.batch_size, cfg.trainer.max_steps, cfg.trainer.precision) == (128, 2000, "bf16-mixed")
+    assert cfg.condition.label_dropout == 0.1 and cfg.optim.lr == 3e-3
+    assert (cfg.autoencoder.training.batch_size, cfg.autoencoder.training.max_steps) == (32, 1100)
+    for experiment in sorted(QUICKSTART_RECIPE_EXPERIMENTS):
+        assert compose_cfg("train", [f"+experiment={experiment}"]).data.batch_size == 128
