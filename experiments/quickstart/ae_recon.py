@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from latent_flow.autoencoders.kl import load_kl_autoencoder
 from latent_flow.data.shapes import ShapesDataset
 from latent_flow.evaluation.oracle import (
     _render,
@@ -36,7 +37,6 @@ from latent_flow.evaluation.oracle import (
     oracle_metrics_on_samples,
     real_images,
 )
-from latent_flow.autoencoders.kl import load_kl_autoencoder
 from latent_flow.training.autoencoder import AutoencoderModule, psnr
 
 

@@ -38,9 +38,7 @@ def test_ot_within_groups_keeps_noise_in_its_group_and_is_optimal_there():
     assert perm[3] == 3  # a group of one keeps its own draw
     for g in (0, 1):
         idx = torch.nonzero(groups == g).flatten()
-        best = min(
-            _cost(x_noise[idx], x_data[idx], torch.tensor(p)) for p in itertools.permutations(range(len(idx)))
-        )
+        best = min(_cost(x_noise[idx], x_data[idx], torch.tensor(p)) for p in itertools.permutations(range(len(idx))))
         local = torch.tensor([int(torch.nonzero(idx == j)) for j in perm[idx]])
         assert _cost(x_noise[idx], x_data[idx], local) == pytest.approx(best, rel=1e-12)
 
