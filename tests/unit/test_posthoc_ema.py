@@ -104,3 +104,30 @@ def test_training_stores_snapshots_and_the_command_writes_a_usable_checkpoint(co
     assert any(not torch.equal(a, b) for a, b in zip(model.ema.module.parameters(), original.ema.module.parameters()))
     images, _ = generate(model, num_samples=2, sampler="euler", steps=2, labels=[0, 1])
     assert images.shape[0] == 2 and torch.isfinite(images).all()
+
+
+def test_ema_with_sigma_rel_is_the_power_function_average_of_the_weights():
+    from latent_flow.training.ema import EMA, gamma_to_sigma_rel, sigma_rel_to_gamma
+
+    sigma_rel = 0.2
+    gamma = sigma_rel_to_gamma(sigma_rel)
+    assert gamma_to_sigma_rel(gamma) == pytest.approx(sigma_rel, rel=1e-9)
+    net = torch.nn.Linear(3, 2)
+    ema = EMA(net, sigma_rel=sigma_rel)
+    gen = torch.Generator().manual_seed(0)
+    history = []
+    for _ in range(40):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64).float())
+        history.append(torch.cat([p.detach().flatten().double() for p in net.parameters()]))
+        ema.update(net)
+    # closed form: update i (1-based) has weight (1 - beta_i) prod_{j > i} beta_j, beta_i = (1 - 1/i)^(gamma + 1)
+    betas = [(1.0 - 1.0 / i) ** (gamma + 1.0) for i in range(1, 41)]
+    weights = [(1.0 - betas[i]) * float(np.prod(betas[i + 1 :])) for i in range(40)]
+    assert sum(weights) == pytest.approx(1.0, abs=1e-12)
+    expected = sum(w * h for w, h in zip(weights, history))
+    got = torch.cat([p.flatten().double() for p in ema.module.parameters()])
+    assert torch.allclose(got, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="sigma_rel must be in"):
+        EMA(net, sigma_rel=0.5)

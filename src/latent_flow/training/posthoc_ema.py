@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from latent_flow.training.ema import gamma_to_sigma_rel, sigma_rel_to_gamma
 from latent_flow.training.module import LatentFlowModule
 
 __all__ = [
@@ -49,23 +50,6 @@ __all__ = [
 ]
 
 SNAPSHOT_PATTERN = "phema_{step:07d}.pt"
-
-
-def gamma_to_sigma_rel(gamma: float) -> float:
-    """Relative standard deviation of the power profile ``tau^gamma`` on ``[0, 1]``."""
-    g = float(gamma)
-    return float(np.sqrt((g + 1) / ((g + 2) ** 2 * (g + 3))))
-
-
-def sigma_rel_to_gamma(sigma_rel: float) -> float:
-    """The exponent with the given ``sigma_rel`` (the real root > -1 of EDM2's cubic)."""
-    s2 = float(sigma_rel) ** 2
-    if not 0 < sigma_rel < gamma_to_sigma_rel(0.0):  # gamma = 0 (uniform average) is the widest with gamma >= 0
-        raise ValueError(f"sigma_rel must be in (0, {gamma_to_sigma_rel(0.0):.4f}), got {sigma_rel}")
-    # s2 (g+2)^2 (g+3) = g+1  <=>  s2 g^3 + 7 s2 g^2 + (16 s2 - 1) g + 12 s2 - 1 = 0
-    roots = np.roots([s2, 7 * s2, 16 * s2 - 1, 12 * s2 - 1])
-    real = [r.real for r in roots if abs(r.imag) < 1e-9 and r.real > -1]
-    return float(max(real))
 
 
 class PowerEMA(nn.Module):
