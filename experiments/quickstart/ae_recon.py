@@ -62,7 +62,7 @@ def main() -> None:
         ae = load_kl_autoencoder(a.ckpt)
         a.steps, a.lat = 0, ae.latent_channels
         mult = tuple(ae.channel_mult)
-        module = AutoencoderModule(latent_channels=a.lat, channel_mult=mult)  # unused: nothing is trained
+        module = None  # nothing is trained
     else:
         mult = tuple(int(m) for m in a.mult.split(","))
         module = AutoencoderModule(

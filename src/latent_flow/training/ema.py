@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["EMA", "gamma_to_sigma_rel", "sigma_rel_to_gamma"]
+__all__ = ["EMA", "gamma_to_sigma_rel", "power_decay", "sigma_rel_to_gamma"]
 
 
 def gamma_to_sigma_rel(gamma: float) -> float:
@@ -36,6 +36,11 @@ def sigma_rel_to_gamma(sigma_rel: float) -> float:
     roots = np.roots([s2, 7 * s2, 16 * s2 - 1, 12 * s2 - 1])
     real = [r.real for r in roots if abs(r.imag) < 1e-9 and r.real > -1]
     return float(max(real))
+
+
+def power_decay(t: int, gamma: float) -> float:
+    """Decay of update ``t`` (1, 2, ...) of the power-function EMA: ``(1 - 1/t)^(gamma + 1)``."""
+    return (1.0 - 1.0 / int(t)) ** (float(gamma) + 1.0)
 
 
 class EMA(nn.Module):
@@ -58,7 +63,6 @@ class EMA(nn.Module):
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = float(decay)
         self.warmup = bool(warmup)
-        self.sigma_rel = None if sigma_rel is None else float(sigma_rel)
         self.gamma = None if sigma_rel is None else sigma_rel_to_gamma(float(sigma_rel))
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
@@ -67,7 +71,7 @@ class EMA(nn.Module):
     def current_decay(self) -> float:
         n = int(self.num_updates)
         if self.gamma is not None:
-            return (1.0 - 1.0 / (n + 1)) ** (self.gamma + 1.0)
+            return power_decay(n + 1, self.gamma)
         if self.warmup:
             return min(self.decay, (1.0 + n) / (10.0 + n))
         return self.decay

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from latent_flow.training.ema import gamma_to_sigma_rel, sigma_rel_to_gamma
+from latent_flow.training.ema import gamma_to_sigma_rel, power_decay, sigma_rel_to_gamma
 from latent_flow.training.module import LatentFlowModule
 
 __all__ = [
@@ -66,7 +66,7 @@ class PowerEMA(nn.Module):
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.num_updates += 1
-        beta = (1.0 - 1.0 / int(self.num_updates)) ** (self.gamma + 1.0)
+        beta = power_decay(int(self.num_updates), self.gamma)
         params = [p.detach() for p in model.parameters()]
         if len(params) != len(self.params):
             raise RuntimeError("PowerEMA.update: the model's parameters do not match the averaged copy")
