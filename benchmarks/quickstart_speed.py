@@ -1,4 +1,4 @@
-"""Quick-start training steps: the 2026-12-05 layout against the 2026-12-04 one, side by side in one process.
+"""Quick-start training steps: the 2026-12-06 layout against the 2026-12-04 one, side by side in one process.
 
 Times the training steps of `make train` (forward, backward, AdamW step; the flow step also updates
 the EMA), alternating the variants in rounds and keeping each variant's best round, so background
@@ -9,7 +9,9 @@ the 2026-12-04 step of its stage:
                 batch 64 (2026-12-04) and batch 32 (2026-12-05: 1,100 steps instead of 600)
   flow        : UNet-XS, label-conditional, on 2x16x16 latents: fp32 batch 64 (2026-12-04), bf16
                 autocast batch 64, fp32 batch 128, bf16 autocast batch 128 (2026-12-05, the recipe's
-                trainer.precision=bf16-mixed)
+                trainer.precision=bf16-mixed), and the same with fused AdamW (2026-12-06, optim.fused=true);
+                since 2026-12-06 every variant's attention runs in fp32 (backbones/attention.py,
+                benchmarks/attention_cpu.py)
 
     .venv/bin/python benchmarks/quickstart_speed.py                 # threads = torch default
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quickstart_speed.py --steps 10 --rounds 3
@@ -50,7 +52,7 @@ def autoencoder_step(batch_size: int):
     return step
 
 
-def flow_step(batch_size: int, bf16: bool):
+def flow_step(batch_size: int, bf16: bool, fused: bool = False):
     from latent_flow.backbones.unet import unet_preset
     from latent_flow.training.ema import EMA
 
@@ -59,7 +61,7 @@ def flow_step(batch_size: int, bf16: bool):
     x1 = torch.randn(batch_size, 2, 16, 16)
     y = torch.randint(0, 5, (batch_size,))
     ema = EMA(net, decay=0.9999, warmup=True)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=fused or None)
 
     def step():
         x0 = torch.randn_like(x1)
@@ -96,6 +98,7 @@ def main() -> None:
             ("bf16", 64, ""): flow_step(64, bf16=True),
             ("fp32", 128, ""): flow_step(128, bf16=False),
             ("bf16", 128, "2026-12-05"): flow_step(128, bf16=True),
+            ("bf16", 128, "2026-12-06: fused AdamW (optim.fused=true)"): flow_step(128, bf16=True, fused=True),
         },
     }
     for stage, steps in stages.items():

@@ -311,8 +311,17 @@ def test_the_quickstart_recipe_does_not_leak_into_other_experiments(experiment, 
 
 def test_the_quickstart_recipe_applies_to_the_default_run(compose_cfg):
     cfg = compose_cfg("train", [])
-    assert (cfg.data.batch_size, cfg.trainer.max_steps, cfg.trainer.precision) == (128, 2000, "bf16-mixed")
-    assert cfg.condition.label_dropout == 0.1 and cfg.optim.lr == 3e-3
+    assert (cfg.data.batch_size, cfg.trainer.max_steps, cfg.trainer.precision) == (128, 2200, "bf16-mixed")
+    assert cfg.condition.label_dropout == 0.1 and cfg.optim.lr == 3e-3 and cfg.optim.fused is True
+    # logit-normal times shifted toward noise, from the recipe's path choice; `~recipe` restores mean 0
+    assert dict(cfg.path.time_sampler) == {"name": "logit_normal", "mean": -0.5, "std": 1.0}
+    assert compose_cfg("train", ["~recipe"]).path.time_sampler.mean == 0.0
+    assert compose_cfg("train", ["path=condot_logitnormal"]).path.time_sampler.mean == 0.0  # the command line wins
     assert (cfg.autoencoder.training.batch_size, cfg.autoencoder.training.max_steps) == (32, 1100)
     for experiment in sorted(QUICKSTART_RECIPE_EXPERIMENTS):
         assert compose_cfg("train", [f"+experiment={experiment}"]).data.batch_size == 128
+    # the named quick start is the default run; shapes_vp keeps its own path (an experiment's path wins)
+    named = compose_cfg("train", ["+experiment=shapes_unet"])
+    assert OmegaConf.to_container(named.path) == OmegaConf.to_container(cfg.path)
+    vp = compose_cfg("train", ["+experiment=shapes_vp"])
+    assert vp.path.scheduler.name == "vp" and dict(vp.path.time_sampler) == {"name": "uniform"}

@@ -216,10 +216,7 @@ def test_metrics_on_samples_and_fd_shapes(short_oracle):
     assert fd_shapes(model, images, shifted) > 2 * floor
 
 
-@pytest.mark.slow
-def test_full_oracle_accuracy(tmp_path):
-    """The default oracle (~110 s on 2 CPU cores; measured 1.0 on every attribute, mIoU 0.965) meets its stated held-out accuracy at 32 px."""
-    model = load_or_train_oracle(tmp_path, resolution=32)
+def _check_default_oracle(model):
     metrics = evaluate_oracle(model, ShapesDataset(num_samples=2000, resolution=32, seed=777))
     acc = metrics["accuracy"]
     for name in ("shape", "color", "hpos", "count"):
@@ -229,3 +226,46 @@ def test_full_oracle_accuracy(tmp_path):
     # measured: 12.1 for 2,000 vs 2,000 renders (trace of the feature covariance ~3,100), 3.5 at 8,000
     floor = oracle_mod.fd_shapes_floor(model, n=2000)
     assert 0 < floor < 30.0
+
+
+def test_packaged_oracle_is_used_and_meets_its_accuracy(tmp_path, monkeypatch):
+    """The shipped default oracle (measured 1.0 on every attribute, mIoU 0.965) loads without training."""
+    monkeypatch.setattr(oracle_mod, "_train", lambda *a, **k: pytest.fail("the packaged oracle must not be retrained"))
+    model = load_or_train_oracle(tmp_path, resolution=32)
+    assert not (tmp_path / "oracles").exists()  # nothing cached: it came from the package
+    key = oracle_cache_key(32)
+    assert key in oracle_mod.PACKAGED_ORACLES
+    assert model.metrics["key"] == key and model.metrics["metrics"]["label_accuracy"] == 1.0
+    # a cached oracle of the same key (trained elsewhere) does not replace it
+    other = oracle_mod.ShapesOracle(resolution=32)
+    (tmp_path / "oracles").mkdir()
+    torch.save({"config": other.config(), "state_dict": other.state_dict()}, tmp_path / "oracles" / f"shapes-{key}.pt")
+    x = real_images(8, 32, seed=7)
+    torch.testing.assert_close(load_or_train_oracle(tmp_path, resolution=32).features(x), model.features(x))
+    _check_default_oracle(model)
+
+
+def test_packaged_oracle_damaged_or_missing(tmp_path, monkeypatch):
+    key = oracle_cache_key(32)
+    shipped = oracle_mod.PACKAGED_ORACLE_DIR / f"shapes-{key}.pt"
+    damaged = tmp_path / f"shapes-{key}.pt"
+    blob = bytearray(shipped.read_bytes())
+    blob[-100] ^= 1
+    damaged.write_bytes(bytes(blob))
+    monkeypatch.setattr(oracle_mod, "PACKAGED_ORACLE_DIR", tmp_path)
+    with pytest.raises(
+        RuntimeError, match=rf"shapes-{key}\.pt has sha256 .* expected {oracle_mod.PACKAGED_ORACLES[key]}"
+    ):
+        load_or_train_oracle(tmp_path / "cache", resolution=32)
+    damaged.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"packaged shapes oracle .*shapes-{key}\.pt is missing"):
+        load_or_train_oracle(tmp_path / "cache", resolution=32)
+    with pytest.raises(KeyError, match="no packaged shapes oracle for key nope"):
+        oracle_mod.load_packaged_oracle("nope")
+
+
+@pytest.mark.slow
+def test_full_oracle_training_accuracy(tmp_path, monkeypatch):
+    """Training the default oracle (~50-110 s on 2 CPU cores) reaches the packaged one's held-out accuracy."""
+    monkeypatch.setattr(oracle_mod, "PACKAGED_ORACLES", {})
+    _check_default_oracle(load_or_train_oracle(tmp_path, resolution=32))

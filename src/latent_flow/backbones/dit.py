@@ -7,7 +7,7 @@ velocity ``(B, out_channels, H, W)``.
 Architecture: stride-``patch_size`` convolutional patch embedding, fixed 2-D sin-cos position
 embedding (a buffer, not trained), continuous-time embedding, label embedding with a null row
 and per-sample label dropout in training, adaLN-Zero transformer blocks (attention through
-``F.scaled_dot_product_attention``, GELU(tanh) MLP) and a zero-initialised adaLN final layer, so
+``backbones.attention`` (SDPA but on the CPU in bf16), GELU(tanh) MLP) and a zero-initialised adaLN final layer, so
 every block starts as the identity and the network outputs exactly zero at initialisation.
 
 ``in_channels`` may exceed ``out_channels``: spatial conditions (masks, semantic maps) are
@@ -21,10 +21,10 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from latent_flow.backbones.attention import attention
 from latent_flow.backbones.embeddings import (
     LabelEmbedder,
     TimestepEmbedder,
@@ -41,7 +41,7 @@ def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over tokens with its own qkv projection (SDPA kernel)."""
+    """Multi-head self-attention over tokens with its own qkv projection (:func:`attention`)."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -56,7 +56,7 @@ class Attention(nn.Module):
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from latent_flow.backbones.attention import attention
 from latent_flow.backbones.embeddings import LabelEmbedder, TimestepEmbedder, as_batch_times
 
 __all__ = ["UNet", "ResBlock", "AttentionBlock", "UNET_PRESETS", "unet_preset"]
@@ -73,7 +74,7 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Multi-head self-attention over all spatial positions (SDPA); zero-initialised output projection."""
+    """Multi-head self-attention over all spatial positions (:func:`attention`); zero-initialised output projection."""
 
     def __init__(self, channels: int, num_heads: int) -> None:
         super().__init__()
@@ -89,7 +90,7 @@ class AttentionBlock(nn.Module):
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
         qkv = self.qkv(tokens).reshape(b, h * w, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        out = attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
         return x + self.proj(out).transpose(1, 2).reshape(b, c, h, w)
 
 

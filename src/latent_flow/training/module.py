@@ -315,6 +315,25 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping (``trainer.gradient_clip_val``), also for a fused AdamW in bf16 autocast.
+
+        Lightning's mixed-precision plugin refuses to clip for any optimizer that unscales gradients
+        itself (``optim.fused=true``), because with fp16's loss scaling the gradients it would clip are
+        still scaled. bf16 autocast (``bf16-mixed``) has no loss scaling, so the gradients are the true
+        ones and are clipped here; ``16-mixed`` with a fused optimizer keeps Lightning's error.
+        """
+        fused = bool(getattr(optimizer, "defaults", {}).get("fused"))
+        unscaled = getattr(self.trainer.precision_plugin, "scaler", None) is None
+        if not (gradient_clip_val and fused and unscaled):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm is None or gradient_clip_algorithm == "norm":  # a str enum in Lightning
+            torch.nn.utils.clip_grad_norm_(params, float(gradient_clip_val))
+        else:
+            torch.nn.utils.clip_grad_value_(params, float(gradient_clip_val))
+
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.save_rng_states(checkpoint)  # every rank's RNG states, for an exact resume
