@@ -285,6 +285,10 @@ class RefinerModule(ResumableRNG, L.LightningModule):
         # the same AdamW + warm-up / cosine schedule as flow training (over the refiner's parameters)
         return LatentFlowModule.configure_optimizers(self)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # as flow training: also clips a fused AdamW (optim.fused=true) under bf16 autocast
+        LatentFlowModule.configure_gradient_clipping(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_train_start(self) -> None:
         self.seed_or_restore_rng(int(self.hparams.seed))  # seed + rank, or the saved states when resuming
 
