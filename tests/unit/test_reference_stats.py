@@ -178,3 +178,44 @@ def test_the_command_writes_stats_of_the_requested_split(compose_cfg, tmp_path):
     assert info["feature_extractor"]["_target_"] == "torch.nn.Sequential" and info["augmentation"].startswith("none")
     assert np.load(out / "reference.npz")["arr_0"].shape == (10, 32, 32, 3)
     assert np.load(out / "stats.npz")["features"].shape == (10, 48)
+
+
+class LinearExtractor(torch.nn.Module):
+    """Pooled pixels through a seeded linear map: one config, different weights per seed."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(12, 4)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.randn(4, 12, generator=torch.Generator().manual_seed(seed)))
+            self.proj.bias.zero_()
+
+    def forward(self, x):
+        return self.proj(torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1))
+
+
+def test_statistics_are_refused_for_other_weights_of_the_same_extractor(folder, tmp_path, caplog):
+    from latent_flow.data import ImageFolderDataset
+    from latent_flow.evaluation.reference import extractor_fingerprint
+
+    a, a_again, b = LinearExtractor(0), LinearExtractor(0), LinearExtractor(1)
+    assert extractor_fingerprint(a) == extractor_fingerprint(a_again) != extractor_fingerprint(b)
+    assert extractor_fingerprint(lambda x: x) is None  # a plain function has no weights to record
+    with torch.no_grad():
+        a_again.proj.bias[0] += 1e-6  # any change of any weight shows
+    assert extractor_fingerprint(a_again) != extractor_fingerprint(a)
+
+    ds = ImageFolderDataset(folder[0], resolution=8)
+    spec = {"_target_": "tests.LinearExtractor"}  # the same config for a and b: only the weights differ
+    compute_reference(ds, np.arange(6), a, tmp_path / "r", extractor_spec=spec, progress=False)
+    info = json.loads((tmp_path / "r" / "reference.json").read_text())
+    assert info["feature_extractor_weights"] == extractor_fingerprint(a)
+    assert load_reference_stats(tmp_path / "r", feature_extractor=spec, extractor=a)["features"].shape == (6, 4)
+    with pytest.raises(ReferenceStatsError, match=r"other weights of the feature extractor .* recompute them"):
+        load_reference_stats(tmp_path / "r", feature_extractor=spec, extractor=b)
+    # statistics written before the weights were recorded: used, with a warning that they cannot be checked
+    del info["feature_extractor_weights"]
+    (tmp_path / "r" / "reference.json").write_text(json.dumps(info))
+    with caplog.at_level("WARNING"):
+        load_reference_stats(tmp_path / "r", feature_extractor=spec, extractor=b)
+    assert "records no feature-extractor weights" in caplog.text

@@ -263,7 +263,7 @@ def _feature_metrics(cfg: DictConfig, arr: np.ndarray, metrics: tuple[str, ...])
     fake_f, fake_logits = compute_features(extractor, arr, device=device)
     out: dict = {"feature_extractor": spec.get("_target_")}
     if ev.get("reference_stats") is not None:
-        ref = load_reference_stats(ev.reference_stats, feature_extractor=spec)
+        ref = load_reference_stats(ev.reference_stats, feature_extractor=spec, extractor=extractor)
         if ref["features"] is None:  # mean / covariance only: FID only
             if set(metrics) - {"fid"}:
                 raise ValueError(

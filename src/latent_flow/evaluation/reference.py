@@ -49,6 +49,7 @@ __all__ = [
     "SPLITS",
     "reference_indices",
     "extractor_identity",
+    "extractor_fingerprint",
     "build_feature_extractor",
     "compute_reference",
     "load_reference_stats",
@@ -97,6 +98,22 @@ def extractor_identity(spec: Mapping[str, Any] | None) -> dict:
         return {}
     spec = to_plain(spec)
     return json.loads(json.dumps(dict(spec), default=str, sort_keys=True))
+
+
+def extractor_fingerprint(extractor: Callable) -> str | None:
+    """sha256 (16 hex digits) of a module extractor's parameters and buffers; ``None`` for other callables.
+
+    Two extractors of one config can hold different weights (a shapes oracle trained on another machine,
+    another Inception file); statistics record this so that they are never compared across weights.
+    """
+    if not isinstance(extractor, torch.nn.Module):
+        return None
+    digest = hashlib.sha256()
+    for name, tensor in sorted(extractor.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
 
 
 def build_feature_extractor(spec: Mapping[str, Any] | torch.nn.Module | Callable) -> Callable:
@@ -186,6 +203,7 @@ def compute_reference(
         "chunk_size": int(chunk_size),
         "indices_sha1": _sha1(indices),
         "feature_extractor": extractor_identity(extractor_spec),
+        "feature_extractor_weights": extractor_fingerprint(extractor),
         "save_images": bool(save_images),
     }
     plan_path = out_dir / "parts" / "plan.json"
@@ -272,7 +290,12 @@ def _merge(out_dir: Path, num_chunks: int, identity: dict, info: Mapping[str, An
     return summary
 
 
-def load_reference_stats(path: str | os.PathLike, *, feature_extractor: Mapping[str, Any] | None = None) -> dict:
+def load_reference_stats(
+    path: str | os.PathLike,
+    *,
+    feature_extractor: Mapping[str, Any] | None = None,
+    extractor: Callable | None = None,
+) -> dict:
     """Load ``stats.npz`` (or the directory holding it) written by :func:`compute_reference`.
 
     Returns ``{"mu", "sigma", "features" (or None), "info"}``. When ``feature_extractor`` is given
@@ -304,5 +327,21 @@ def load_reference_stats(path: str | os.PathLike, *, feature_extractor: Mapping[
             raise ReferenceStatsError(
                 f"{path} was computed with feature extractor {have.get('_target_')}, but this evaluation uses "
                 f"{want.get('_target_')}; recompute the reference statistics with the same extractor"
+            )
+    weights = extractor_fingerprint(extractor) if extractor is not None else None
+    if weights is not None:
+        recorded = out["info"].get("feature_extractor_weights")
+        if recorded is None:
+            log.warning(
+                "%s records no feature-extractor weights (written before 2026-12-06): cannot check that they are "
+                "this extractor's (%s); recompute them if the extractor's weights may have changed",
+                path,
+                weights,
+            )
+        elif recorded != weights:
+            raise ReferenceStatsError(
+                f"{path} was computed with other weights of the feature extractor (fingerprint {recorded}) than "
+                f"this evaluation's ({weights}): the statistics are not comparable; recompute them with "
+                "`python -m latent_flow.reference_stats` and this extractor"
             )
     return out

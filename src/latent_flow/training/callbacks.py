@@ -18,6 +18,7 @@ from latent_flow.evaluation.reference import (
     SPLITS,
     build_feature_extractor,
     compute_reference,
+    extractor_fingerprint,
     extractor_identity,
     load_reference_stats,
     reference_indices,
@@ -260,7 +261,9 @@ class SampleMetricsCallback(L.Callback):
                 self._extractor.to(pl_module.device)
         if self._real_features is None:
             if self.reference_stats is not None:
-                ref = load_reference_stats(self.reference_stats, feature_extractor=self.feature_spec)
+                ref = load_reference_stats(
+                    self.reference_stats, feature_extractor=self.feature_spec, extractor=self._extractor
+                )
                 if ref["features"] is None:
                     raise ValueError(
                         f"{self.reference_stats} holds only mean / covariance; the callback needs the reference "
@@ -288,7 +291,10 @@ class SampleMetricsCallback(L.Callback):
             num_images=num,
         )
         key = hashlib.sha1(
-            json.dumps([dataset.fingerprint(), indices.tolist(), self.feature_spec], sort_keys=True).encode()
+            json.dumps(
+                [dataset.fingerprint(), indices.tolist(), self.feature_spec, extractor_fingerprint(self._extractor)],
+                sort_keys=True,
+            ).encode()
         ).hexdigest()[:16]
         out_dir = Path(self.cache_dir) / "references" / key
         if not (out_dir / "stats.npz").exists():
@@ -304,7 +310,7 @@ class SampleMetricsCallback(L.Callback):
                 info={"split": self.reference_split},
                 device=device,
             )
-        return load_reference_stats(out_dir, feature_extractor=self.feature_spec)["features"]
+        return load_reference_stats(out_dir, feature_extractor=self.feature_spec, extractor=self._extractor)["features"]
 
     # ------------------------------------------------------------------ evaluation
     def _sample(self, pl_module, labels: torch.Tensor | None):
