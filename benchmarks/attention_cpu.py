@@ -11,12 +11,12 @@ alternated in rounds (best round kept) so background load hits both alike:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from latent_flow.backbones import attention as attention_lib
 
@@ -33,22 +33,25 @@ def _best_ms(fn, steps: int, rounds: int, warmup: int = 2) -> float:
     return best
 
 
-def _attention_pass(kernel, shape):
+@contextlib.contextmanager
+def _fp32_up_to(max_tokens: int):
+    """Run :func:`attention_lib.attention` with another CPU_FP32_MAX_TOKENS (0: always the bf16 kernel)."""
+    limit = attention_lib.CPU_FP32_MAX_TOKENS
+    attention_lib.CPU_FP32_MAX_TOKENS = max_tokens
+    try:
+        yield
+    finally:
+        attention_lib.CPU_FP32_MAX_TOKENS = limit
+
+
+def _attention_pass(shape, max_tokens: int):
     q, k, v = (torch.randn(shape, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
 
     def run():
-        kernel(q, k, v).float().sum().backward()
+        with _fp32_up_to(max_tokens):
+            attention_lib.attention(q, k, v).float().sum().backward()
 
     return run
-
-
-def _bf16_sdpa(q, k, v):
-    return F.scaled_dot_product_attention(q, k, v)
-
-
-def _fp32_sdpa(q, k, v):
-    with torch.autocast("cpu", enabled=False):
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
 
 
 def main() -> None:
@@ -59,8 +62,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; forward + backward, bf16 inputs")
     shapes = [(128, 4, 16, 16), (128, 4, 64, 16), (32, 4, 256, 32), (8, 6, 256, 64), (4, 6, 1024, 64)]
     for shape in shapes:
-        bf16 = _best_ms(_attention_pass(_bf16_sdpa, shape), args.steps, args.rounds)
-        fp32 = _best_ms(_attention_pass(_fp32_sdpa, shape), args.steps, args.rounds)
+        bf16 = _best_ms(_attention_pass(shape, 0), args.steps, args.rounds)
+        fp32 = _best_ms(_attention_pass(shape, 1 << 30), args.steps, args.rounds)
         print(
             f"(batch, heads, tokens, head_dim) {str(shape):20s} SDPA bf16 {bf16:8.2f} ms   SDPA on fp32 copies "
             f"{fp32:8.2f} ms   {bf16 / fp32:5.2f}x",
@@ -73,13 +76,10 @@ def main() -> None:
     step = flow_step(128, bf16=True)
     limit = attention_lib.CPU_FP32_MAX_TOKENS
     best = {"bf16 SDPA": float("inf"), "fp32 SDPA (the default)": float("inf")}
-    try:
-        for _ in range(args.rounds):
-            for name, max_tokens in (("bf16 SDPA", 0), ("fp32 SDPA (the default)", limit)):
-                attention_lib.CPU_FP32_MAX_TOKENS = max_tokens
+    for _ in range(args.rounds):
+        for name, max_tokens in (("bf16 SDPA", 0), ("fp32 SDPA (the default)", limit)):
+            with _fp32_up_to(max_tokens):
                 best[name] = min(best[name], _best_ms(step, args.steps, 1))
-    finally:
-        attention_lib.CPU_FP32_MAX_TOKENS = limit
     base = best["bf16 SDPA"]
     for name, ms in best.items():
         print(f"UNet-XS training step, batch 128, bf16 autocast, attention {name:24s} {ms:7.1f} ms  {base / ms:5.2f}x")

@@ -210,12 +210,14 @@ def test_statistics_are_refused_for_other_weights_of_the_same_extractor(folder, 
     compute_reference(ds, np.arange(6), a, tmp_path / "r", extractor_spec=spec, progress=False)
     info = json.loads((tmp_path / "r" / "reference.json").read_text())
     assert info["feature_extractor_weights"] == extractor_fingerprint(a)
-    assert load_reference_stats(tmp_path / "r", feature_extractor=spec, extractor=a)["features"].shape == (6, 4)
+    assert load_reference_stats(tmp_path / "r", feature_extractor=spec, extractor_weights=extractor_fingerprint(a))[
+        "features"
+    ].shape == (6, 4)
     with pytest.raises(ReferenceStatsError, match=r"other weights of the feature extractor .* recompute them"):
-        load_reference_stats(tmp_path / "r", feature_extractor=spec, extractor=b)
+        load_reference_stats(tmp_path / "r", feature_extractor=spec, extractor_weights=extractor_fingerprint(b))
     # statistics written before the weights were recorded: used, with a warning that they cannot be checked
     del info["feature_extractor_weights"]
     (tmp_path / "r" / "reference.json").write_text(json.dumps(info))
     with caplog.at_level("WARNING"):
-        load_reference_stats(tmp_path / "r", feature_extractor=spec, extractor=b)
+        load_reference_stats(tmp_path / "r", feature_extractor=spec, extractor_weights=extractor_fingerprint(b))
     assert "records no feature-extractor weights" in caplog.text

@@ -36,7 +36,7 @@ from latent_flow.data.image_folder import list_image_files
 from latent_flow.evaluation import oracle as oracle_lib  # module attributes: patchable in tests
 from latent_flow.evaluation.frechet import frechet_distance, gaussian_stats
 from latent_flow.evaluation.metrics import compute_features, image_metrics, metric_names
-from latent_flow.evaluation.reference import build_feature_extractor, load_reference_stats
+from latent_flow.evaluation.reference import build_feature_extractor, extractor_fingerprint, load_reference_stats
 from latent_flow.generation import NFETally, sample_batches
 from latent_flow.utils.config import to_plain
 from latent_flow.utils.distributed import distributed_rank, rank_device, wait_until
@@ -263,7 +263,9 @@ def _feature_metrics(cfg: DictConfig, arr: np.ndarray, metrics: tuple[str, ...])
     fake_f, fake_logits = compute_features(extractor, arr, device=device)
     out: dict = {"feature_extractor": spec.get("_target_")}
     if ev.get("reference_stats") is not None:
-        ref = load_reference_stats(ev.reference_stats, feature_extractor=spec, extractor=extractor)
+        ref = load_reference_stats(
+            ev.reference_stats, feature_extractor=spec, extractor_weights=extractor_fingerprint(extractor)
+        )
         if ref["features"] is None:  # mean / covariance only: FID only
             if set(metrics) - {"fid"}:
                 raise ValueError(

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from latent_flow.data.shapes import ATTRIBUTE_NAMES, RENDER_VERSION, ShapesDataset
 from latent_flow.evaluation.frechet import RunningStats, frechet_distance
+from latent_flow.utils.hashing import file_sha256
 
 __all__ = [
     "ORACLE_TRAIN_SEED",
@@ -322,14 +323,6 @@ PACKAGED_ORACLES: dict[str, str] = {
 PACKAGED_ORACLE_DIR = Path(__file__).resolve().parent / "oracles"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _load_oracle_file(weights: Path, meta: Path) -> ShapesOracle:
     blob = torch.load(weights, map_location="cpu", weights_only=True)
     oracle = ShapesOracle.from_config(blob["config"])
@@ -349,7 +342,7 @@ def load_packaged_oracle(key: str) -> ShapesOracle:
             f"the packaged shapes oracle {weights} is missing: reinstall latent-flow (pip install -e .) or restore "
             "the file from git"
         )
-    digest = _sha256(weights)
+    digest = file_sha256(weights, length=64)
     if digest != PACKAGED_ORACLES[key]:
         raise RuntimeError(
             f"the packaged shapes oracle {weights} has sha256 {digest}, expected {PACKAGED_ORACLES[key]}: the file is "

@@ -42,6 +42,7 @@ from latent_flow.data.datamodule import split_indices
 from latent_flow.evaluation.frechet import gaussian_stats
 from latent_flow.utils.config import to_plain
 from latent_flow.utils.distributed import wait_until
+from latent_flow.utils.hashing import weights_hash
 from latent_flow.utils.images import to_uint8
 from latent_flow.utils.io import write_json
 
@@ -101,19 +102,13 @@ def extractor_identity(spec: Mapping[str, Any] | None) -> dict:
 
 
 def extractor_fingerprint(extractor: Callable) -> str | None:
-    """sha256 (16 hex digits) of a module extractor's parameters and buffers; ``None`` for other callables.
+    """:func:`~latent_flow.utils.hashing.weights_hash` (16 hex digits) of a module extractor; ``None`` for
+    other callables.
 
     Two extractors of one config can hold different weights (a shapes oracle trained on another machine,
     another Inception file); statistics record this so that they are never compared across weights.
     """
-    if not isinstance(extractor, torch.nn.Module):
-        return None
-    digest = hashlib.sha256()
-    for name, tensor in sorted(extractor.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()[:16]
+    return weights_hash(extractor)[:16] if isinstance(extractor, torch.nn.Module) else None
 
 
 def build_feature_extractor(spec: Mapping[str, Any] | torch.nn.Module | Callable) -> Callable:
@@ -294,13 +289,14 @@ def load_reference_stats(
     path: str | os.PathLike,
     *,
     feature_extractor: Mapping[str, Any] | None = None,
-    extractor: Callable | None = None,
+    extractor_weights: str | None = None,
 ) -> dict:
     """Load ``stats.npz`` (or the directory holding it) written by :func:`compute_reference`.
 
     Returns ``{"mu", "sigma", "features" (or None), "info"}``. When ``feature_extractor`` is given
     and ``reference.json`` records another extractor, raises :class:`ReferenceStatsError` (features
-    of different networks are not comparable).
+    of different networks are not comparable); so it does when ``extractor_weights``
+    (:func:`extractor_fingerprint` of the evaluating extractor) differs from the recorded weights.
     """
     path = Path(path)
     if path.is_dir():
@@ -328,7 +324,7 @@ def load_reference_stats(
                 f"{path} was computed with feature extractor {have.get('_target_')}, but this evaluation uses "
                 f"{want.get('_target_')}; recompute the reference statistics with the same extractor"
             )
-    weights = extractor_fingerprint(extractor) if extractor is not None else None
+    weights = extractor_weights
     if weights is not None:
         recorded = out["info"].get("feature_extractor_weights")
         if recorded is None:

@@ -244,6 +244,7 @@ class SampleMetricsCallback(L.Callback):
         self._oracle = None
         self._reference = None
         self._extractor = None
+        self._extractor_weights = None  # its weights' fingerprint: checks and keys the reference statistics
         self._real_features = None
         self._last_step = -1
 
@@ -259,10 +260,11 @@ class SampleMetricsCallback(L.Callback):
             self._extractor = build_feature_extractor(self.feature_spec)
             if isinstance(self._extractor, torch.nn.Module):
                 self._extractor.to(pl_module.device)
+            self._extractor_weights = extractor_fingerprint(self._extractor)
         if self._real_features is None:
             if self.reference_stats is not None:
                 ref = load_reference_stats(
-                    self.reference_stats, feature_extractor=self.feature_spec, extractor=self._extractor
+                    self.reference_stats, feature_extractor=self.feature_spec, extractor_weights=self._extractor_weights
                 )
                 if ref["features"] is None:
                     raise ValueError(
@@ -292,7 +294,7 @@ class SampleMetricsCallback(L.Callback):
         )
         key = hashlib.sha1(
             json.dumps(
-                [dataset.fingerprint(), indices.tolist(), self.feature_spec, extractor_fingerprint(self._extractor)],
+                [dataset.fingerprint(), indices.tolist(), self.feature_spec, self._extractor_weights],
                 sort_keys=True,
             ).encode()
         ).hexdigest()[:16]
@@ -310,7 +312,9 @@ class SampleMetricsCallback(L.Callback):
                 info={"split": self.reference_split},
                 device=device,
             )
-        return load_reference_stats(out_dir, feature_extractor=self.feature_spec, extractor=self._extractor)["features"]
+        return load_reference_stats(
+            out_dir, feature_extractor=self.feature_spec, extractor_weights=self._extractor_weights
+        )["features"]
 
     # ------------------------------------------------------------------ evaluation
     def _sample(self, pl_module, labels: torch.Tensor | None):
