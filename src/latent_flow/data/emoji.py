@@ -19,11 +19,10 @@ with the variation selectors (``FE0F`` / ``FE0E``) removed. Sequences in the "Co
 tone and hair swatches) and sequences without a group (e.g. OpenMoji's own extra symbols) are not
 images of the dataset: :func:`prepare_emoji` counts them and lists them in ``summary.json``.
 
-Held-out split: an emoji is held out when the sha1 of its normalised sequence (as a fraction of
-2**32, first 8 hex digits) is below ``val_fraction`` (:func:`split_of`), so every source holds out
-the same emoji, whatever files it has and in whatever order. ``split_by="base"`` also removes the
-skin tone modifiers (``1F3FB`` - ``1F3FF``) from the key, which keeps all skin tones of an emoji on
-the same side.
+Held-out split (:mod:`latent_flow.data.emoji_split`): an emoji is held out when the sha1 of its
+split key is below ``val_fraction``; the default key (``split_by="design"``) is shared by every
+variant of one design (skin tones, hair, gender signs, direction, gendered bases, couples, families),
+so no held-out emoji has a sibling in training, and every source holds out the same emoji.
 
 Layout written by :func:`prepare_emoji` (``python -m latent_flow.prepare_data emoji ...``)::
 
@@ -54,7 +53,7 @@ import re
 import tarfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,6 +64,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from latent_flow.data.emoji_split import (
+    check_val_fraction,
+    normalise_codepoints,
+    split_key,
+    split_of,
+    split_value,
+)
 from latent_flow.data.image_folder import pil_to_tensor
 
 __all__ = [
@@ -106,10 +112,7 @@ EMOJI_GROUPS: tuple[str, ...] = (
     "Flags",
 )
 COMPONENT_GROUP = "Component"
-VARIATION_SELECTORS = frozenset({"FE0E", "FE0F"})
-SKIN_TONES = frozenset({"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"})
 SPLITS = ("train", "val", "all")
-SPLIT_BY = ("sequence", "base")
 #: bump when the rendering changes: a folder of another version is refused (settings differ)
 RENDER_VERSION = 1
 DEFAULT_NPM_DIR = "~/.cache/latent_flow/npm"
@@ -193,72 +196,6 @@ class EmojiPrepareError(ValueError):
 # --------------------------------------------------------------------------------------------
 # codepoints, groups and the split rule
 # --------------------------------------------------------------------------------------------
-
-
-def normalise_codepoints(sequence: str | Sequence[str | int]) -> str:
-    """Canonical key of a codepoint sequence: upper-case hex (at least 4 digits) joined by ``-``,
-    variation selectors ``FE0F`` / ``FE0E`` removed.
-
-    Accepts ``"1f600"``, ``"0023-FE0F-20E3"``, ``"1F468 200D 1F469"``, ``"U+1F600"``, ``"1f600_fe0f"``
-    or a sequence of hex strings / ints.
-    """
-    if isinstance(sequence, str):
-        parts: Iterable[str | int] = re.split(r"[\s_\-]+", sequence.strip())
-    else:
-        parts = sequence
-    out = []
-    for part in parts:
-        if isinstance(part, (int, np.integer)) and not isinstance(part, bool):
-            value = int(part)
-        else:
-            text = str(part).strip()
-            if not text:
-                continue
-            if text[:2].upper() == "U+":
-                text = text[2:]
-            try:
-                value = int(text, 16)
-            except ValueError:
-                raise ValueError(f"invalid codepoint {part!r} in {sequence!r}: expected hex such as 1F600") from None
-        if not 0 <= value <= 0x10FFFF:
-            raise ValueError(f"codepoint {part!r} in {sequence!r} is outside the Unicode range")
-        hexa = f"{value:04X}"
-        if hexa not in VARIATION_SELECTORS:
-            out.append(hexa)
-    if not out:
-        raise ValueError(f"empty codepoint sequence {sequence!r}")
-    return "-".join(out)
-
-
-def split_key(sequence: str | Sequence[str | int], split_by: str = "sequence") -> str:
-    """The string the split hashes: the normalised sequence (``split_by="base"``: skin tones removed too)."""
-    if split_by not in SPLIT_BY:
-        raise ValueError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
-    key = normalise_codepoints(sequence)
-    if split_by == "base":
-        base = "-".join(c for c in key.split("-") if c not in SKIN_TONES)
-        key = base or key
-    return key
-
-
-def split_value(sequence: str | Sequence[str | int], split_by: str = "sequence") -> float:
-    """Uniform in [0, 1): the first 32 bits of sha1(:func:`split_key`) over 2**32."""
-    digest = hashlib.sha1(split_key(sequence, split_by).encode("ascii")).hexdigest()
-    return int(digest[:8], 16) / 2**32
-
-
-def split_of(sequence: str | Sequence[str | int], val_fraction: float, split_by: str = "sequence") -> str:
-    """``"val"`` (held out) when :func:`split_value` < ``val_fraction``, else ``"train"``."""
-    _check_val_fraction(val_fraction)
-    return "val" if split_value(sequence, split_by) < val_fraction else "train"
-
-
-def _check_val_fraction(val_fraction: float) -> float:
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float, np.floating, np.integer)):
-        raise TypeError(f"val_fraction must be a number, got {val_fraction!r}")
-    if not 0.0 <= float(val_fraction) < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    return float(val_fraction)
 
 
 @dataclass(frozen=True)
@@ -816,7 +753,7 @@ def prepare_emoji(
     background: Sequence[int] | str = (255, 255, 255),
     *,
     val_fraction: float = 0.1,
-    split_by: str = "sequence",
+    split_by: str = "design",
     source_paths: Mapping[str, str | os.PathLike] | None = None,
     npm_dir: str | os.PathLike | Sequence | None = None,
     emoji_test: str | os.PathLike | None = None,
@@ -842,7 +779,7 @@ def prepare_emoji(
     """
     names = _check_sources(sources)
     background = _parse_background(background)
-    val_fraction = _check_val_fraction(val_fraction)
+    val_fraction = check_val_fraction(val_fraction)
     split_key("1F600", split_by)  # validates split_by
     paths = dict(source_paths or {})
     unknown = sorted(set(paths) - set(EMOJI_SOURCES))
@@ -901,7 +838,7 @@ class EmojiDataset(Dataset):
         split: str = "train",
         val_fraction: float = 0.1,
         background: Sequence[int] | str = (255, 255, 255),
-        split_by: str = "sequence",
+        split_by: str = "design",
         prepare: bool = True,
         source_paths: Mapping[str, str | os.PathLike] | None = None,
         npm_dir: str | os.PathLike | Sequence | None = None,
@@ -915,7 +852,7 @@ class EmojiDataset(Dataset):
         for name in self.sources:
             self.resolution = _check_resolution(EMOJI_SOURCES[name], resolution)
         self.split = split
-        self.val_fraction = _check_val_fraction(val_fraction)
+        self.val_fraction = check_val_fraction(val_fraction)
         split_key("1F600", split_by)
         self.split_by = split_by
         self.background = _parse_background(background)
