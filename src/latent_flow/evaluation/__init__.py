@@ -1,6 +1,7 @@
-"""Evaluation: Frechet distance maths and the shapes oracle (FD-shapes, accuracy, mIoU)."""
+"""Evaluation: Frechet distance maths, the shapes oracle (FD-shapes, accuracy, mIoU) and the memorisation check."""
 
 from latent_flow.evaluation.frechet import RunningStats, frechet_distance, gaussian_stats
+from latent_flow.evaluation.memorisation import closest_pairs_grid, memorisation_report, nearest_neighbours
 from latent_flow.evaluation.oracle import (
     OracleConfig,
     ShapesOracle,
@@ -24,4 +25,7 @@ __all__ = [
     "oracle_metrics_on_samples",
     "fd_shapes",
     "fd_shapes_floor",
+    "nearest_neighbours",
+    "memorisation_report",
+    "closest_pairs_grid",
 ]
