@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--results", default="experiments/emoji/results.json")
     args = parser.parse_args()
     eval_dir, run_dir = Path(args.eval_dir), Path(args.run_dir)
-    scores = json.loads((eval_dir / "metrics.json").read_text())
+    scores = json.loads((eval_dir / "metrics.json").read_text())["metrics"]
     recipe = json.loads((eval_dir / "recipe.json").read_text())
     run = json.loads((run_dir / "metrics.json").read_text())
     config = OmegaConf.load(run_dir / "config.yaml")
