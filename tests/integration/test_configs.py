@@ -276,7 +276,7 @@ def test_null_removes_a_callback_or_a_logger_entry(tmp_path):
     assert len(instantiate_loggers(both.logger)) == 2
     one = compose_train([f"paths.output_dir={tmp_path}", "logger=many", "logger.wandb=null"])
     (logger,) = instantiate_loggers(one.logger)
-    assert type(logger).__name__ == "CSVLogger"
+    assert type(logger).__name__ == "RunCSVLogger"  # a CSVLogger that keeps a resumed run's rows
     with pytest.raises(ValueError, match="callbacks.broken has no _target_"):
         instantiate_callbacks(OmegaConf.create({"broken": {"every_n_steps": 3}}))
 

@@ -105,7 +105,11 @@ def test_sigkill_and_resume_from_last_ckpt_is_bit_exact(tmp_path):
     assert resumed and all(resumed[s] == reference[s] for s in resumed), {
         s: (resumed[s], reference[s]) for s in resumed if resumed[s] != reference[s]
     }
-    assert max(resumed) == max(reference) == 11 and min(resumed) == 8  # the CSV of the last part
+    # the CSV keeps the curve of every attempt, each step once (a resumed attempt replaces the rows of the steps
+    # it trains again): the whole curve of the uninterrupted run
+    assert sorted(resumed) == sorted(reference) == list(range(12))
+    with open(broken / "csv" / "metrics.csv") as f:
+        assert sum(1 for row in csv.DictReader(f) if row.get("train/loss")) == 12
     # every checkpoint of the interrupted run (step 4: first part, 8: after one resume, 12: after two) holds the
     # weights, EMA and optimizer state of the uninterrupted run's, bit for bit
     for step in (4, 8, 12):

@@ -1,7 +1,14 @@
 """The run skeleton shared by every command: config location, callbacks / loggers, trainer, fit, summary.
 
 Flow training (:mod:`latent_flow.cli.train`) and refiner training (:mod:`latent_flow.cli.train_refiner`)
-build their module and datamodule, then both call :func:`fit` and :func:`write_summary`.
+start an :class:`Attempt` (the resolved config and the verified resume checkpoint; nothing written
+yet), build their module and datamodule, then both call :func:`fit` and :func:`finish_run`.
+
+Nothing is written into the run directory before the attempt's first training step (the attempt's record,
+``config.yaml``, ``metrics.json``, ``interrupted.ckpt``, the CSV log, the log file; see
+:class:`latent_flow.training.callbacks.RunAttempt`): a resume that fails at start-up leaves the run it
+was resuming byte for byte as it was. Every checkpoint is written atomically with its checksum and a
+resume checkpoint is verified before the stages run (:mod:`latent_flow.training.checkpoints`).
 """
 
 from __future__ import annotations
@@ -14,24 +21,31 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from latent_flow.training.callbacks import RunAttempt
+from latent_flow.training.checkpoints import AtomicCheckpointIO, load_checkpoint
 from latent_flow.utils.config import to_plain
 from latent_flow.utils.distributed import resolve_precision
 from latent_flow.utils.io import write_json
 
 __all__ = [
     "CONFIG_DIR",
+    "Attempt",
     "build_trainer",
     "check_ckpt_path",
     "configure_torch",
+    "finish_run",
     "fit",
+    "hydra_overrides",
     "instantiate_callbacks",
     "instantiate_loggers",
     "run_status",
     "save_resolved_config",
+    "verify_resume_checkpoint",
     "write_summary",
 ]
 
@@ -70,10 +84,16 @@ def instantiate_loggers(cfg: DictConfig | None) -> list:
     return _instantiate_entries(cfg, "logger")
 
 
-def build_trainer(cfg: DictConfig, *, callbacks: list, loggers: list) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, *, callbacks: list, loggers: list, checkpoint_io: AtomicCheckpointIO | None = None
+) -> L.Trainer:
+    """The ``cfg.trainer`` Trainer; its checkpoints are written and read by ``checkpoint_io`` (atomic, with
+    a checksum, verified on load; a new :class:`AtomicCheckpointIO` by default)."""
     trainer_cfg = to_plain(cfg.trainer)
     trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "auto"))
-    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, _convert_="object")
+    plugins = [instantiate(p, _convert_="object") for p in trainer_cfg.pop("plugins", None) or []]
+    plugins.append(checkpoint_io or AtomicCheckpointIO())
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=plugins, _convert_="object")
 
 
 def save_resolved_config(cfg: DictConfig, output_dir: str | os.PathLike) -> Path:
@@ -81,6 +101,13 @@ def save_resolved_config(cfg: DictConfig, output_dir: str | os.PathLike) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return path
+
+
+def hydra_overrides() -> list[str]:
+    """The command line's Hydra overrides (``[]`` outside a Hydra app)."""
+    if not HydraConfig.initialized():
+        return []
+    return [str(o) for o in (HydraConfig.get().overrides.get("task") or [])]
 
 
 def check_ckpt_path(ckpt_path: str | None) -> str | None:
@@ -96,6 +123,33 @@ def check_ckpt_path(ckpt_path: str | None) -> str | None:
     return str(path)
 
 
+def verify_resume_checkpoint(ckpt_path: str | None) -> dict[str, Any] | None:
+    """``ckpt_path=`` of a resumed run, loaded and verified (checksum, readable, finite weights) before the
+    run's stages; :func:`fit` hands it to Lightning, which does not read the file again."""
+    path = check_ckpt_path(ckpt_path)
+    return None if path is None else load_checkpoint(path)
+
+
+class Attempt:
+    """What a training command checks before its stages: the resolved config (every interpolation) and the
+    verified resume checkpoint; and the :class:`RunAttempt` callback that writes the run directory once
+    the first training step has finished. Nothing is written by creating it."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.output_dir = Path(cfg.paths.output_dir)
+        self.ckpt_path = check_ckpt_path(cfg.get("ckpt_path"))
+        self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        self.resume = verify_resume_checkpoint(self.ckpt_path)
+        self.record = RunAttempt(
+            self.output_dir, config_yaml=self.config_yaml, overrides=hydra_overrides(), ckpt_path=self.ckpt_path
+        )
+
+    @property
+    def started(self) -> bool:
+        """Whether the attempt has trained (and so written its run directory)."""
+        return self.record.started
+
+
 def _save_final_checkpoint(trainer: L.Trainer) -> None:
     """``last.ckpt`` holds the final weights however training stopped (``max_time``, ``max_steps`` off the
     checkpoint interval): ModelCheckpoint alone leaves it at the last interval boundary."""
@@ -106,22 +160,45 @@ def _save_final_checkpoint(trainer: L.Trainer) -> None:
             return
 
 
-def fit(cfg: DictConfig, model: L.LightningModule, datamodule: L.LightningDataModule) -> tuple[L.Trainer, dict]:
+def fit(
+    cfg: DictConfig, model: L.LightningModule, datamodule: L.LightningDataModule, *, attempt: Attempt
+) -> tuple[L.Trainer, dict]:
     """Loggers (with the resolved config as hyper-parameters), callbacks, trainer, ``fit`` (resuming from
-    ``cfg.ckpt_path``), ``last.ckpt`` at the final step; returns ``(trainer, scalar metrics)``."""
-    ckpt_path = check_ckpt_path(cfg.get("ckpt_path"))
+    the attempt's verified checkpoint), ``last.ckpt`` at the final step; returns ``(trainer, scalar metrics)``."""
     loggers = instantiate_loggers(cfg.get("logger"))
     for logger in loggers:
         logger.log_hyperparams(to_plain(cfg))
-    trainer = build_trainer(cfg, callbacks=instantiate_callbacks(cfg.get("callbacks")), loggers=loggers)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    _save_final_checkpoint(trainer)
+    checkpoint_io = AtomicCheckpointIO()
+    if attempt.resume is not None:
+        checkpoint_io.hold(attempt.ckpt_path, attempt.resume)
+        attempt.resume = None  # Lightning owns it now (and frees it after restoring)
+    callbacks = [attempt.record, *instantiate_callbacks(cfg.get("callbacks"))]
+    trainer = build_trainer(cfg, callbacks=callbacks, loggers=loggers, checkpoint_io=checkpoint_io)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=attempt.ckpt_path)
+    if attempt.started:
+        _save_final_checkpoint(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     return trainer, metrics
 
 
 def run_status(trainer: L.Trainer) -> str:
     return "finished" if trainer.state.finished else str(trainer.state.status)
+
+
+def finish_run(trainer: L.Trainer, attempt: Attempt, summary: dict[str, Any]) -> None:
+    """Merge ``summary`` into ``metrics.json`` and record how the attempt ended, when it trained; an attempt
+    that took no step (resumed at ``trainer.max_steps``) writes nothing."""
+    if not attempt.started:
+        if trainer.is_global_zero:
+            log.warning(
+                "no training step was taken (trainer.max_steps=%s, resumed at step %d): nothing written to %s",
+                trainer.max_steps,
+                trainer.global_step,
+                attempt.output_dir,
+            )
+        return
+    write_summary(trainer, attempt.output_dir, summary)
+    attempt.record.finish(trainer, summary.get("status", run_status(trainer)))
 
 
 def write_summary(trainer: L.Trainer, output_dir: str | os.PathLike, summary: dict[str, Any]) -> None:

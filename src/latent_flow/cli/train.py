@@ -8,7 +8,8 @@ Stages (each skipped when its result is cached):
 With no experiment this is the quick start on the built-in ``shapes`` data. A config with a
 ``refiner`` section (or ``base_ckpt_path``) trains a FlowTurbo refiner instead
 (:mod:`latent_flow.cli.train_refiner`). Resume a run with ``ckpt_path=<run>/checkpoints/last.ckpt``
-(add ``hydra.run.dir=<run>`` to keep writing into the same directory).
+(add ``hydra.run.dir=<run>`` to keep writing into the same directory: each attempt is recorded under
+``attempts/``, and one that fails before its first training step leaves the directory as it was).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from latent_flow.cli.run import check_ckpt_path, configure_torch, fit, run_status, save_resolved_config, write_summary
+from latent_flow.cli.run import Attempt, configure_torch, finish_run, fit, run_status
 from latent_flow.cli.train_refiner import run_refiner_training
 from latent_flow.conditioning import cache_extras, check_condition_data
 from latent_flow.data.datamodule import LatentDataModule
@@ -49,8 +50,9 @@ def run_training(cfg: DictConfig) -> dict:
         return run_refiner_training(cfg)
     start = time.time()
     output_dir = Path(cfg.paths.output_dir)
-    save_resolved_config(cfg, output_dir)
-    check_ckpt_path(cfg.get("ckpt_path"))  # a wrong resume path fails before the stages run
+    # the config resolved and a resume checkpoint verified before the stages run; nothing written until the
+    # first training step (a failed resume leaves the run directory as it was)
+    attempt = Attempt(cfg)
     L.seed_everything(cfg.seed, workers=True)
     configure_torch(cfg)
 
@@ -101,7 +103,7 @@ def run_training(cfg: DictConfig) -> dict:
     num_params = sum(p.numel() for p in model.backbone.parameters())
     log.info("backbone %s: %.2fM parameters; latents %s", cfg.backbone.name, num_params / 1e6, datamodule.latent_shape)
 
-    trainer, metrics = fit(cfg, model, datamodule)
+    trainer, metrics = fit(cfg, model, datamodule, attempt=attempt)
     summary = {
         "metrics": metrics,
         "global_step": trainer.global_step,
@@ -118,7 +120,7 @@ def run_training(cfg: DictConfig) -> dict:
         },
         "status": run_status(trainer),
     }
-    write_summary(trainer, output_dir, summary)
+    finish_run(trainer, attempt, summary)
     if trainer.is_global_zero:
         log.info("run directory: %s (%.1fs in all)", output_dir, time.time() - start)
     return summary

@@ -19,7 +19,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from latent_flow.cli.run import check_ckpt_path, configure_torch, fit, run_status, save_resolved_config, write_summary
+from latent_flow.cli.run import Attempt, configure_torch, finish_run, fit, run_status
 from latent_flow.conditioning import cache_extras
 from latent_flow.data.datamodule import LatentDataModule
 from latent_flow.flowturbo.module import RefinerModule
@@ -73,8 +73,7 @@ def run_refiner_training(cfg: DictConfig) -> dict:
             f"base_ckpt_path={base_path} does not exist; expected a flow checkpoint written by latent_flow.train"
         )
     output_dir = Path(cfg.paths.output_dir)
-    save_resolved_config(cfg, output_dir)
-    check_ckpt_path(cfg.get("ckpt_path"))  # a wrong resume path fails before anything loads
+    attempt = Attempt(cfg)  # config resolved, resume checkpoint verified; nothing written before the first step
     L.seed_everything(cfg.seed, workers=True)
     configure_torch(cfg)
 
@@ -108,7 +107,7 @@ def run_refiner_training(cfg: DictConfig) -> dict:
         seed=cfg.seed,
         base_model=base,
     )
-    trainer, metrics = fit(cfg, model, datamodule)
+    trainer, metrics = fit(cfg, model, datamodule, attempt=attempt)
     hp = model.hparams
     summary = {
         "metrics": metrics,
@@ -121,7 +120,7 @@ def run_refiner_training(cfg: DictConfig) -> dict:
         "seconds": round(time.time() - start, 1),
         "status": run_status(trainer),
     }
-    write_summary(trainer, output_dir, summary)
+    finish_run(trainer, attempt, summary)
     if trainer.is_global_zero:
         log.info("refiner run directory: %s (%.1fs)", output_dir, time.time() - start)
     return summary

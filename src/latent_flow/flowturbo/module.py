@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latent_flow.flowturbo.refiner import VelocityRefiner, parameter_count, refiner_spec
-from latent_flow.training.checkpoints import load_flow_module
+from latent_flow.training.checkpoints import load_checkpoint, load_flow_module
 from latent_flow.training.ema import EMA
 from latent_flow.training.module import LatentFlowModule
 from latent_flow.training.resume import ResumableRNG
@@ -316,6 +316,7 @@ def load_refiner(ckpt_path: str | os.PathLike, model, *, use_ema: bool = True) -
 
     Raises:
         FileNotFoundError: no such file.
+        CheckpointIntegrityError: a damaged, truncated or non-finite checkpoint.
         ValueError: not a refiner checkpoint.
         RefinerBaseMismatchError: the checkpoint records another base (weights hash differs).
     """
@@ -325,7 +326,7 @@ def load_refiner(ckpt_path: str | os.PathLike, model, *, use_ema: bool = True) -
             f"refiner_ckpt_path={ckpt_path} does not exist (expected a checkpoint written by "
             "`python -m latent_flow.train +experiment=<name>_refiner base_ckpt_path=...`)"
         )
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(path)  # verified: checksum, readable, finite weights
     hp = ckpt.get("hyper_parameters", {})
     if "refiner_spec" not in hp or "base_hash" not in hp:
         raise ValueError(

@@ -1,16 +1,26 @@
-"""Training callbacks: sample grids from the EMA weights, and metrics.json."""
+"""Training callbacks: sample grids from the EMA weights, metrics.json, ``interrupted.ckpt``, and the
+record of each attempt at a run (what may be written into the run directory, and when).
+
+A run directory is written only once the attempt's first training step has finished
+(:class:`RunAttempt`, :class:`InterruptedCheckpoint`, :class:`MetricsJSONCallback`): a resume that fails
+at start-up leaves the run it was resuming as it was.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import OnExceptionCheckpoint
+from omegaconf import OmegaConf
 
 from latent_flow.evaluation import oracle as oracle_mod
 from latent_flow.evaluation.metrics import compute_features, count_label, image_metrics, metric_names
@@ -26,9 +36,18 @@ from latent_flow.evaluation.reference import (
 from latent_flow.sampling.solvers import build_solver
 from latent_flow.training.grids import spatial_training_grid
 from latent_flow.utils.images import make_grid_image, save_png, to_uint8
-from latent_flow.utils.io import write_json
+from latent_flow.utils.io import atomic_write_text, write_json
+from latent_flow.utils.logfiles import release_deferred_file_logs
 
-__all__ = ["MetricsJSONCallback", "SampleGridCallback", "SampleMetricsCallback", "check_guidance", "grid_labels"]
+__all__ = [
+    "InterruptedCheckpoint",
+    "MetricsJSONCallback",
+    "RunAttempt",
+    "SampleGridCallback",
+    "SampleMetricsCallback",
+    "check_guidance",
+    "grid_labels",
+]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +134,9 @@ class SampleGridCallback(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         check_guidance(pl_module, self.cfg_scale, "sample grids")
 
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._last_step = trainer.global_step  # the step resumed from has its grid (an attempt without steps: none)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
             self._grid(trainer, pl_module)
@@ -123,13 +145,26 @@ class SampleGridCallback(L.Callback):
         self._grid(trainer, pl_module)
 
 
-class MetricsJSONCallback(L.Callback):
-    """Write the final (and latest) logged metrics to ``metrics.json`` in the run directory."""
+class _AttemptSteps:
+    """The global step at which this attempt's training started (``None`` before ``on_train_start``)."""
+
+    _start_step: int | None = None
+
+    def _trained(self, trainer: L.Trainer) -> bool:
+        """Whether this attempt has finished at least one training step."""
+        return self._start_step is not None and trainer.global_step > self._start_step
+
+
+class MetricsJSONCallback(_AttemptSteps, L.Callback):
+    """Write the final (and latest) logged metrics to ``metrics.json`` in the run directory.
+
+    Only once this attempt has trained: a run that stops before its first step (a config error when
+    resuming) leaves the ``metrics.json`` of the run it resumed as it was.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
         self._start: float | None = None
-        self._start_step = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         self._start = time.time()
@@ -140,7 +175,7 @@ class MetricsJSONCallback(L.Callback):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
         seconds = time.time() - self._start if self._start else None
-        steps = trainer.global_step - self._start_step
+        steps = trainer.global_step - (self._start_step or 0)
         data: dict[str, Any] = {}
         if self.path.exists():
             try:
@@ -159,14 +194,150 @@ class MetricsJSONCallback(L.Callback):
         write_json(self.path, data)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and self._trained(trainer):
             self._write(trainer, "running")
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
-        self._write(trainer, "finished")
+        if self._trained(trainer):
+            self._write(trainer, "finished")
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
-        self._write(trainer, f"interrupted ({type(exception).__name__})")
+        if self._trained(trainer):
+            self._write(trainer, f"interrupted ({type(exception).__name__})")
+
+
+class InterruptedCheckpoint(_AttemptSteps, OnExceptionCheckpoint):
+    """``interrupted.ckpt`` on Ctrl-C, SIGTERM or a crash: Lightning's ``OnExceptionCheckpoint``, but only
+    when this attempt has trained since it started (or resumed).
+
+    A run that fails before its first step (a config error on resume, a bad schedule) would otherwise
+    write a step-0 checkpoint over the ``interrupted.ckpt`` it may be resuming from; here it writes
+    nothing. The file of an earlier attempt is removed at the end of a finished run only when this
+    attempt trained, as Lightning does.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike, filename: str = "interrupted") -> None:
+        super().__init__(dirpath=dirpath, filename=filename)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._start_step = trainer.global_step
+
+    def on_exception(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if not self._trained(trainer):
+            log.info("no training step in this attempt: %s is not written", self.ckpt_path)
+            return
+        super().on_exception(trainer, *args, **kwargs)
+
+    def teardown(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if self._trained(trainer):
+            super().teardown(trainer, *args, **kwargs)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class RunAttempt(_AttemptSteps, L.Callback):
+    """One attempt at a run (a fresh start, or a resume into the same directory): it writes nothing into
+    the run directory before its first training step has finished.
+
+    At that step every rank releases its deferred log file (:mod:`latent_flow.utils.logfiles`) and rank 0
+    records the attempt in ``attempts/<nnn>/`` (``001``, ``002``, ...): ``config.yaml`` (resolved, also
+    written as the run's ``config.yaml``), ``overrides.yaml`` (the command line's Hydra overrides) and
+    ``status.json`` (``running``; ``finished`` or ``interrupted (<exception>)`` with the step reached, from
+    :meth:`finish` / ``on_exception``). A run directory written before attempts were recorded keeps its
+    ``config.yaml`` and ``metrics.json`` status as ``attempts/001/`` when it is resumed.
+
+    Args:
+        output_dir: the run directory.
+        config_yaml: the attempt's resolved config (YAML).
+        overrides: the Hydra overrides of the command line.
+        ckpt_path: the checkpoint the attempt resumes from (``None``: a fresh start).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        *,
+        config_yaml: str,
+        overrides: Sequence[str] = (),
+        ckpt_path: str | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.config_yaml = config_yaml
+        self.overrides = [str(o) for o in overrides]
+        self.ckpt_path = ckpt_path
+        self.started = False
+        self.number: int | None = None
+        self._started_at: str | None = None
+
+    @property
+    def folder(self) -> Path | None:
+        """``attempts/<nnn>`` of this attempt, once recorded (rank 0)."""
+        return None if self.number is None else self.output_dir / "attempts" / f"{self.number:03d}"
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._start_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self.started and self._trained(trainer):
+            self._begin(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        if self.started:
+            self._write_status(trainer, f"interrupted ({type(exception).__name__})")
+
+    def finish(self, trainer: L.Trainer, status: str) -> None:
+        """Record how the attempt ended (after ``trainer.fit`` returned)."""
+        if self.started:
+            self._write_status(trainer, status)
+
+    def _begin(self, trainer: L.Trainer) -> None:
+        self.started = True
+        self._started_at = _now()
+        release_deferred_file_logs()
+        if not trainer.is_global_zero:
+            return
+        root = self.output_dir / "attempts"
+        if not root.exists() and (self.output_dir / "config.yaml").is_file():
+            self._record_earlier_run(root / f"{1:03d}")
+        numbers = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if root.is_dir() else []
+        self.number = max(numbers, default=0) + 1
+        atomic_write_text(self.folder / "config.yaml", self.config_yaml)
+        atomic_write_text(self.folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(self.overrides)))
+        self._write_status(trainer, "running")
+        atomic_write_text(self.output_dir / "config.yaml", self.config_yaml)
+        log.info("attempt %d of run %s started at step %d", self.number, self.output_dir, self._start_step)
+
+    def _record_earlier_run(self, folder: Path) -> None:
+        """Keep what a run directory of an earlier version says about its first attempt."""
+        atomic_write_text(folder / "config.yaml", (self.output_dir / "config.yaml").read_text())
+        overrides = self.output_dir / ".hydra" / "overrides.yaml"
+        if overrides.is_file():
+            atomic_write_text(folder / "overrides.yaml", overrides.read_text())
+        status: dict[str, Any] = {"attempt": 1, "recorded_at": _now(), "note": "recorded when attempt 2 started"}
+        try:
+            summary = json.loads((self.output_dir / "metrics.json").read_text())
+            status.update({k: summary[k] for k in ("status", "global_step") if k in summary})
+        except (OSError, json.JSONDecodeError):
+            status["status"] = "unknown"
+        write_json(folder / "status.json", status)
+
+    def _write_status(self, trainer: L.Trainer, status: str) -> None:
+        if not trainer.is_global_zero or self.folder is None:
+            return
+        write_json(
+            self.folder / "status.json",
+            {
+                "attempt": self.number,
+                "status": status,
+                "ckpt_path": self.ckpt_path,
+                "start_step": self._start_step,
+                "global_step": int(trainer.global_step),
+                "started_at": self._started_at,
+                "updated_at": _now(),
+            },
+        )
 
 
 class SampleMetricsCallback(L.Callback):
@@ -254,6 +425,9 @@ class SampleMetricsCallback(L.Callback):
         check_guidance(pl_module, self.cfg_scale, "sample metrics")
         if self.feature_metrics and trainer.is_global_zero:
             self._feature_reference(trainer, pl_module)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._last_step = trainer.global_step  # the step resumed from was evaluated (an attempt without steps: none)
 
     def _feature_reference(self, trainer: L.Trainer, pl_module):
         if self._extractor is None:

@@ -1,15 +1,100 @@
-"""Logger factories."""
+"""Loggers: a CSV logger for run directories that are resumed, and the W&B factory."""
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import netrc
 import os
 from pathlib import Path
+from typing import Any
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.core.saving import save_hparams_to_yaml
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-__all__ = ["build_wandb_logger", "wandb_has_credentials"]
+from latent_flow.utils.io import atomic_write_text
+
+__all__ = ["ResumableCSVWriter", "RunCSVLogger", "build_wandb_logger", "wandb_has_credentials"]
+
+
+class ResumableCSVWriter(ExperimentWriter):
+    """Lightning's CSV experiment writer, for a run directory that an earlier attempt wrote.
+
+    Lightning's writer deletes an existing ``metrics.csv`` as soon as it is created (at start-up, before
+    any step) and writes ``hparams.yaml`` at once. This one touches nothing before it has rows to write:
+    at the first save it keeps the earlier rows of steps before the first step it logs (rows of steps
+    that the resumed attempt trains again are replaced, not duplicated), merges the columns, and then
+    appends as Lightning does. ``hparams.yaml`` is written with the rows.
+    """
+
+    def __init__(self, log_dir: str) -> None:  # not super().__init__(): it deletes metrics.csv
+        self.metrics: list[dict[str, float]] = []
+        self.metrics_keys: list[str] = []
+        self.hparams: dict[str, Any] = {}
+        self._fs = get_filesystem(log_dir)
+        self.log_dir = log_dir
+        self.metrics_file_path = os.path.join(self.log_dir, self.NAME_METRICS_FILE)
+        self._adopted = False
+
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        """Record hyper-parameters; written to ``hparams.yaml`` with the next rows."""
+        self.hparams.update(params)
+        if self._adopted:
+            save_hparams_to_yaml(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), self.hparams)
+
+    def _adopt_earlier_rows(self) -> None:
+        """Keep the earlier attempts' rows of steps before this attempt's first logged step."""
+        self._fs.makedirs(self.log_dir, exist_ok=True)
+        self._adopted = True
+        if self.hparams:
+            save_hparams_to_yaml(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), self.hparams)
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+        first_new = min(int(row["step"]) for row in self.metrics)
+        kept = [row for row in rows if _row_step(row) is not None and _row_step(row) < first_new]
+        self.metrics_keys = sorted(set(header))
+        if len(kept) != len(rows) or header != self.metrics_keys:
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(kept)
+            atomic_write_text(self.metrics_file_path, out.getvalue())
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        if not self._adopted:
+            self._adopt_earlier_rows()
+        super().save()
+
+
+def _row_step(row: dict[str, str]) -> int | None:
+    try:
+        return int(float(row.get("step") or ""))
+    except ValueError:
+        return None
+
+
+class RunCSVLogger(CSVLogger):
+    """Lightning's ``CSVLogger`` writing through :class:`ResumableCSVWriter`: nothing is created or deleted
+    before the first rows, and a resumed run's ``metrics.csv`` holds every logged step exactly once
+    (``conf/logger/csv.yaml``)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ResumableCSVWriter:
+        if self._experiment is None:
+            self._experiment = ResumableCSVWriter(log_dir=self.log_dir)
+        return self._experiment
+
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from latent_flow.training.checkpoints import flow_module_from_checkpoint, load_checkpoint, save_checkpoint_file
 from latent_flow.training.ema import gamma_to_sigma_rel, power_decay, sigma_rel_to_gamma
-from latent_flow.training.module import LatentFlowModule
 
 __all__ = [
     "PowerEMA",
@@ -160,9 +160,7 @@ class PostHocEMACallback(L.Callback):
             "updates": int(next(iter(self.averages.values()))[0].num_updates),
             "averages": {name: [avg.tensors() for avg in avgs] for name, avgs in self.averages.items()},
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        save_checkpoint_file(payload, path)  # atomic, with its checksum
         return path
 
     def state_dict(self) -> dict:
@@ -185,7 +183,7 @@ def reconstruct(snapshot_dir: str | os.PathLike, sigma_rel: float, *, step: int 
     """The power-EMA of ``sigma_rel`` at snapshot ``step`` (default: the last one), as
     ``{"step", "sigma_rel", "weights", "networks": {name: [tensors in parameter order]}}``."""
     files = list_snapshots(snapshot_dir)
-    metas = [torch.load(f, map_location="cpu", weights_only=False) for f in files]
+    metas = [load_checkpoint(f, weights_key="averages") for f in files]  # verified, finite
     steps = [m["step"] for m in metas]
     target = steps[-1] if step is None else int(step)
     if target not in steps:
@@ -223,8 +221,8 @@ def write_posthoc_checkpoint(
     ckpt_path = Path(ckpt_path)
     snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else ckpt_path.resolve().parent.parent / "posthoc_ema"
     rec = reconstruct(snapshot_dir, sigma_rel, step=step)
-    model = LatentFlowModule.load_from_checkpoint(ckpt_path, map_location="cpu")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(ckpt_path)  # verified: checksum, readable, finite weights
+    model = flow_module_from_checkpoint(checkpoint, path=ckpt_path)
     state = checkpoint["state_dict"]
     targets = {"backbone": ("ema", model.ema), "condition": ("condition_ema", model.condition_ema)}
     for name, tensors in rec["networks"].items():
@@ -249,6 +247,5 @@ def write_posthoc_checkpoint(
         "snapshot_dir": str(snapshot_dir),
     }
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, out_path)
+    save_checkpoint_file(checkpoint, out_path)  # atomic, with its checksum: sample / evaluate verify it
     return {"out_path": str(out_path), **checkpoint["posthoc_ema"], "num_snapshot_averages": len(rec["weights"])}
