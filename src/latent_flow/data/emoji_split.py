@@ -19,7 +19,8 @@ Three keys (``split_by``):
 
 Measured on OpenMoji 17.0 (``tests/unit/test_emoji_split.py``): with ``"sequence"`` 254 of 396
 held-out emoji have a skin-tone sibling in training; with ``"design"`` none has a sibling by skin
-tone, hair, gender sign, direction, or Unicode name before the colon.
+tone, hair, gender sign, direction, or Unicode name before the colon (flags and keycaps aside: different
+designs under one name prefix).
 """
 
 from __future__ import annotations
