@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from latent_flow.utils.checkpoint_files import load_checkpoint, save_checkpoint_file
 from latent_flow.utils.config import check_options, to_plain
 from latent_flow.utils.hashing import update_with_state_dict
 
@@ -485,7 +486,8 @@ def load_autoencoder(
 # ------------------------------------------------------------- checkpoints
 def save_autoencoder(ae: Autoencoder, path: str | os.PathLike[str]) -> Path:
     """Write ``{"format_version", "class", "config", "state_dict", "fingerprint"}``
-    to ``path`` (parent folders created). The state dict includes the latent
+    to ``path`` (parent folders created) atomically, with its SHA-256 beside it
+    (:func:`latent_flow.utils.checkpoint_files.save_checkpoint_file`). The state dict includes the latent
     statistics. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -497,9 +499,7 @@ def save_autoencoder(ae: Autoencoder, path: str | os.PathLike[str]) -> Path:
         "state_dict": {k: v.detach().to("cpu").clone() for k, v in ae.state_dict().items()},
         "fingerprint": ae.fingerprint(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    save_checkpoint_file(payload, path)
     return path
 
 
@@ -533,10 +533,8 @@ def load_autoencoder_checkpoint(
             f"autoencoder checkpoint not found: {str(path)!r}. Train one with `{_TRAIN_HINT}` "
             "(it writes the file with save_autoencoder), or point ckpt_path at an existing file."
         )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the path
-        raise ValueError(f"could not read autoencoder checkpoint {str(path)!r}: {exc}") from exc
+    # checksum (files written since checkpoints carry one), readable, finite weights: CheckpointIntegrityError
+    payload = load_checkpoint(path, weights_only=True)
     if not isinstance(payload, dict) or not {"class", "config", "state_dict", "format_version"} <= set(payload):
         keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(

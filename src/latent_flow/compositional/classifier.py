@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latent_flow.backbones.embeddings import TimestepEmbedder
+from latent_flow.utils.checkpoint_files import load_checkpoint, save_checkpoint_file
 
 __all__ = ["CLASSIFIER_FORMAT_VERSION", "AttributeSpec", "LatentAttributeClassifier", "load_classifier"]
 
@@ -235,9 +236,7 @@ class LatentAttributeClassifier(nn.Module):
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
             "meta": meta or {},
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        save_checkpoint_file(payload, path)  # atomic, with its SHA-256 beside it
         return path
 
     @classmethod
@@ -255,7 +254,7 @@ def load_classifier(
         raise FileNotFoundError(
             f"classifier_ckpt_path={path} does not exist (expected classifier.pt written by latent_flow.train_classifier)"
         )
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = load_checkpoint(path)  # checksum, readable, finite weights (CheckpointIntegrityError)
     if not isinstance(payload, dict) or payload.get("kind") != "latent_flow.compositional.LatentAttributeClassifier":
         raise ValueError(
             f"{path} is not a latent attribute classifier checkpoint (written by latent_flow.train_classifier)"

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from latent_flow.data.shapes import ATTRIBUTE_NAMES, RENDER_VERSION, ShapesDataset
 from latent_flow.evaluation.frechet import RunningStats, frechet_distance
+from latent_flow.utils.checkpoint_files import load_checkpoint, save_checkpoint_file
 from latent_flow.utils.hashing import file_sha256
 
 __all__ = [
@@ -323,8 +324,9 @@ PACKAGED_ORACLES: dict[str, str] = {
 PACKAGED_ORACLE_DIR = Path(__file__).resolve().parent / "oracles"
 
 
-def _load_oracle_file(weights: Path, meta: Path) -> ShapesOracle:
-    blob = torch.load(weights, map_location="cpu", weights_only=True)
+def _load_oracle_file(weights: Path, meta: Path, *, verified: bool = False) -> ShapesOracle:
+    # the checksum beside it (or the packaged registry's, ``verified``), readable, finite weights
+    blob = load_checkpoint(weights, weights_only=True, verified=verified)
     oracle = ShapesOracle.from_config(blob["config"])
     oracle.load_state_dict(blob["state_dict"])
     oracle.eval()
@@ -349,7 +351,7 @@ def load_packaged_oracle(key: str) -> ShapesOracle:
             "damaged or was replaced (FD-shapes would not be comparable with the documented values); restore it "
             "from git"
         )
-    return _load_oracle_file(weights, weights.with_suffix(".json"))
+    return _load_oracle_file(weights, weights.with_suffix(".json"), verified=True)
 
 
 def load_or_train_oracle(
@@ -391,9 +393,7 @@ def load_or_train_oracle(
         "metrics": metrics,
     }
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_suffix(f".pt.tmp{os.getpid()}")
-    torch.save({"config": oracle.config(), "state_dict": oracle.state_dict()}, tmp)
-    os.replace(tmp, weights)
+    save_checkpoint_file({"config": oracle.config(), "state_dict": oracle.state_dict()}, weights)
     tmp_meta = meta.with_suffix(f".json.tmp{os.getpid()}")
     tmp_meta.write_text(json.dumps(info, indent=2))
     os.replace(tmp_meta, meta)

@@ -1,46 +1,19 @@
 """Flow checkpoints: written atomically with their checksum, verified by every loader; and checking that
 one checkpoint can autoguide another.
 
-**Writing** (:func:`save_checkpoint_file`; :class:`AtomicCheckpointIO` sends every save of a Lightning
-trainer through it: the periodic ``step_*.ckpt``, ``last.ckpt``, ``interrupted.ckpt``):
-``torch.save`` into memory (as Lightning's own atomic save does), the SHA-256 of those bytes, the bytes
-to ``<name>.tmp`` and the checksum to ``<name>.sha256.tmp``, both flushed to disk (fsync), then renamed
-into place, the checkpoint first, and the directory fsynced. The checksum file is in ``sha256sum`` format
-(``cd checkpoints && sha256sum -c last.ckpt.sha256`` checks it by hand).
-
-The checksum sits beside the file, not inside it: a file cannot hold the hash of its own bytes, and a
-hash of the tensors stored inside could only be checked after a full load, which a damaged zip
-directory or a truncated file would break before the check could say what is wrong. If a crash falls
-between the two renames, the new checkpoint and the old ``.sha256`` are left with the new one's
-``.sha256.tmp`` (flushed before the first rename): the loader accepts a file matched by that pending
-checksum.
-
-**Reading** (:func:`load_checkpoint`): what :func:`load_flow_module` (``api.load_model``: ``sample``,
+The files themselves (atomic writes with a ``.sha256`` beside them, the verifying loader and its
+recovery hints) are :mod:`latent_flow.utils.checkpoint_files`; this module adds Lightning's side
+(:class:`AtomicCheckpointIO`, which sends every save and resume of a trainer through them) and the flow
+module loaders built on :func:`load_checkpoint`: :func:`load_flow_module` (``api.load_model``: ``sample``,
 ``evaluate``, ``likelihood``, ``edit``, ``train_classifier``, autoguidance guides, FlowTurbo bases),
-FlowTurbo's ``load_refiner``, post-hoc EMA and a resumed ``train ckpt_path=`` (before Lightning sees the
-path) all call:
-
-1. the SHA-256 against the checksum file; a mismatch is refused. A checkpoint without one (written before
-   checkpoints carried it) is accepted with a warning, after the CRC-32 that the zip format stores for
-   each record is checked instead (when the writer stored them);
-2. ``torch.load``; a file it cannot read is refused, a truncated one named as such;
-3. every floating-point tensor of the ``state_dict`` (backbone, EMA, condition encoder, refiner) finite.
-
-A refused file raises :class:`CheckpointIntegrityError`, naming the file, what failed and how to recover:
-the newest intact ``step_*.ckpt`` of the same folder (checked the same way), when there is one. The cost
-(``benchmarks/checkpoint_integrity.py``): the checksum and finite checks against ``torch.load`` itself.
+FlowTurbo's ``load_refiner``, post-hoc EMA and a resumed ``train ckpt_path=`` all read through it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import io
 import logging
 import os
-import re
-import zipfile
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +21,19 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from latent_flow.training.module import LatentFlowModule
+from latent_flow.utils.checkpoint_files import (
+    CheckpointIntegrityError,
+    checkpoint_problem,
+    checksum_path,
+    load_checkpoint,
+    newest_intact_checkpoint,
+    nonfinite_tensors,
+    read_checksum,
+    save_checkpoint_file,
+    zip_crc_problem,
+)
 from latent_flow.utils.config import to_plain
 from latent_flow.utils.distributed import resolve_device
-from latent_flow.utils.hashing import file_sha256
-from latent_flow.utils.io import fsync_dir, temporary_path
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -70,61 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: suffix of the checksum file written beside every checkpoint (``last.ckpt`` -> ``last.ckpt.sha256``)
-CHECKSUM_SUFFIX = ".sha256"
-_STEP_NAME = re.compile(r"step_(\d+)(?:-v(\d+))?\.ckpt")  # -v1: Lightning's name for a step written again
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-class CheckpointIntegrityError(ValueError):
-    """A checkpoint that must not be used: changed after it was written (checksum), unreadable or
-    truncated, or holding weights that are not finite. The message names the file, what failed and what
-    to use instead."""
-
-
-# ----------------------------------------------------------------------------- writing
-def checksum_path(path: str | os.PathLike) -> Path:
-    """The checksum file of a checkpoint: ``<name>.sha256`` beside it."""
-    path = Path(path)
-    return path.with_name(path.name + CHECKSUM_SUFFIX)
-
-
-def save_checkpoint_file(checkpoint: dict[str, Any], path: str | os.PathLike) -> str:
-    """Write ``checkpoint`` with ``torch.save`` to ``path`` atomically, with its checksum beside it.
-
-    Returns the SHA-256 (hex) of the file written. Either the previous file (and its checksum) or the new
-    one is at ``path`` at every moment; the temporary files are removed when the save fails.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    tmp, side = temporary_path(path), checksum_path(path)
-    side_tmp = temporary_path(side)
-    renamed = False
-    try:
-        with buffer.getbuffer() as data:  # no copy of the serialised bytes
-            digest = hashlib.sha256(data).hexdigest()
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        buffer.close()
-        with open(side_tmp, "w") as handle:
-            handle.write(f"{digest}  {path.name}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        renamed = True
-        os.replace(side_tmp, side)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        if not renamed:  # after the first rename the pending checksum is what vouches for the new file
-            side_tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return digest
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -156,191 +83,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def remove_checkpoint(self, path) -> None:
         super().remove_checkpoint(path)
         checksum_path(path).unlink(missing_ok=True)
-
-
-# ----------------------------------------------------------------------------- checking
-def read_checksum(path: str | os.PathLike) -> str | None:
-    """The SHA-256 recorded in a checkpoint's checksum file, or ``None`` when it has none.
-
-    Raises :class:`CheckpointIntegrityError` when the checksum file exists but holds no SHA-256."""
-    side = checksum_path(path)
-    if not side.is_file():
-        return None
-    return _parse_checksum(side, path)
-
-
-def _parse_checksum(side: Path, path: str | os.PathLike) -> str:
-    text = side.read_text(errors="replace").strip()
-    digest = text.split()[0].lower() if text else ""
-    if not _HEX64.fullmatch(digest):
-        raise CheckpointIntegrityError(
-            f"refusing checkpoint {path}: its checksum file {side} is damaged (no SHA-256 in it: {text[:80]!r}); "
-            f"compare the file with a copy, or delete {side.name} to load it unchecked (with a warning)"
-        )
-    return digest
-
-
-def zip_crc_problem(path: str | os.PathLike) -> str | None:
-    """What is wrong with a zip checkpoint's CRC-32 records (``None``: nothing found, or none stored): the
-    check of a checkpoint written without a checksum file (``torch.save`` stores a CRC-32 per record)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-            if any(info.CRC == 0 and info.file_size > 0 for info in infos):
-                return None  # written without CRC-32s (torch.serialization.config.save.compute_crc32=False)
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        return f"its zip structure cannot be read ({type(exc).__name__}: {exc})"
-    return None if bad is None else f"the CRC-32 of its record {bad!r} does not match that record's bytes"
-
-
-def _truncation(path: Path) -> str | None:
-    if zipfile.is_zipfile(path):
-        return None
-    return (
-        f"the file is truncated or its end is damaged ({path.stat().st_size:,} bytes, no zip end-of-archive "
-        "record: a save or copy cut short)"
-    )
-
-
-def checkpoint_problem(path: str | os.PathLike) -> str | None:
-    """What is wrong with a checkpoint file's bytes, or ``None``: the checksum (or, without a checksum
-    file, the zip's CRC-32 records and its end record). Reads the file, does not load it."""
-    path = Path(path)
-    side = checksum_path(path)
-    if side.is_file():
-        expected = _parse_checksum(side, path)
-        actual = file_sha256(path, length=64)
-        if actual == expected:
-            return None
-        pending = temporary_path(side)
-        if pending.is_file() and _parse_checksum(pending, path) == actual:
-            log.info("%s matches %s (a save interrupted between its two renames): accepted", path, pending.name)
-            return None
-        truncated = _truncation(path)
-        return (
-            f"its SHA-256 ({actual[:16]}...) differs from the one recorded in {side.name} when it was written "
-            f"({expected[:16]}...): the file was damaged or changed after it was saved"
-            + (f"; {truncated}" if truncated else "")
-        )
-    if not zipfile.is_zipfile(path):
-        return None  # not a zip: left to torch.load (which names a truncated file)
-    return zip_crc_problem(path)
-
-
-def _step_of(path: Path) -> tuple[int, int] | None:
-    """``(step, version)`` of ``step_0000500.ckpt`` / ``step_0000500-v1.ckpt`` (a resumed run's second step 500)."""
-    match = _STEP_NAME.fullmatch(path.name)
-    return (int(match.group(1)), int(match.group(2) or 0)) if match else None
-
-
-def newest_intact_checkpoint(folder: str | os.PathLike, *, exclude: Iterable[str | os.PathLike] = ()) -> Path | None:
-    """The ``step_*.ckpt`` of ``folder`` with the highest step (and version) whose bytes pass
-    :func:`checkpoint_problem`."""
-    skip = {Path(p).resolve() for p in exclude}
-    candidates = [(key, p) for p in Path(folder).glob("step_*.ckpt") if (key := _step_of(p)) is not None]
-    for _, candidate in sorted(candidates, reverse=True):
-        if candidate.resolve() in skip:
-            continue
-        try:
-            if checkpoint_problem(candidate) is None:
-                return candidate
-        except (CheckpointIntegrityError, OSError):
-            continue
-    return None
-
-
-def _recovery(path: Path) -> str:
-    """How to recover from a refused checkpoint: the newest intact step checkpoint beside it, if any."""
-    good = newest_intact_checkpoint(path.parent, exclude=[path])
-    if good is None:
-        return f"There is no intact step_*.ckpt in {path.parent}: restore {path.name} from a copy, or train again."
-    how = "checksum verified" if checksum_path(good).is_file() else "no checksum file; its zip CRC-32s verified"
-    return (
-        f"The newest intact checkpoint in the same folder is {good} (step {_step_of(good)[0]}, {how}): "
-        f"use ckpt_path={good} instead (training resumed from it continues from that step)."
-    )
-
-
-def _floating_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    if torch.is_tensor(obj):
-        if obj.is_floating_point() or obj.is_complex():
-            yield prefix, obj
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _floating_tensors(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            yield from _floating_tensors(value, f"{prefix}.{i}" if prefix else str(i))
-
-
-def _all_finite(tensor: torch.Tensor) -> bool:
-    """Whether every element is finite. A finite sum proves it (a NaN makes the sum NaN, an infinity makes
-    it infinite or NaN) at the speed of one reduction, over 10x faster than ``isfinite(t).all()`` on a CPU
-    (``benchmarks/checkpoint_integrity.py``); a sum that overflowed (huge but finite weights) falls back to
-    the element-wise test."""
-    if tensor.numel() == 0:
-        return True
-    if tensor.is_complex():
-        tensor = torch.view_as_real(tensor)
-    if tensor.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):  # e.g. float8
-        return bool(torch.isfinite(tensor.float()).all())
-    accumulate = torch.float64 if tensor.dtype == torch.float64 else torch.float32
-    if bool(torch.isfinite(tensor.sum(dtype=accumulate))):
-        return True
-    return bool(torch.isfinite(tensor).all())
-
-
-def nonfinite_tensors(weights: Any) -> list[str]:
-    """Names of the floating-point tensors in ``weights`` (a state dict, or nested dicts / lists of
-    tensors) that hold a NaN or an infinity."""
-    return [name for name, tensor in _floating_tensors(weights) if not _all_finite(tensor)]
-
-
-def load_checkpoint(path: str | os.PathLike, *, weights_key: str = "state_dict") -> dict[str, Any]:
-    """A checkpoint file, verified (module docstring), loaded on the CPU.
-
-    Args:
-        path: the ``.ckpt`` (or any ``torch.save`` file written by :func:`save_checkpoint_file`).
-        weights_key: the entry whose floating-point tensors must all be finite (Lightning's
-            ``state_dict``: backbone, EMA, condition encoder, refiner); ``None`` skips the check.
-
-    Raises:
-        FileNotFoundError: no such file.
-        CheckpointIntegrityError: the checksum does not match, torch cannot read the file (a truncated
-            one is named as such), or a weight is NaN / infinite.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    has_checksum = checksum_path(path).is_file()
-    problem = checkpoint_problem(path)
-    if problem is not None:
-        raise CheckpointIntegrityError(f"refusing checkpoint {path}: {problem}. {_recovery(path)}")
-    if not has_checksum:
-        log.warning(
-            "checkpoint %s has no checksum file (%s): written before checkpoints carried one, it is loaded after "
-            "checking its zip CRC-32 records and weights only; checkpoints saved from now on carry one",
-            path,
-            checksum_path(path).name,
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch's zip reader / unpickler errors have no common base class
-        reason = _truncation(path) or f"{type(exc).__name__}: {exc}"
-        raise CheckpointIntegrityError(
-            f"refusing checkpoint {path}: torch cannot read it ({reason}). {_recovery(path)}"
-        ) from exc
-    if weights_key is not None and isinstance(checkpoint, dict) and weights_key in checkpoint:
-        bad = nonfinite_tensors(checkpoint[weights_key])
-        if bad:
-            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-            raise CheckpointIntegrityError(
-                f"refusing checkpoint {path}: {len(bad)} weight tensor(s) hold NaN or Inf ({shown}): training "
-                f"had diverged when it was saved, or the file was altered before its checksum was written. "
-                f"{_recovery(path)}"
-            )
-    return checkpoint
 
 
 # ----------------------------------------------------------------------------- flow modules
