@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -217,7 +218,11 @@ def _metrics(cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None,
             out["fd_shapes"] = oracle_lib.fd_shapes(
                 oracle, images, oracle_lib.real_images(n_ref, resolution, cfg.evaluation.reference_seed)
             )
-            out["fd_shapes_floor"] = oracle_lib.fd_shapes_floor(oracle, n=len(arr), resolution=resolution)
+            # the floor at the score's own set sizes (samples, real renders): FD's bias depends on both
+            out["fd_shapes_floor"] = oracle_lib.fd_shapes_floor(
+                oracle, n=len(arr), resolution=resolution, n_reference=n_ref
+            )
+            out["fd_shapes_sizes"] = {"samples": len(arr), "reference": int(n_ref)}
         if "label_accuracy" in requested and labels is not None:
             out["label_accuracy"] = oracle_lib.oracle_metrics_on_samples(
                 oracle, images, labels=torch.from_numpy(labels)
@@ -342,19 +347,41 @@ def _check_resume(out_dir: Path, recipe: dict, overwrite: bool) -> None:
     write_json(path, recipe)
 
 
-def load_image_folder(folder: str | Path) -> np.ndarray:
-    """Every image file of ``folder`` (sorted by name) as uint8 NHWC RGB; all must share one size."""
+def load_image_folder(folder: str | Path, *, strict: bool = False, skipped: list[str] | None = None) -> np.ndarray:
+    """Every image file of ``folder`` (sorted by name) as uint8 NHWC RGB; all must share one size.
+
+    A file that cannot be decoded is skipped, appended to ``skipped`` (``"name: reason"``) and reported
+    with a warning, as training does; ``strict=True`` refuses the folder instead, listing every such file.
+    """
     files = list_image_files(folder, "images_dir")
-    arrays = []
+    arrays, bad = [], []
     for f in files:
-        with Image.open(f) as img:
-            arr = np.asarray(img.convert("RGB"))
+        try:
+            with Image.open(f) as img:
+                arr = np.asarray(img.convert("RGB"))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            bad.append(f"{f.name}: {type(exc).__name__}: {exc}")
+            continue
         if arrays and arr.shape != arrays[0].shape:
             raise ValueError(
                 f"{f} is {arr.shape[1]}x{arr.shape[0]} but {files[0]} is "
                 f"{arrays[0].shape[1]}x{arrays[0].shape[0]}: images_dir must hold one image size"
             )
         arrays.append(arr)
+    if bad and (strict or not arrays):
+        why = "images_strict=true" if strict else "no file could be read"
+        raise ValueError(
+            f"{len(bad)} of {len(files)} file(s) in {folder} cannot be read ({why}):\n  " + "\n  ".join(bad)
+        )
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        warnings.warn(
+            f"images_dir={folder}: skipped {len(bad)} unreadable file(s) of {len(files)} (scored {len(arrays)}): "
+            f"{shown}; images_strict=true refuses the folder instead",
+            stacklevel=2,
+        )
+        if skipped is not None:
+            skipped.extend(bad)
     return np.stack(arrays)
 
 
@@ -367,12 +394,14 @@ def score_images(cfg: DictConfig) -> dict:
     bad = set(requested) - {"fid", "kid", "precision_recall", "is"}
     if bad:
         raise ValueError(f"images_dir= scores feature metrics only (fid, kid, precision_recall, is), not {sorted(bad)}")
-    arr = load_image_folder(cfg.images_dir)
+    skipped: list[str] = []
+    arr = load_image_folder(cfg.images_dir, strict=bool(cfg.get("images_strict", False)), skipped=skipped)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {
         "images_dir": str(cfg.images_dir),
         "num_samples": len(arr),
+        "skipped_files": skipped,
         "metrics": _feature_metrics(cfg, arr, requested),
     }
     write_json(out_dir / "metrics.json", summary)

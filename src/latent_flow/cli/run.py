@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from latent_flow.training.callbacks import RunAttempt
 from latent_flow.training.checkpoints import AtomicCheckpointIO, load_checkpoint
+from latent_flow.training.lr_schedule import check_schedule
 from latent_flow.utils.config import to_plain
 from latent_flow.utils.distributed import resolve_precision
 from latent_flow.utils.io import write_json
@@ -137,6 +138,8 @@ class Attempt:
 
     def __init__(self, cfg: DictConfig) -> None:
         self.output_dir = Path(cfg.paths.output_dir)
+        if cfg.get("optim") is not None:  # the schedule against trainer.max_steps, before any stage runs
+            check_schedule(to_plain(cfg.optim), cfg.trainer.get("max_steps"))
         self.ckpt_path = check_ckpt_path(cfg.get("ckpt_path"))
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         self.resume = verify_resume_checkpoint(self.ckpt_path)

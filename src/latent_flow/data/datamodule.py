@@ -16,7 +16,7 @@ from latent_flow.data.latent_cache import LatentCache, LatentDataset, build_cach
 from latent_flow.data.samplers import ResumableSampler
 from latent_flow.utils.distributed import distributed_rank
 
-__all__ = ["ImageDataModule", "LatentDataModule", "split_indices"]
+__all__ = ["ImageDataModule", "LatentDataModule", "report_split", "split_indices"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,26 @@ def split_indices(num_items: int, val_fraction: float, seed: int = 0) -> tuple[n
     if val_fraction > 0 and num_val == 0:
         num_val = 1
     return np.sort(perm[num_val:]), np.sort(perm[:num_val])
+
+
+def report_split(num_train: int, num_val: int, val_fraction: float, batch_size: int) -> None:
+    """Log the split's sizes; warn when there is no validation set (nothing logged as ``val/*``, so a
+    checkpoint or early stop monitoring ``val/loss`` has nothing to watch) or fewer training items than
+    one batch (each step then sees the whole training set)."""
+    log.info("data: %d training / %d validation items (val_fraction=%s)", num_train, num_val, val_fraction)
+    if num_val == 0:
+        log.warning(
+            "data: no validation set (val_fraction=%s of %d items): val/loss is not logged; set "
+            "data.val_fraction > 0 to hold some items out",
+            val_fraction,
+            num_train,
+        )
+    if num_train < batch_size:
+        log.warning(
+            "data: %d training item(s), fewer than one batch of %d: every step sees the whole training set",
+            num_train,
+            batch_size,
+        )
 
 
 def _loader(
@@ -66,6 +86,7 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.train_idx, self.val_idx = split_indices(len(dataset), val_fraction, seed)
+        report_split(len(self.train_idx), len(self.val_idx), val_fraction, batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return _loader(Subset(self.dataset, self.train_idx), self.batch_size, self.num_workers, True, True)
@@ -155,6 +176,7 @@ class LatentDataModule(L.LightningDataModule):
             return
         meta = self.cache.meta()
         train_idx, val_idx = split_indices(meta.num_items, self.val_fraction, self.seed)
+        report_split(len(train_idx), len(val_idx), self.val_fraction, self.batch_size)
         self.train_set = self.cache.dataset_view(random_flip=True, indices=train_idx)
         self.val_set = self.cache.dataset_view(random_flip=False, indices=val_idx, random_variant=False)
 

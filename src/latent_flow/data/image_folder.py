@@ -170,7 +170,8 @@ class ImageFolderDataset(Dataset):
     Attributes: ``class_names``, ``num_classes``, ``samples`` (list of (path, label)),
     ``skipped_files`` (unreadable files, skipped), ``ignored_files`` (non-hidden files left out for
     their extension, reported), ``num_resized`` (readable images whose size is not
-    ``resolution x resolution``).
+    ``resolution x resolution``), ``upscaled_files`` (images smaller than that on the side the resize
+    scales, so enlarged and blurred: counted and reported with ``warnings.warn``).
     """
 
     def __init__(
@@ -202,6 +203,7 @@ class ImageFolderDataset(Dataset):
         self.samples: list[tuple[Path, int]] = []
         self.skipped_files: list[Path] = []
         self.num_resized = 0
+        self.upscaled_files: list[Path] = []
         self._fingerprint = ""
         self.scan(candidates)
 
@@ -277,6 +279,7 @@ class ImageFolderDataset(Dataset):
             self.num_classes = len(self.class_names)
         samples, skipped, records = [], [], []
         num_resized = 0
+        upscaled = []
         for path, label in candidates:
             rel = path.relative_to(self.root).as_posix()
             try:
@@ -296,9 +299,23 @@ class ImageFolderDataset(Dataset):
             records.append((rel, stat.st_size, stat.st_mtime_ns, label))
             if size != (self.resolution, self.resolution):
                 num_resized += 1
+                # centre crop: the shorter side is scaled to the resolution; otherwise each side is
+                if (min(size) if self.center_crop else min(size[0], size[1])) < self.resolution:
+                    upscaled.append((path, size))
         self.samples = samples
         self.skipped_files = skipped
         self.num_resized = num_resized
+        self.upscaled_files = [p for p, _ in upscaled]
+        if upscaled:
+            names = ", ".join(
+                f"{p.relative_to(self.root).as_posix()} ({w}x{h})" for p, (w, h) in upscaled[:_NUM_NAMED_SKIPPED]
+            )
+            more = f" and {len(upscaled) - _NUM_NAMED_SKIPPED} more" if len(upscaled) > _NUM_NAMED_SKIPPED else ""
+            warnings.warn(
+                f"ImageFolderDataset: {len(upscaled)} of {len(samples)} image(s) in '{self.root}' are smaller than "
+                f"{self.resolution}x{self.resolution} and are upscaled (blurred training data): {names}{more}",
+                stacklevel=3,
+            )
         if self.ignored_files:
             warnings.warn(
                 f"ImageFolderDataset: ignored {len(self.ignored_files)} file(s) whose extension is not one of "

@@ -1,4 +1,5 @@
-"""Loggers: a CSV logger for run directories that are resumed, and the W&B factory."""
+"""Loggers for run directories that are resumed: a CSV logger that keeps every step once, and a W&B logger
+that writes nothing before the first step and continues the same W&B run when the directory is resumed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import io
 import logging
 import netrc
 import os
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +18,14 @@ from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from latent_flow.utils.io import atomic_write_text
 
-__all__ = ["ResumableCSVWriter", "RunCSVLogger", "build_wandb_logger", "wandb_has_credentials"]
+#: the W&B run id of a run directory, written when its W&B run starts: ``<run dir>/wandb/latent_flow_run_id``
+WANDB_RUN_ID_FILE = "latent_flow_run_id"
+
+__all__ = ["ResumableCSVWriter", "RunCSVLogger", "RunWandbLogger", "build_wandb_logger", "wandb_has_credentials"]
 
 
 class ResumableCSVWriter(ExperimentWriter):
@@ -110,6 +117,61 @@ def wandb_has_credentials() -> bool:
     return auth is not None
 
 
+class RunWandbLogger(WandbLogger):
+    """Lightning's ``WandbLogger`` for a run directory (``save_dir``) that may be an earlier attempt's.
+
+    * Nothing is created before the first logged metrics: Lightning hands the hyper-parameters over at
+      start-up, and the stock logger starts its W&B run (and its ``wandb/`` folder) right then, so a run
+      that fails before its first step would leave an empty W&B run behind. They are kept here and sent
+      when the run starts.
+    * The W&B run id is written to ``<save_dir>/wandb/latent_flow_run_id`` when the run starts; a later
+      attempt in the same directory (``ckpt_path=... hydra.run.dir=<run>``) reads it and continues that
+      run (``resume="allow"``): one run in the W&B project per run directory, offline or online
+      (``wandb sync`` of the attempts' offline folders uploads them into the one run).
+    """
+
+    def __init__(self, *, save_dir: str, **kwargs: Any) -> None:
+        self._id_file = Path(save_dir) / "wandb" / WANDB_RUN_ID_FILE
+        run_id = kwargs.pop("id", None) or self.previous_run_id(save_dir)
+        if run_id is None:  # W&B's own ids: 8 characters of [a-z0-9]
+            run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+        self._resumes = self._id_file.is_file()
+        self._pending_hparams: list[Any] = []
+        super().__init__(save_dir=save_dir, id=run_id, **kwargs)
+
+    @staticmethod
+    def previous_run_id(save_dir: str | os.PathLike) -> str | None:
+        """The W&B run id an earlier attempt in ``save_dir`` started, or ``None``."""
+        path = Path(save_dir) / "wandb" / WANDB_RUN_ID_FILE
+        return path.read_text().strip() or None if path.is_file() else None
+
+    @property
+    def resumes(self) -> bool:
+        """Whether this logger continues the W&B run of an earlier attempt in the same directory."""
+        return self._resumes
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        starting = self._experiment is None
+        if starting:
+            self._id_file.parent.mkdir(parents=True, exist_ok=True)
+        run = WandbLogger.experiment.fget(self)
+        if starting and self._experiment is not None:
+            atomic_write_text(self._id_file, f"{self._id}\n")
+            pending, self._pending_hparams = self._pending_hparams, []
+            for params in pending:
+                super().log_hyperparams(params)
+        return run
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        if self._experiment is None:
+            self._pending_hparams.append(params)  # sent when the run starts (the first logged metrics)
+        else:
+            super().log_hyperparams(params)
+
+
 def build_wandb_logger(
     *, project: str, name: str | None, save_dir: str, mode: str = "auto", group: str = "", tags: list | None = None
 ):
@@ -127,8 +189,7 @@ def build_wandb_logger(
     if mode == "online" and not wandb_has_credentials():
         raise RuntimeError("logger.wandb.mode=online needs WANDB_API_KEY or `wandb login`; use mode=offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(
+    logger = RunWandbLogger(
         project=project,
         name=name,
         save_dir=save_dir,
@@ -137,3 +198,6 @@ def build_wandb_logger(
         tags=list(tags or []),
         log_model=False,
     )
+    if logger.resumes:
+        log.info("W&B: continuing run %s of %s (an earlier attempt in this directory)", logger.version, save_dir)
+    return logger

@@ -36,7 +36,7 @@ from latent_flow.sampling.guidance import autoguidance, classifier_free_guidance
 from latent_flow.sampling.noise import noise_for_indices
 from latent_flow.sampling.solvers import Solver
 from latent_flow.training.ema import EMA
-from latent_flow.training.lr_schedule import warmup_cosine_factor
+from latent_flow.training.lr_schedule import check_schedule, warmup_cosine_factor
 from latent_flow.training.resume import ResumableRNG
 from latent_flow.utils.config import to_plain
 
@@ -302,11 +302,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         warmup = int(o.get("warmup_steps", 0))
         cosine = bool(o.get("cosine", False))
         min_ratio = float(o.get("min_lr_ratio", 0.0))
-        if cosine and (total is None or total <= warmup):
-            raise ValueError(
-                f"optim.cosine=true needs trainer.max_steps > optim.warmup_steps, got max_steps={total}, "
-                f"warmup_steps={warmup}; set trainer.max_steps or optim.cosine=false"
-            )
+        check_schedule(o, total)  # train checks it before its stages too
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda step: warmup_cosine_factor(
