@@ -115,3 +115,22 @@ def test_fd_shapes_floor_uses_the_scores_set_sizes(monkeypatch):
     assert oracle_mod.fd_shapes_floor(object(), n=200, resolution=32, n_reference=1000) == 1200.0
     assert sizes == [200, 1000]
     assert oracle_mod.fd_shapes_floor(object(), n=200, resolution=32) == 400.0  # default: equal sizes
+
+
+# ------------------------------------------------------------------ resume: backbone before any stage
+def test_a_resume_with_another_backbone_is_refused_before_the_stages(compose_cfg, monkeypatch, tmp_path):
+    from latent_flow.training.module import BackboneMismatchError
+    from latent_flow.utils.checkpoint_files import save_checkpoint_file
+
+    cfg = compose_cfg("train", ["backbone=dit_t2"])
+    saved = {"backbone": {"name": "UNet-XS", "grad_checkpointing": False}, "condition": dict(cfg.condition)}
+    ckpt = tmp_path / "old" / "last.ckpt"
+    save_checkpoint_file({"hyper_parameters": saved, "state_dict": {}, "global_step": 40}, ckpt)
+    cfg.ckpt_path = str(ckpt)
+
+    def stage_ran(*args, **kwargs):
+        raise AssertionError("the autoencoder stage ran before the resume was checked")
+
+    monkeypatch.setattr(train_cli, "ensure_autoencoder", stage_ran)
+    with pytest.raises(BackboneMismatchError, match=r"was written with backbone=\{'name': 'UNet-XS'"):
+        train_cli.run_training(cfg)

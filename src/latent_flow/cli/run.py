@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from latent_flow.training.callbacks import RunAttempt
 from latent_flow.training.checkpoints import AtomicCheckpointIO, load_checkpoint
 from latent_flow.training.lr_schedule import check_schedule
+from latent_flow.training.module import BackboneMismatchError
 from latent_flow.utils.config import to_plain
 from latent_flow.utils.distributed import resolve_precision
 from latent_flow.utils.io import write_json
@@ -38,6 +39,7 @@ __all__ = [
     "Attempt",
     "build_trainer",
     "check_ckpt_path",
+    "check_resume_matches",
     "configure_torch",
     "finish_run",
     "fit",
@@ -131,6 +133,19 @@ def verify_resume_checkpoint(ckpt_path: str | None) -> dict[str, Any] | None:
     return None if path is None else load_checkpoint(path)
 
 
+def check_resume_matches(cfg: DictConfig, checkpoint: dict[str, Any], ckpt_path: str) -> None:
+    """The resumed checkpoint's backbone and condition against the config, before any stage runs (the
+    module checks the rest, latent shape and class count, when Lightning restores it): a resume with
+    another ``backbone=`` is refused in a second, not after minutes of autoencoder / latent-cache work."""
+    saved = checkpoint.get("hyper_parameters") or {}
+    for key in ("backbone", "condition"):
+        if key in saved and cfg.get(key) is not None and to_plain(saved[key]) != to_plain(cfg[key]):
+            raise BackboneMismatchError(
+                f"ckpt_path={ckpt_path} was written with {key}={to_plain(saved[key])!r}, but the config asks for "
+                f"{key}={to_plain(cfg[key])!r}; use the matching config (e.g. {key}=...) or another ckpt_path"
+            )
+
+
 class Attempt:
     """What a training command checks before its stages: the resolved config (every interpolation) and the
     verified resume checkpoint; and the :class:`RunAttempt` callback that writes the run directory once
@@ -143,6 +158,8 @@ class Attempt:
         self.ckpt_path = check_ckpt_path(cfg.get("ckpt_path"))
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         self.resume = verify_resume_checkpoint(self.ckpt_path)
+        if self.resume is not None:
+            check_resume_matches(cfg, self.resume, self.ckpt_path)
         self.record = RunAttempt(
             self.output_dir, config_yaml=self.config_yaml, overrides=hydra_overrides(), ckpt_path=self.ckpt_path
         )
