@@ -24,7 +24,8 @@ path) all call:
 1. the SHA-256 against the checksum file; a mismatch is refused. A checkpoint without one (written before
    checkpoints carried it) is accepted with a warning, after the CRC-32 that the zip format stores for
    each record is checked instead (when the writer stored them);
-2. ``torch.load``; a file it cannot read is refused, a truncated one named as such;
+2. ``torch.load``, on the main thread while 1. runs on a second one (the result is returned only once
+   both have finished); a file it cannot read is refused, a truncated one named as such;
 3. every floating-point tensor of the ``state_dict`` (backbone, EMA, condition encoder, refiner) finite.
 
 A refused file raises :class:`CheckpointIntegrityError`, naming the file, what failed and how to recover:
@@ -41,6 +42,7 @@ import os
 import re
 import zipfile
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -285,9 +287,6 @@ def load_checkpoint(
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     has_checksum = verified or checksum_path(path).is_file()
-    problem = None if verified else checkpoint_problem(path)
-    if problem is not None:
-        raise CheckpointIntegrityError(f"refusing checkpoint {path}: {problem}. {_recovery(path)}")
     if not has_checksum:
         log.warning(
             "checkpoint %s has no checksum file (%s): written before checkpoints carried one, it is loaded after "
@@ -295,13 +294,24 @@ def load_checkpoint(
             path,
             checksum_path(path).name,
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as exc:  # torch's zip reader / unpickler errors have no common base class
-        reason = _truncation(path) or f"{type(exc).__name__}: {exc}"
+    # the bytes are checked on a second thread while torch reads them (hashing and file reads release the
+    # GIL): the check costs about what the slower of the two costs, not their sum; nothing is returned
+    # before both have finished, so a damaged file is refused all the same
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None if verified else pool.submit(checkpoint_problem, path)
+        load_error: Exception | None = None
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
+        except Exception as exc:  # torch's zip reader / unpickler errors have no common base class
+            checkpoint, load_error = None, exc
+        problem = None if pending is None else pending.result()
+    if problem is not None:
+        raise CheckpointIntegrityError(f"refusing checkpoint {path}: {problem}. {_recovery(path)}") from load_error
+    if load_error is not None:
+        reason = _truncation(path) or f"{type(load_error).__name__}: {load_error}"
         raise CheckpointIntegrityError(
             f"refusing checkpoint {path}: torch cannot read it ({reason}). {_recovery(path)}"
-        ) from exc
+        ) from load_error
     if weights_key is not None and isinstance(checkpoint, dict) and weights_key in checkpoint:
         bad = nonfinite_tensors(checkpoint[weights_key])
         if bad:
