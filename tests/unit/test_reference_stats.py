@@ -108,6 +108,54 @@ def test_an_interrupted_run_resumes_without_redoing_chunks(folder, tmp_path):
         compute_reference(ds, idx, again, tmp_path / "r", extractor_spec=POOL, chunk_size=4, progress=False)
 
 
+def _plain_folder(root, value: int, n: int = 12, size: int = 8):
+    root.mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((size, size, 3), value, dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return root
+
+
+def test_resuming_a_folder_started_on_other_data_is_refused_naming_the_difference(tmp_path):
+    """Interrupted on dataset A, rerun on B: the chunks of A were once reused (feature mean 0.5, not 1.0)."""
+    from latent_flow.data import ImageFolderDataset
+
+    black = ImageFolderDataset(_plain_folder(tmp_path / "black", 0), resolution=8)
+    white = ImageFolderDataset(_plain_folder(tmp_path / "white", 255), resolution=8)
+    idx = np.arange(12)
+    out = tmp_path / "ref"
+    compute_reference(black, idx, CountingExtractor(), out, extractor_spec=POOL, chunk_size=5, progress=False)
+    plan = json.loads((out / "parts" / "plan.json").read_text())
+    assert plan["dataset_fingerprint"] == black.fingerprint() and plan["resolution"] == 8
+    (out / "parts" / "part_00001.npz").unlink()  # interrupted
+    (out / "stats.npz").unlink()
+    with pytest.raises(ReferenceStatsError, match=r"another setting .*dataset_fingerprint: '[0-9a-f]+' there"):
+        compute_reference(white, idx, CountingExtractor(), out, extractor_spec=POOL, chunk_size=5, progress=False)
+    assert not (out / "stats.npz").exists()
+    # the same files at another resolution, or another split of the same images: named too
+    small = ImageFolderDataset(tmp_path / "black", resolution=4)
+    with pytest.raises(ReferenceStatsError, match="resolution: 8 there, 4 now"):
+        compute_reference(small, idx, CountingExtractor(), out, extractor_spec=POOL, chunk_size=5, progress=False)
+    split_out = tmp_path / "split"
+    compute_reference(
+        black, idx, CountingExtractor(), split_out, extractor_spec=POOL, info={"split": "train"}, progress=False
+    )
+    with pytest.raises(ReferenceStatsError, match="split: 'train' there, 'val' now"):
+        compute_reference(
+            black, idx, CountingExtractor(), split_out, extractor_spec=POOL, info={"split": "val"}, progress=False
+        )
+    # a folder of plans written before the data were recorded cannot be checked: refused, not reused
+    del plan["dataset_fingerprint"]
+    (out / "parts" / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(ReferenceStatsError, match="dataset_fingerprint: not recorded there"):
+        compute_reference(black, idx, CountingExtractor(), out, extractor_spec=POOL, chunk_size=5, progress=False)
+    # the same data resumes and gives the whole-run statistics of the black images
+    (out / "parts" / "plan.json").unlink()
+    again = CountingExtractor()
+    summary = compute_reference(black, idx, again, out, extractor_spec=POOL, chunk_size=5, progress=False)
+    assert again.images == 5 and summary["dataset_fingerprint"] == black.fingerprint()
+    assert np.load(out / "stats.npz")["mu"].max() == 0.0
+
+
 def test_two_ranks_split_the_chunks_and_give_the_single_process_stats(folder, tmp_path):
     from latent_flow.data import ImageFolderDataset
 

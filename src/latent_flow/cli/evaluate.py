@@ -21,6 +21,7 @@ import json
 import logging
 import shutil
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,14 @@ from latent_flow.data.image_folder import list_image_files
 from latent_flow.evaluation import oracle as oracle_lib  # module attributes: patchable in tests
 from latent_flow.evaluation.frechet import frechet_distance, gaussian_stats
 from latent_flow.evaluation.metrics import compute_features, image_metrics, metric_names
-from latent_flow.evaluation.reference import build_feature_extractor, extractor_fingerprint, load_reference_stats
+from latent_flow.evaluation.reference import (
+    build_feature_extractor,
+    check_reference_data,
+    check_reference_extractor,
+    extractor_fingerprint,
+    load_reference_stats,
+    reference_info,
+)
 from latent_flow.generation import NFETally, sample_batches
 from latent_flow.utils.config import to_plain
 from latent_flow.utils.distributed import distributed_rank, rank_device, wait_until
@@ -196,17 +204,10 @@ def _wait_for_all(image_dir: Path, num_samples: int, timeout: float) -> None:
     )
 
 
-def _metrics(cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None, spatial: dict | None) -> dict:
-    requested = list(cfg.metrics) if cfg.metrics != "auto" else None
-    data = _data_info(cfg, model)
-    if requested is None:
-        requested = (
-            ["fd_shapes", "label_accuracy"]
-            if data.get("name") == "shapes"
-            else ["fid", "kid", "precision_recall", "is"]
-        )
-        if spatial is not None:
-            requested.append("miou")
+def _metrics(
+    cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None, spatial: dict | None, *, extractor=None
+) -> dict:
+    requested = _requested_metrics(cfg, _data_info(cfg, model), spatial=spatial is not None)
     images = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     out: dict = {}
     shapes_metrics = {"fd_shapes", "label_accuracy", "miou"} & set(requested)
@@ -240,19 +241,55 @@ def _metrics(cfg: DictConfig, model, arr: np.ndarray, labels: np.ndarray | None,
         out["oracle_held_out"] = getattr(oracle, "metrics", None)
     inception = [m for m in requested if m in {"fid", "kid", "precision_recall", "is"}]
     if inception:
-        out.update(_feature_metrics(cfg, arr, tuple(inception)))
-    unknown = set(requested) - {"fd_shapes", "label_accuracy", "miou", "fid", "kid", "precision_recall", "is"}
-    if unknown:
-        raise ValueError(
-            f"unknown metrics {sorted(unknown)}; valid: fd_shapes, label_accuracy, miou, fid, kid, precision_recall, is"
-        )
+        out.update(_feature_metrics(cfg, arr, tuple(inception), extractor=extractor))
     return out
 
 
-def _feature_metrics(cfg: DictConfig, arr: np.ndarray, metrics: tuple[str, ...]) -> dict:
-    """FID & co in the configured extractor's feature space (``evaluation.feature_extractor``)
-    against ``evaluation.reference_stats`` (from ``latent_flow.reference_stats``) or
-    ``evaluation.reference_npz`` (images)."""
+# ---------------------------------------------------------------- checks before the first sample
+FEATURE_METRICS = ("fid", "kid", "precision_recall", "is")
+METRICS = ("fd_shapes", "label_accuracy", "miou", *FEATURE_METRICS)
+
+
+def _requested_metrics(cfg: DictConfig, data: dict, *, spatial: bool) -> list[str]:
+    """``metrics=`` (``auto``: the shapes oracle's for shapes checkpoints, FID & co otherwise); unknown names raise."""
+    if cfg.metrics != "auto":
+        requested = [str(m) for m in cfg.metrics]
+    elif data.get("name") == "shapes":
+        requested = ["fd_shapes", "label_accuracy"] + (["miou"] if spatial else [])
+    else:
+        requested = list(FEATURE_METRICS) + (["miou"] if spatial else [])
+    unknown = set(requested) - set(METRICS)
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}; valid: {', '.join(METRICS)}")
+    return requested
+
+
+def _feature_extractor(cfg: DictConfig):
+    """``evaluation.feature_extractor`` built, on the scoring device."""
+    extractor = build_feature_extractor(to_plain(cfg.evaluation.feature_extractor))
+    if isinstance(extractor, torch.nn.Module):
+        extractor.to(_score_device(cfg))
+    return extractor
+
+
+def _score_device(cfg: DictConfig) -> str:
+    return "cuda" if torch.cuda.is_available() and str(cfg.device) in ("auto", "cuda") else "cpu"
+
+
+def _npz_image_shape(path: str | Path) -> tuple[int, ...]:
+    """Shape of ``arr_0`` of a reference ``.npz``, read from its header (the images are not loaded)."""
+    with zipfile.ZipFile(path) as archive, archive.open("arr_0.npy") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, _ = read_header(f)
+    return tuple(shape)
+
+
+def _check_reference(cfg: DictConfig, extractor, metrics, *, data: str | None, resolution: int | None) -> list[str]:
+    """The reference of ``metrics`` exists, was computed with this extractor (config and weights) and is of
+    the evaluated data and resolution (:func:`~latent_flow.evaluation.reference.check_reference_data`;
+    ``evaluation.allow_reference_mismatch=true`` scores against other data anyway). Returns the differences
+    allowed that way."""
     ev = cfg.evaluation
     if ev.get("reference_stats") is None and ev.get("reference_npz") is None:
         raise ValueError(
@@ -260,13 +297,51 @@ def _feature_metrics(cfg: DictConfig, arr: np.ndarray, metrics: tuple[str, ...])
             "`python -m latent_flow.reference_stats data=... split=train`> or evaluation.reference_npz=/path/to/"
             "reference.npz (arr_0: uint8 NHWC); offline on shapes, metrics=[fd_shapes,label_accuracy]"
         )
+    allow = bool(ev.get("allow_reference_mismatch", False))
+    if ev.get("reference_stats") is not None:
+        info = reference_info(ev.reference_stats)
+        check_reference_extractor(
+            ev.reference_stats,
+            info,
+            feature_extractor=to_plain(ev.feature_extractor),
+            extractor_weights=extractor_fingerprint(extractor),
+        )
+        return check_reference_data(ev.reference_stats, info, data=data, resolution=resolution, allow_mismatch=allow)
+    shape = _npz_image_shape(ev.reference_npz)
+    return check_reference_data(ev.reference_npz, {"resolution": shape[1]}, resolution=resolution, allow_mismatch=allow)
+
+
+def _check_before_sampling(cfg: DictConfig, model):
+    """Everything that can refuse the scores, checked before the first sample is drawn (not after hours of
+    sampling): the metric names, a reference for FID & co, its feature extractor and weights, its data and
+    resolution against the model's. Returns the feature extractor (built once, reused for scoring), or None."""
+    data = _data_info(cfg, model)
+    spatial = bool(model.condition.spatial_channels)
+    requested = _requested_metrics(cfg, data, spatial=spatial)
+    if "miou" in requested and not spatial:
+        raise ValueError("metrics: miou needs an inpainting / semantic model (the requested maps)")
+    features = [m for m in requested if m in FEATURE_METRICS]
+    if not features:
+        return None
+    extractor = _feature_extractor(cfg)
+    resolution = data.get("resolution")
+    _check_reference(cfg, extractor, features, data=data.get("name"), resolution=resolution)
+    return extractor
+
+
+def _feature_metrics(cfg: DictConfig, arr: np.ndarray, metrics: tuple[str, ...], *, extractor=None) -> dict:
+    """FID & co in the configured extractor's feature space (``evaluation.feature_extractor``; ``extractor``
+    when already built) against ``evaluation.reference_stats`` (from ``latent_flow.reference_stats``) or
+    ``evaluation.reference_npz`` (images), checked (:func:`_check_reference`) before any feature is computed."""
+    ev = cfg.evaluation
     spec = to_plain(ev.feature_extractor)
-    extractor = build_feature_extractor(spec)
-    device = "cuda" if torch.cuda.is_available() and str(cfg.device) in ("auto", "cuda") else "cpu"
-    if isinstance(extractor, torch.nn.Module):
-        extractor.to(device)
+    extractor = _feature_extractor(cfg) if extractor is None else extractor
+    mismatch = _check_reference(cfg, extractor, metrics, data=None, resolution=int(arr.shape[1]))
+    device = _score_device(cfg)
     fake_f, fake_logits = compute_features(extractor, arr, device=device)
     out: dict = {"feature_extractor": spec.get("_target_")}
+    if mismatch:
+        out["reference_mismatch"] = mismatch
     if ev.get("reference_stats") is not None:
         ref = load_reference_stats(
             ev.reference_stats, feature_extractor=spec, extractor_weights=extractor_fingerprint(extractor)
@@ -419,6 +494,7 @@ def run_evaluation(cfg: DictConfig) -> dict | None:
     rank, world_size = distributed_rank()
     model = load_model(cfg.ckpt_path, device=rank_device(cfg.device, rank))
     _resolve_num_samples(cfg, model)
+    extractor = _check_before_sampling(cfg, model)  # metric names, reference, extractor, data: before any sample
     out_dir = Path(cfg.out_dir)
     image_dir = out_dir / "images"
     recipe = sampling_recipe(cfg)
@@ -458,7 +534,7 @@ def run_evaluation(cfg: DictConfig) -> dict | None:
         **_model_rows(timings),
         "ms_per_image": round(1000 * seconds / images_timed, 3) if images_timed else None,
         "world_size": world_size,
-        "metrics": _metrics(cfg, model, arr, labels, spatial),
+        "metrics": _metrics(cfg, model, arr, labels, spatial, extractor=extractor),
     }
     if "num_reference" in summary["metrics"]:  # FID-N: each score with both counts
         m = summary["metrics"]

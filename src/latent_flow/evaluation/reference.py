@@ -48,12 +48,17 @@ from latent_flow.utils.io import write_json
 
 __all__ = [
     "SPLITS",
+    "DATA_IDENTITY_KEYS",
+    "data_identity",
     "reference_indices",
     "extractor_identity",
     "extractor_fingerprint",
     "build_feature_extractor",
     "compute_reference",
     "load_reference_stats",
+    "reference_info",
+    "check_reference_extractor",
+    "check_reference_data",
     "ReferenceStatsError",
 ]
 
@@ -194,6 +199,7 @@ def compute_reference(
     if len(indices) < 2:
         raise ValueError(f"reference statistics need at least 2 images, got {len(indices)}")
     identity = {
+        **data_identity(dataset, info),
         "num_images": int(len(indices)),
         "chunk_size": int(chunk_size),
         "indices_sha1": _sha1(indices),
@@ -203,11 +209,8 @@ def compute_reference(
     }
     plan_path = out_dir / "parts" / "plan.json"
     if rank == 0:
-        if plan_path.exists() and json.loads(plan_path.read_text()) != identity:
-            raise ReferenceStatsError(
-                f"{out_dir} holds partial reference statistics of another setting ({plan_path}); "
-                "use another out_dir or delete the directory"
-            )
+        if plan_path.exists():
+            _check_plan(out_dir, plan_path, json.loads(plan_path.read_text()), identity)
         write_json(plan_path, identity)
     chunks = [indices[lo : lo + chunk_size] for lo in range(0, len(indices), chunk_size)]
     mine = [k for k in range(len(chunks)) if k % world_size == rank and not _chunk_path(out_dir, k).exists()]
@@ -253,6 +256,46 @@ def compute_reference(
     return _merge(out_dir, len(chunks), identity, info, seconds=time.time() - start)
 
 
+#: what a reference folder's plan records of the data (besides the indices, extractor and chunking)
+DATA_IDENTITY_KEYS = ("data", "dataset_fingerprint", "resolution", "split", "dataset_split")
+
+
+def data_identity(dataset, info: Mapping[str, Any] | None = None) -> dict:
+    """The data a reference folder is of: ``data`` (the config's name), ``dataset_fingerprint`` (the
+    dataset's own ``fingerprint()``), ``resolution``, ``split`` and ``dataset_split``, from ``info`` (what
+    the command records) or else from the dataset itself; ``None`` where neither says."""
+    info = dict(info or {})
+    fingerprint = info.get("dataset_fingerprint")
+    if fingerprint is None and hasattr(dataset, "fingerprint"):
+        fingerprint = dataset.fingerprint()
+    resolution = info.get("resolution", getattr(dataset, "resolution", None))
+    return {
+        "data": info.get("data"),
+        "dataset_fingerprint": fingerprint,
+        "resolution": None if resolution is None else int(resolution),
+        "split": info.get("split"),
+        "dataset_split": info.get("dataset_split", getattr(dataset, "split", None)),
+    }
+
+
+def _check_plan(out_dir: Path, plan_path: Path, recorded: dict, identity: dict) -> None:
+    """Refuse to resume a folder whose chunks were computed for another plan, naming what differs
+    (a folder started before the data were recorded in the plan lacks them: refused too)."""
+    if recorded == identity:
+        return
+    missing = object()
+    differ = [k for k in identity if recorded.get(k, missing) != identity[k]]
+    differ += [k for k in recorded if k not in identity]
+    details = "; ".join(
+        f"{k}: {recorded[k]!r} there, {identity.get(k)!r} now" if k in recorded else f"{k}: not recorded there"
+        for k in differ
+    )
+    raise ReferenceStatsError(
+        f"{out_dir} holds partial reference statistics of another setting ({plan_path}: {details}); its chunks "
+        "cannot be reused. Use another out_dir, or delete the directory to start over"
+    )
+
+
 def _sha1(indices: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
 
@@ -285,6 +328,95 @@ def _merge(out_dir: Path, num_chunks: int, identity: dict, info: Mapping[str, An
     return summary
 
 
+def _stats_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "stats.npz"
+    if not path.is_file():
+        raise ReferenceStatsError(
+            f"reference statistics {path} do not exist; write them with `python -m latent_flow.reference_stats "
+            "data=<dataset> split=train out_dir=<dir>` (see docs/evaluation.md)"
+        )
+    return path
+
+
+def reference_info(path: str | os.PathLike) -> dict:
+    """``reference.json`` of reference statistics (``{}`` when there is none), without loading the arrays;
+    raises :class:`ReferenceStatsError` when the statistics do not exist."""
+    meta_path = _stats_file(path).parent / "reference.json"
+    return json.loads(meta_path.read_text()) if meta_path.exists() else {}
+
+
+def check_reference_extractor(
+    path: str | os.PathLike,
+    info: Mapping[str, Any],
+    *,
+    feature_extractor: Mapping[str, Any] | None = None,
+    extractor_weights: str | None = None,
+) -> None:
+    """Raise :class:`ReferenceStatsError` when statistics with ``info`` (their ``reference.json``) were
+    computed with another feature extractor than ``feature_extractor`` (features of different networks are
+    not comparable), or with other weights than ``extractor_weights`` (:func:`extractor_fingerprint`)."""
+    if feature_extractor is not None and info.get("feature_extractor"):
+        want, have = extractor_identity(feature_extractor), info["feature_extractor"]
+        if want.get("_target_") != have.get("_target_"):
+            raise ReferenceStatsError(
+                f"{path} was computed with feature extractor {have.get('_target_')}, but this evaluation uses "
+                f"{want.get('_target_')}; recompute the reference statistics with the same extractor"
+            )
+    if extractor_weights is not None:
+        recorded = info.get("feature_extractor_weights")
+        if recorded is None:
+            log.warning(
+                "%s records no feature-extractor weights (written before 2026-12-06): cannot check that they are "
+                "this extractor's (%s); recompute them if the extractor's weights may have changed",
+                path,
+                extractor_weights,
+            )
+        elif recorded != extractor_weights:
+            raise ReferenceStatsError(
+                f"{path} was computed with other weights of the feature extractor (fingerprint {recorded}) than "
+                f"this evaluation's ({extractor_weights}): the statistics are not comparable; recompute them with "
+                "`python -m latent_flow.reference_stats` and this extractor"
+            )
+
+
+def check_reference_data(
+    path: str | os.PathLike,
+    info: Mapping[str, Any],
+    *,
+    data: str | None = None,
+    resolution: int | None = None,
+    allow_mismatch: bool = False,
+    flag: str = "evaluation.allow_reference_mismatch=true",
+) -> list[str]:
+    """Compare the data of reference statistics (their ``reference.json``) with the evaluated images':
+    the data's name and the resolution. Statistics of 32 px images against 64 px samples give a plausible
+    but meaningless FID (the Inception network resizes both to 299 px), so a difference raises
+    :class:`ReferenceStatsError` unless ``allow_mismatch`` (then it is logged). Returns the differences
+    (``"resolution: 32 in the reference, 64 here"``); what either side does not record is not compared
+    (with a warning when the reference does not record it)."""
+    differences = []
+    for key, here in (("data", data), ("resolution", resolution)):
+        there = info.get(key)
+        if here is None:
+            continue
+        if there is None:
+            log.warning("%s records no %s: cannot check that it is this evaluation's (%s)", path, key, here)
+        elif (int(there) != int(here)) if key == "resolution" else (str(there) != str(here)):
+            differences.append(f"{key}: {there!r} in the reference, {here!r} here")
+    if differences and not allow_mismatch:
+        raise ReferenceStatsError(
+            f"{path} are reference statistics of other data than this evaluation's ({'; '.join(differences)}): the "
+            "scores would compare different image distributions. Use reference statistics of the model's data and "
+            f"resolution (python -m latent_flow.reference_stats data=... data.resolution=...), or {flag} to score "
+            "against them anyway"
+        )
+    if differences:
+        log.warning("%s: scoring against reference statistics of other data (%s)", path, "; ".join(differences))
+    return differences
+
+
 def load_reference_stats(
     path: str | os.PathLike,
     *,
@@ -296,16 +428,10 @@ def load_reference_stats(
     Returns ``{"mu", "sigma", "features" (or None), "info"}``. When ``feature_extractor`` is given
     and ``reference.json`` records another extractor, raises :class:`ReferenceStatsError` (features
     of different networks are not comparable); so it does when ``extractor_weights``
-    (:func:`extractor_fingerprint` of the evaluating extractor) differs from the recorded weights.
+    (:func:`extractor_fingerprint` of the evaluating extractor) differs from the recorded weights
+    (:func:`check_reference_extractor`).
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "stats.npz"
-    if not path.is_file():
-        raise ReferenceStatsError(
-            f"reference statistics {path} do not exist; write them with `python -m latent_flow.reference_stats "
-            "data=<dataset> split=train out_dir=<dir>` (see docs/evaluation.md)"
-        )
+    path = _stats_file(path)
     with np.load(path) as data:
         missing = {"mu", "sigma"} - set(data.files)
         if missing:
@@ -315,29 +441,8 @@ def load_reference_stats(
             "sigma": torch.from_numpy(data["sigma"]).double(),
             "features": torch.from_numpy(data["features"]).double() if "features" in data.files else None,
         }
-    meta_path = path.parent / "reference.json"
-    out["info"] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    if feature_extractor is not None and out["info"].get("feature_extractor"):
-        want, have = extractor_identity(feature_extractor), out["info"]["feature_extractor"]
-        if want.get("_target_") != have.get("_target_"):
-            raise ReferenceStatsError(
-                f"{path} was computed with feature extractor {have.get('_target_')}, but this evaluation uses "
-                f"{want.get('_target_')}; recompute the reference statistics with the same extractor"
-            )
-    weights = extractor_weights
-    if weights is not None:
-        recorded = out["info"].get("feature_extractor_weights")
-        if recorded is None:
-            log.warning(
-                "%s records no feature-extractor weights (written before 2026-12-06): cannot check that they are "
-                "this extractor's (%s); recompute them if the extractor's weights may have changed",
-                path,
-                weights,
-            )
-        elif recorded != weights:
-            raise ReferenceStatsError(
-                f"{path} was computed with other weights of the feature extractor (fingerprint {recorded}) than "
-                f"this evaluation's ({weights}): the statistics are not comparable; recompute them with "
-                "`python -m latent_flow.reference_stats` and this extractor"
-            )
+    out["info"] = reference_info(path)
+    check_reference_extractor(
+        path, out["info"], feature_extractor=feature_extractor, extractor_weights=extractor_weights
+    )
     return out

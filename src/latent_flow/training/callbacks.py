@@ -27,6 +27,7 @@ from latent_flow.evaluation.metrics import compute_features, count_label, image_
 from latent_flow.evaluation.reference import (
     SPLITS,
     build_feature_extractor,
+    check_reference_data,
     compute_reference,
     extractor_fingerprint,
     extractor_identity,
@@ -349,7 +350,9 @@ class SampleMetricsCallback(L.Callback):
       real renders and the shapes oracle's label accuracy of class-conditional samples;
     * ``fid``, ``kid``, ``precision_recall``, ``is``: in the feature space of ``feature_extractor``
       (a ``{_target_: ...}`` config, the FID Inception by default through ``callbacks=eval_fid``)
-      against ``reference_stats`` (the out_dir of ``python -m latent_flow.reference_stats``) or,
+      against ``reference_stats`` (the out_dir of ``python -m latent_flow.reference_stats``; refused at
+      the start of training when it is of other data or another resolution than the model's, unless
+      ``allow_reference_mismatch``) or,
       when that is ``null``, against statistics of ``reference_num_images`` images of the
       training data's ``reference_split``, computed once and cached on disk under
       ``<cache_dir>/references/`` (keyed by the dataset fingerprint, the images and the extractor).
@@ -381,6 +384,7 @@ class SampleMetricsCallback(L.Callback):
         reference_stats: str | None = None,
         reference_split: str = "train",
         reference_num_images: int | None = None,
+        allow_reference_mismatch: bool = False,
     ) -> None:
         if num_samples < 2:
             raise ValueError(f"SampleMetricsCallback needs num_samples >= 2, got {num_samples}")
@@ -402,6 +406,7 @@ class SampleMetricsCallback(L.Callback):
         self.reference_stats = reference_stats
         self.reference_split = reference_split
         self.reference_num_images = reference_num_images
+        self.allow_reference_mismatch = bool(allow_reference_mismatch)
         self.every_n_steps = int(every_n_steps)
         self.num_samples = int(num_samples)
         self.batch_size = int(batch_size)
@@ -445,6 +450,16 @@ class SampleMetricsCallback(L.Callback):
                         f"{self.reference_stats} holds only mean / covariance; the callback needs the reference "
                         "features: recompute it with `python -m latent_flow.reference_stats`"
                     )
+                # statistics of other data / another resolution than the model's are refused before training
+                data = pl_module.hparams.get("data") or {}
+                check_reference_data(
+                    self.reference_stats,
+                    ref["info"],
+                    data=data.get("name"),
+                    resolution=data.get("resolution"),
+                    allow_mismatch=self.allow_reference_mismatch,
+                    flag="callbacks.sample_metrics.allow_reference_mismatch=true",
+                )
                 self._real_features = ref["features"]
             else:
                 self._real_features = self._cached_reference(trainer, pl_module.device)
