@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from latent_flow.flow.path import AffinePath
+from latent_flow.flow.schedulers import CondOTScheduler, SchedulerOutput
 from latent_flow.sampling.guidance import GUIDE_ROW, autoguidance
 from latent_flow.sampling.solvers import EulerSolver, HeunSolver
 
@@ -104,6 +106,33 @@ def test_check_guide_names_what_differs():
         check_guide(model, _module(latent_stats={"mean": [0.0] * 4, "std": [2.0] * 4}))
     with pytest.raises(ValueError, match="its condition is"):
         check_guide(model, _module(condition={"name": "none"}))
+
+
+class _DataAtZero(CondOTScheduler):
+    """CondOT written with the other time convention (t = 0 data, t = 1 noise), as another codebase's guide."""
+
+    def __call__(self, t):
+        out = super().__call__(1.0 - t)
+        return SchedulerOutput(out.alpha_t, out.sigma_t, -out.d_alpha_t, -out.d_sigma_t)
+
+
+def test_check_guide_refuses_a_guide_of_another_probability_path():
+    from latent_flow.training.checkpoints import check_guide
+
+    model = _module()
+    # the same path spelled otherwise, or trained with other times: the same velocity field's path
+    check_guide(model, _module(path={"scheduler": {"name": "condot", "sigma_min": 0.0}}))
+    check_guide(model, _module(path={"scheduler": {"name": "condot"}, "time_sampler": {"name": "logit_normal"}}))
+    with pytest.raises(ValueError, match=r"its probability path's scheduler .* is 'VPScheduler\(beta_min=0.1.*CondOT"):
+        check_guide(model, _module(path={"scheduler": {"name": "vp"}}))
+    with pytest.raises(ValueError, match=r"scheduler \(alpha_t, sigma_t differ by up to 0.01\).*sigma_min=0.01"):
+        check_guide(model, _module(path={"scheduler": {"name": "condot", "sigma_min": 0.01}}))
+    with pytest.raises(ValueError, match="its probability path's coupling is 'ot', the model's is 'independent'"):
+        check_guide(model, _module(path={"scheduler": {"name": "condot"}, "coupling": "ot"}))
+    reversed_guide = _module()
+    reversed_guide.path = AffinePath(_DataAtZero())
+    with pytest.raises(ValueError, match="time convention is 't = 0 data, t = 1 noise', the model's is 't = 0 noise"):
+        check_guide(model, reversed_guide)
 
 
 def test_sample_latents_with_a_guide_reports_guide_nfe_and_flowturbo_refuses_it():

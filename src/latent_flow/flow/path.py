@@ -33,7 +33,7 @@ from torch import Tensor
 
 from latent_flow.flow.schedulers import Scheduler, SchedulerOutput
 
-__all__ = ["PathSample", "AffinePath"]
+__all__ = ["PathSample", "AffinePath", "path_differences", "time_convention"]
 
 
 @dataclass
@@ -161,3 +161,40 @@ class AffinePath:
         return (c.alpha_t * velocity - c.d_alpha_t * x_t) / (
             c.sigma_t * (c.d_alpha_t * c.sigma_t - c.alpha_t * c.d_sigma_t)
         )
+
+
+# ---------------------------------------------------------------------- comparing paths
+def time_convention(path: AffinePath) -> str:
+    """Which end of ``path`` is noise, read from its coefficients at t = 0 and t = 1:
+    ``"t = 0 noise, t = 1 data"`` (this package's convention), ``"t = 0 data, t = 1 noise"`` or
+    ``"unknown"``."""
+    ends = path.scheduler(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    alpha, sigma = ends.alpha_t.tolist(), ends.sigma_t.tolist()
+    if sigma[0] > alpha[0] and alpha[1] > sigma[1]:
+        return "t = 0 noise, t = 1 data"
+    if alpha[0] > sigma[0] and sigma[1] > alpha[1]:
+        return "t = 0 data, t = 1 noise"
+    return "unknown"
+
+
+def path_differences(mine: AffinePath, theirs: AffinePath, *, tol: float = 1e-6) -> list[tuple[str, str, str]]:
+    """``(what, mine, theirs)`` for each way two paths differ (empty: the same path).
+
+    Compared: the time convention (:func:`time_convention`) and the scheduler's ``alpha_t`` and
+    ``sigma_t`` on 65 times of [0, 1] in float64 (so two spellings of one scheduler are the same
+    path, and a velocity trained on one cannot be mixed with one of the other: autoguidance's
+    ``v_guide + s (v - v_guide)`` needs both on one path). How times are drawn in training is not part of
+    the path.
+    """
+    out = []
+    convention = time_convention(mine), time_convention(theirs)
+    if convention[0] != convention[1]:
+        out.append(("time convention", *convention))
+    t = torch.linspace(0.0, 1.0, 65, dtype=torch.float64)
+    a, b = mine.scheduler(t), theirs.scheduler(t)
+    gap = max(float((a.alpha_t - b.alpha_t).abs().max()), float((a.sigma_t - b.sigma_t).abs().max()))
+    if not gap <= tol:  # also NaN
+        out.append(
+            (f"scheduler (alpha_t, sigma_t differ by up to {gap:.3g})", repr(mine.scheduler), repr(theirs.scheduler))
+        )
+    return out

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from latent_flow.flow.path import path_differences
 from latent_flow.training.module import LatentFlowModule
 from latent_flow.utils.checkpoint_files import (
     CheckpointIntegrityError,
@@ -115,13 +116,14 @@ def check_guide(
     model: LatentFlowModule, guide: LatentFlowModule, *, guide_path: str | os.PathLike = "the guide"
 ) -> None:
     """Raise ``ValueError`` unless ``guide`` can autoguide ``model``: the same latent space (shape,
-    normalisation statistics, autoencoder) and the same condition (kind, classes, options)."""
+    normalisation statistics, autoencoder), the same probability path (time convention, scheduler,
+    coupling; :func:`~latent_flow.flow.path.path_differences`) and the same condition (kind, classes, options)."""
     mh, gh = model.hparams, guide.hparams
 
     def differ(name: str, mine, theirs) -> None:
         raise ValueError(
             f"guide_ckpt_path={guide_path} cannot guide this model: its {name} is {theirs!r}, the model's is "
-            f"{mine!r}; autoguidance needs a weaker model of the same latent space and condition (an earlier "
+            f"{mine!r}; autoguidance needs a weaker model of the same latent space, probability path and condition (an earlier "
             "checkpoint of the same run, or a smaller backbone trained on the same latents)"
         )
 
@@ -136,6 +138,14 @@ def check_guide(
             continue
         if len(mine) != len(theirs) or any(abs(a - b) > 1e-4 * max(1.0, abs(a)) for a, b in zip(mine, theirs)):
             differ(f"latent {key} (normalisation)", mine, theirs)
+    for what, mine, theirs in path_differences(model.path, guide.path):
+        differ(f"probability path's {what}", mine, theirs)
+    if getattr(model, "coupling", "independent") != getattr(guide, "coupling", "independent"):
+        differ(
+            "probability path's coupling",
+            getattr(model, "coupling", "independent"),
+            getattr(guide, "coupling", "independent"),
+        )
     strip = lambda c: {k: v for k, v in (to_plain(c) or {}).items() if k not in ("label_dropout", "cond_dropout")}  # noqa: E731
     if strip(mh.get("condition")) != strip(gh.get("condition")):
         differ("condition", strip(mh.get("condition")), strip(gh.get("condition")))
