@@ -7,6 +7,7 @@ x_t = alpha_t x_data + sigma_t x_noise, target = d/dt x_t.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -257,3 +258,30 @@ def test_build_time_sampler() -> None:
         build_time_sampler("uniform", mean=0.0)
     with pytest.raises(ValueError, match=r"sd.*valid options.*mean.*std"):
         build_time_sampler("logit_normal", sd=1.0)
+
+
+def test_the_noise_shifted_logit_normal_configs_comment_states_its_median_and_mode() -> None:
+    """conf/path/condot_logitnormal_noise.yaml once called sigmoid(-0.5) = 0.38 the mode; it is the median."""
+    import re
+
+    import yaml
+
+    from latent_flow.cli.run import CONFIG_DIR
+
+    text = (Path(CONFIG_DIR) / "path" / "condot_logitnormal_noise.yaml").read_text()
+    mean, std = yaml.safe_load(text)["time_sampler"]["mean"], 1.0  # std from condot_logitnormal
+    comment = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
+    # the median of sigmoid(mean + std z) is sigmoid(mean); check it on the project's own sampler too
+    t = LogitNormalTimeSampler(mean=mean, std=std)(200_000, "cpu", torch.Generator().manual_seed(0)).double()
+    median = 1.0 / (1.0 + math.exp(-mean))
+    assert abs(t.median().item() - median) < 0.005
+    # the mode: the maximum of the density exp(-(logit t - mean)^2 / (2 std^2)) / (t (1 - t)), on a fine grid
+    grid = torch.linspace(1e-6, 1 - 1e-6, 1_000_001, dtype=torch.float64)
+    log_density = -((torch.logit(grid) - mean) ** 2) / (2 * std**2) - torch.log(grid * (1 - grid))
+    mode = grid[log_density.argmax()].item()
+    assert abs(mode - 0.2815) < 1e-4 and abs(median - 0.3775) < 1e-4
+    stated_median = re.search(r"median (?:is )?t = (?:sigmoid\([^)]*\) = )?([0-9.]+)", comment)
+    stated_mode = re.search(r"mode (?:is )?t = (?:sigmoid\([^)]*\) = )?([0-9.]+)", comment)
+    assert stated_median and stated_mode, comment
+    assert float(stated_median.group(1)) == pytest.approx(median, abs=0.005)
+    assert float(stated_mode.group(1)) == pytest.approx(mode, abs=0.005)
