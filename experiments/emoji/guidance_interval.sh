@@ -21,3 +21,4 @@ score autoguidance2 guidance=autoguidance guide_ckpt_path=$guide cfg_scale=2.0
 score autoguidance3 guidance=autoguidance guide_ckpt_path=$guide cfg_scale=3.0
 guide30=$(ls $run/checkpoints/step_*.ckpt | sed -n 2p)   # the 30-minute checkpoint
 score autoguidance2_guide30 guidance=autoguidance guide_ckpt_path=$guide30 cfg_scale=2.0
+score autoguidance4 guidance=autoguidance guide_ckpt_path=$guide cfg_scale=4.0
