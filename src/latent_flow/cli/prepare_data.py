@@ -53,10 +53,12 @@ def run_prepare_data(cfg: DictConfig) -> dict:
         npm_dir=cfg.get("npm_dir"),
         emoji_test=cfg.get("emoji_test"),
         progress=bool(cfg.progress),
+        part_maps=bool(cfg.get("part_maps", False)),
     )
     print(summary_table(summaries))
     print(f"prepared in {Path(cfg.out_dir).expanduser()}: use data=emoji data.dataset.root={cfg.out_dir} "
-          f"data.dataset.sources=[{','.join(sources)}] data.dataset.resolution={int(cfg.resolution)}")  # fmt: skip
+          f"data.dataset.sources=[{','.join(sources)}] data.dataset.resolution={int(cfg.resolution)}"
+          + (" data.dataset.part_maps=true" if cfg.get("part_maps") else ""))  # fmt: skip
     compact = {name: {k: v for k, v in s.items() if k != "skipped_items"} for name, s in summaries.items()}
     write_json(Path(cfg.paths.output_dir) / "prepare_data.json", compact)
     return summaries

