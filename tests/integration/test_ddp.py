@@ -60,9 +60,7 @@ def test_ddp_two_cpu_processes_stay_in_sync_and_draw_different_noise(tmp_path):
             "-m",
             "latent_flow.train",
             *TINY_TRAIN,
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
+            "trainer=ddp_sim",  # 2 CPU processes over gloo
             "logger=none",
             "seed=42",
             f"hydra.run.dir={run_dir}",

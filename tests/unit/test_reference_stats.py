@@ -124,13 +124,13 @@ def test_resuming_a_folder_started_on_other_data_is_refused_naming_the_differenc
     idx = np.arange(12)
     out = tmp_path / "ref"
     compute_reference(black, idx, CountingExtractor(), out, extractor_spec=POOL, chunk_size=5, progress=False)
-    plan = json.loads((out / "parts" / "plan.json").read_text())
-    assert plan["dataset_fingerprint"] == black.fingerprint() and plan["resolution"] == 8
     (out / "parts" / "part_00001.npz").unlink()  # interrupted
     (out / "stats.npz").unlink()
     with pytest.raises(ReferenceStatsError, match=r"another setting .*dataset_fingerprint: '[0-9a-f]+' there"):
         compute_reference(white, idx, CountingExtractor(), out, extractor_spec=POOL, chunk_size=5, progress=False)
     assert not (out / "stats.npz").exists()
+    plan = json.loads((out / "parts" / "plan.json").read_text())  # still the first run's
+    assert plan["dataset_fingerprint"] == black.fingerprint() and plan["resolution"] == 8
     # the same files at another resolution, or another split of the same images: named too
     small = ImageFolderDataset(tmp_path / "black", resolution=4)
     with pytest.raises(ReferenceStatsError, match="resolution: 8 there, 4 now"):

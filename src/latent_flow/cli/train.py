@@ -23,6 +23,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from latent_flow.cli.extras import apply_extras
 from latent_flow.cli.run import Attempt, configure_torch, finish_run, fit, run_status
 from latent_flow.cli.train_refiner import run_refiner_training
 from latent_flow.conditioning import cache_extras, check_condition_data
@@ -46,6 +47,7 @@ def sweep_value(cfg: DictConfig, summary: dict) -> float | None:
 
 def run_training(cfg: DictConfig) -> dict:
     """Run all stages for a composed config; returns the summary merged into ``metrics.json``."""
+    apply_extras(cfg)  # extras.print_config / ignore_warnings / enforce_tags (conf/extras/)
     if cfg.get("base_ckpt_path") or "refiner" in cfg:  # FlowTurbo: a velocity refiner for a trained checkpoint
         return run_refiner_training(cfg)
     start = time.time()
