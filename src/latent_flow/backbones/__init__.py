@@ -3,7 +3,9 @@
 Every backbone is called as ``net(x, t, y=None) -> velocity`` with ``x`` ``(B, in_channels, H, W)``,
 ``t`` ``(B,)`` continuous in ``[0, 1]`` (**t = 0 noise, t = 1 data**) and ``y`` ``(B,)`` long labels in
 ``[0, num_classes]`` where ``num_classes`` is the null label (``y=None`` means all null). The output has
-shape ``(B, out_channels, H, W)`` and is exactly zero at initialisation.
+shape ``(B, out_channels, H, W)`` and is exactly zero at initialisation. Built with ``flow_map=True``
+they also take ``t_end`` ``(B,)`` (keyword) and return the average velocity of a flow-map jump from
+``t`` to ``t_end`` (``t_end = t``: the velocity; :mod:`latent_flow.flow.meanflow`).
 
 Build one by name with :func:`build_backbone` (``"DiT-B/2"``, ``"UNet-S"``, ...; see
 :data:`BACKBONE_PRESETS`).
@@ -17,6 +19,7 @@ from torch import nn
 
 from latent_flow.backbones.dit import DIT_PRESETS, DiT, dit_preset
 from latent_flow.backbones.embeddings import (
+    IntervalEmbedder,
     LabelEmbedder,
     TimestepEmbedder,
     sincos_pos_embed_2d,
@@ -34,6 +37,7 @@ __all__ = [
     "DIT_PRESETS",
     "UNET_PRESETS",
     "TimestepEmbedder",
+    "IntervalEmbedder",
     "LabelEmbedder",
     "timestep_embedding",
     "sincos_pos_embed_2d",

@@ -2,7 +2,11 @@
 
 ``DiT.forward(x, t, y=None)`` maps a noisy latent ``x`` ``(B, in_channels, H, W)`` at time
 ``t`` ``(B,)`` in ``[0, 1]`` (**t = 0 noise, t = 1 data**) and optional class labels ``y`` to a
-velocity ``(B, out_channels, H, W)``.
+velocity ``(B, out_channels, H, W)``. Built with ``flow_map=True`` it also takes ``t_end`` ``(B,)``,
+the time a flow-map jump from ``t`` lands at, and returns the average velocity over ``[t, t_end]``
+(:mod:`latent_flow.flow.meanflow`); the interval ``t_end - t`` enters through an
+:class:`~latent_flow.backbones.embeddings.IntervalEmbedder` added to the time embedding, which is
+exactly zero for ``t_end = t`` (or ``None``): that call is the plain velocity network.
 
 Architecture: stride-``patch_size`` convolutional patch embedding, fixed 2-D sin-cos position
 embedding (a buffer, not trained), continuous-time embedding, label embedding with a null row
@@ -24,8 +28,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from latent_flow.backbones.attention import attention
+from latent_flow.backbones.attention import attention, has_forward_tangent
 from latent_flow.backbones.embeddings import (
+    IntervalEmbedder,
     LabelEmbedder,
     TimestepEmbedder,
     as_batch_times,
@@ -117,8 +122,11 @@ class DiT(nn.Module):
         class_dropout_prob: per-sample probability of replacing a label by the null label during
             training (classifier-free guidance).
         grad_checkpointing: recompute block activations in the backward pass while training.
+        flow_map: also embed the interval ``t_end - t`` of a flow-map jump (an
+            :class:`~latent_flow.backbones.embeddings.IntervalEmbedder`, ``h_embedder``), so the
+            network is ``u(x, t, t_end)``; ``t_end = t`` gives exactly the velocity network.
 
-    ``forward(x, t, y=None)``: ``t`` ``(B,)`` in ``[0, 1]`` with t = 0 noise and t = 1 data;
+    ``forward(x, t, y=None, t_end=None)``: ``t`` ``(B,)`` in ``[0, 1]`` with t = 0 noise and t = 1 data;
     ``y`` ``(B,)`` long in ``[0, num_classes]`` or ``None`` (all null).
     """
 
@@ -135,6 +143,7 @@ class DiT(nn.Module):
         num_classes: int = 0,
         class_dropout_prob: float = 0.1,
         grad_checkpointing: bool = False,
+        flow_map: bool = False,
     ) -> None:
         super().__init__()
         if patch_size < 1 or input_size < 1:
@@ -160,11 +169,13 @@ class DiT(nn.Module):
         self.num_classes = num_classes
         self.class_dropout_prob = class_dropout_prob
         self.grad_checkpointing = grad_checkpointing
+        self.flow_map = bool(flow_map)
         self.grid_size = input_size // patch_size
         self.num_patches = self.grid_size**2
 
         self.x_embedder = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
+        self.h_embedder = IntervalEmbedder(hidden_size) if self.flow_map else None
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob) if num_classes > 0 else None
         self.register_buffer(
             "pos_embed", sincos_pos_embed_2d(hidden_size, self.grid_size).unsqueeze(0), persistent=False
@@ -193,6 +204,10 @@ class DiT(nn.Module):
         nn.init.zeros_(self.x_embedder.bias)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.h_embedder is not None:  # first layer as the time MLP's, last layer zero: adds nothing at init
+            nn.init.normal_(self.h_embedder.mlp[0].weight, std=0.02)
+            nn.init.zeros_(self.h_embedder.mlp[2].weight)
+            nn.init.zeros_(self.h_embedder.mlp[2].bias)
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         for block in self.blocks:
@@ -231,21 +246,32 @@ class DiT(nn.Module):
                 f"DiT was built for {self.input_size}x{self.input_size} inputs, got {x.shape[2]}x{x.shape[3]}"
             )
 
-    def condition(self, t: Tensor, y: Tensor | None, batch_size: int, device: torch.device) -> Tensor:
-        """Conditioning vector ``c = emb(t) [+ emb(y)]`` of shape ``(B, hidden_size)``."""
-        c = self.t_embedder(as_batch_times(t, batch_size, device))
+    def condition(
+        self, t: Tensor, y: Tensor | None, batch_size: int, device: torch.device, t_end: Tensor | None = None
+    ) -> Tensor:
+        """Conditioning vector ``c = emb(t) [+ emb_h(t_end - t)] [+ emb(y)]`` of shape ``(B, hidden_size)``."""
+        t = as_batch_times(t, batch_size, device)
+        c = self.t_embedder(t)
+        if t_end is not None:
+            if self.h_embedder is None:
+                raise ValueError("t_end given, but this DiT was built without flow_map=True (a velocity network)")
+            c = c + self.h_embedder(as_batch_times(t_end, batch_size, device) - t).to(c.dtype)
         if self.y_embedder is None:
             if y is not None:
                 raise ValueError("this DiT is unconditional (num_classes=0) but labels y were given")
             return c
         return c + self.y_embedder(y, batch_size, device, train=self.training)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """Velocity at ``x`` ``(B, in_channels, H, W)``, time ``t`` ``(B,)`` (0 noise, 1 data), labels ``y``."""
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, t_end: Tensor | None = None) -> Tensor:
+        """Velocity at ``x`` ``(B, in_channels, H, W)``, time ``t`` ``(B,)`` (0 noise, 1 data), labels ``y``;
+        with ``t_end`` (``flow_map=True``) the average velocity over ``[t, t_end]``."""
         self._check_input(x)
-        c = self.condition(t, y, x.shape[0], x.device)
+        c = self.condition(t, y, x.shape[0], x.device, t_end)
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
-        use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        # checkpointing cannot recompute under forward-mode AD (a flow-map JVP): plain blocks there
+        use_ckpt = (
+            self.grad_checkpointing and self.training and torch.is_grad_enabled() and not has_forward_tangent(h, c)
+        )
         for block in self.blocks:
             if use_ckpt:
                 h = checkpoint(block, h, c, use_reentrant=False)
@@ -295,7 +321,7 @@ def dit_preset(
     """Build a named DiT (see :data:`DIT_PRESETS`).
 
     ``out_channels`` defaults to ``in_channels``. Any other keyword (``num_classes``,
-    ``class_dropout_prob``, ``mlp_ratio``, ``grad_checkpointing``, or an architecture field such
+    ``class_dropout_prob``, ``mlp_ratio``, ``grad_checkpointing``, ``flow_map``, or an architecture field such
     as ``depth``) is passed to :class:`DiT`; unknown keywords raise ``TypeError``.
     """
     if name not in DIT_PRESETS:

@@ -5,6 +5,12 @@ The sinusoidal embedding multiplies ``t`` by ``time_scale`` (1000 by default) so
 frequencies cover the same range as the integer timesteps of discrete diffusion models;
 ``t`` is never rounded, so nearby times give different embeddings.
 
+Flow maps (:mod:`latent_flow.flow.meanflow`): a backbone built with ``flow_map=True`` also takes the
+time ``t_end`` its jump lands at and embeds the interval ``h = t_end - t`` with an
+:class:`IntervalEmbedder`, whose output is *exactly zero at h = 0* for any weights (it subtracts its
+own embedding of 0) and zero everywhere at initialisation (last layer zero): ``t_end = t`` is the
+plain velocity network, and a flow checkpoint loaded into a flow-map backbone is the same model.
+
 Labels: a :class:`LabelEmbedder` for ``num_classes`` classes owns ``num_classes + 1`` rows;
 the extra row at index ``num_classes`` is the *null* label used for unconditional
 prediction and classifier-free guidance.
@@ -21,6 +27,7 @@ __all__ = [
     "timestep_embedding",
     "sincos_pos_embed_2d",
     "TimestepEmbedder",
+    "IntervalEmbedder",
     "LabelEmbedder",
     "as_batch_times",
 ]
@@ -43,16 +50,18 @@ def timestep_embedding(
         max_period: the lowest frequency is ``1 / max_period``.
 
     Returns:
-        float32 tensor ``(B, dim)``: ``[cos(s t f_0..f_{h-1}), sin(s t f_0..f_{h-1})]`` with
+        float32 tensor ``(B, dim)`` (float64 for float64 ``t``, so that float64 derivative checks of
+        a backbone see float64 times): ``[cos(s t f_0..f_{h-1}), sin(s t f_0..f_{h-1})]`` with
         ``h = dim // 2`` geometrically spaced frequencies (one zero column appended when ``dim``
         is odd).
     """
     if t.ndim != 1:
         raise ValueError(f"t must have shape (B,), got {tuple(t.shape)}")
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
     half = dim // 2
-    exponent = torch.arange(half, device=t.device, dtype=torch.float32) / max(half, 1)
+    exponent = torch.arange(half, device=t.device, dtype=dtype) / max(half, 1)
     freqs = torch.exp(-math.log(max_period) * exponent)
-    args = (t.to(torch.float32) * time_scale)[:, None] * freqs[None, :]
+    args = (t.to(dtype) * time_scale)[:, None] * freqs[None, :]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
@@ -115,6 +124,30 @@ class TimestepEmbedder(nn.Module):
             t, self.frequency_embedding_size, time_scale=self.time_scale, max_period=self.max_period
         )
         return self.mlp(freq.to(self.mlp[0].weight.dtype))
+
+
+class IntervalEmbedder(TimestepEmbedder):
+    """Interval ``h = t_end - t`` of a flow-map jump -> ``emb(h) - emb(0)`` ``(B, hidden_size)``.
+
+    A :class:`TimestepEmbedder` (sinusoid of ``time_scale * h``, ``Linear -> SiLU -> Linear``) minus its
+    own value at ``h = 0``, so ``h = 0`` (``t_end = t``, the instantaneous velocity) adds exactly nothing
+    to the time embedding, whatever the weights; the last linear starts at zero, so at initialisation
+    nothing is added for any ``h``. Added to the time embedding of ``t`` by the backbones: a flow-map
+    backbone with ``t_end = t`` *is* the flow backbone (MeanFlow's ablation embeds ``(t, t - r)``, the
+    same pair).
+    """
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, time_scale: float = 1000.0) -> None:
+        super().__init__(hidden_size, frequency_embedding_size, time_scale)
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, h: Tensor) -> Tensor:
+        both = super().forward(torch.cat([h, torch.zeros_like(h)]))  # one MLP call for emb(h) and emb(0)
+        diff = both[: h.shape[0]] - both[h.shape[0] :]
+        # rows with h = 0 exactly: exactly zero (a batched matmul may round two equal rows differently); its
+        # derivative there reads 0, which a flow-map target multiplies by t_end - t = 0 anyway
+        return torch.where((h == 0)[:, None], torch.zeros_like(diff), diff)
 
 
 class LabelEmbedder(nn.Module):

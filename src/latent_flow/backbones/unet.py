@@ -2,7 +2,10 @@
 
 ``UNet.forward(x, t, y=None)`` maps ``x`` ``(B, in_channels, H, W)`` at time ``t`` ``(B,)`` in
 ``[0, 1]`` (**t = 0 noise, t = 1 data**) and optional labels ``y`` to a velocity
-``(B, out_channels, H, W)``.
+``(B, out_channels, H, W)``. Built with ``flow_map=True`` it also takes ``t_end`` ``(B,)`` and returns
+the average velocity over ``[t, t_end]`` of a flow-map jump (:mod:`latent_flow.flow.meanflow`); the
+interval ``t_end - t`` is embedded by an :class:`~latent_flow.backbones.embeddings.IntervalEmbedder`
+added to the time embedding, exactly zero for ``t_end = t`` (or ``None``): the velocity network.
 
 Structure: input conv; per resolution level ``num_res_blocks`` residual blocks (GroupNorm,
 scale-shift norm conditioning on the time + label embedding, zero-initialised output conv),
@@ -31,8 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from latent_flow.backbones.attention import attention
-from latent_flow.backbones.embeddings import LabelEmbedder, TimestepEmbedder, as_batch_times
+from latent_flow.backbones.attention import attention, has_forward_tangent
+from latent_flow.backbones.embeddings import IntervalEmbedder, LabelEmbedder, TimestepEmbedder, as_batch_times
 
 __all__ = ["UNet", "ResBlock", "AttentionBlock", "UNET_PRESETS", "unet_preset"]
 
@@ -145,8 +148,10 @@ class UNet(nn.Module):
             patch_size``) and the output unfolded from after the last (``pixel_shuffle``), as DiT
             patchifies. 1 = none. ``attention_resolutions`` count from the patch grid. 2 on a
             16x16 latent costs what 1 costs on an 8x8 one.
+        flow_map: also embed the interval ``t_end - t`` of a flow-map jump (``h_embedder``), so the
+            network is ``u(x, t, t_end)``; ``t_end = t`` gives exactly the velocity network.
 
-    ``forward(x, t, y=None)``: ``t`` ``(B,)`` in ``[0, 1]``, t = 0 noise, t = 1 data.
+    ``forward(x, t, y=None, t_end=None)``: ``t`` ``(B,)`` in ``[0, 1]``, t = 0 noise, t = 1 data.
     """
 
     def __init__(
@@ -165,6 +170,7 @@ class UNet(nn.Module):
         input_size: int,
         grad_checkpointing: bool = False,
         patch_size: int = 1,
+        flow_map: bool = False,
     ) -> None:
         super().__init__()
         patch_size = int(patch_size)
@@ -204,9 +210,11 @@ class UNet(nn.Module):
         self.input_size = input_size
         self.grad_checkpointing = grad_checkpointing
         self.patch_size = patch_size
+        self.flow_map = bool(flow_map)
 
         emb_dim = 4 * model_channels
         self.t_embedder = TimestepEmbedder(emb_dim, frequency_embedding_size=model_channels)
+        self.h_embedder = IntervalEmbedder(emb_dim, frequency_embedding_size=model_channels) if self.flow_map else None
         self.y_embedder = LabelEmbedder(num_classes, emb_dim, class_dropout_prob) if num_classes > 0 else None
 
         self.input_conv = nn.Conv2d(in_channels * patch_size**2, model_channels, 3, padding=1)
@@ -267,9 +275,16 @@ class UNet(nn.Module):
                 f"channel_mult={self.channel_mult})"
             )
 
-    def condition(self, t: Tensor, y: Tensor | None, batch_size: int, device: torch.device) -> Tensor:
-        """Embedding ``emb(t) [+ emb(y)]`` of shape ``(B, 4 * model_channels)``."""
-        emb = self.t_embedder(as_batch_times(t, batch_size, device))
+    def condition(
+        self, t: Tensor, y: Tensor | None, batch_size: int, device: torch.device, t_end: Tensor | None = None
+    ) -> Tensor:
+        """Embedding ``emb(t) [+ emb_h(t_end - t)] [+ emb(y)]`` of shape ``(B, 4 * model_channels)``."""
+        t = as_batch_times(t, batch_size, device)
+        emb = self.t_embedder(t)
+        if t_end is not None:
+            if self.h_embedder is None:
+                raise ValueError("t_end given, but this UNet was built without flow_map=True (a velocity network)")
+            emb = emb + self.h_embedder(as_batch_times(t_end, batch_size, device) - t).to(emb.dtype)
         if self.y_embedder is None:
             if y is not None:
                 raise ValueError("this UNet is unconditional (num_classes=0) but labels y were given")
@@ -281,11 +296,15 @@ class UNet(nn.Module):
             return checkpoint(block, h, emb, use_reentrant=False)
         return block(h, emb)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """Velocity at ``x`` ``(B, in_channels, H, W)``, time ``t`` ``(B,)`` (0 noise, 1 data), labels ``y``."""
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, t_end: Tensor | None = None) -> Tensor:
+        """Velocity at ``x`` ``(B, in_channels, H, W)``, time ``t`` ``(B,)`` (0 noise, 1 data), labels ``y``;
+        with ``t_end`` (``flow_map=True``) the average velocity over ``[t, t_end]``."""
         self._check_input(x)
-        emb = self.condition(t, y, x.shape[0], x.device)
-        use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        emb = self.condition(t, y, x.shape[0], x.device, t_end)
+        # checkpointing cannot recompute under forward-mode AD (a flow-map JVP): plain blocks there
+        use_ckpt = (
+            self.grad_checkpointing and self.training and torch.is_grad_enabled() and not has_forward_tangent(x, emb)
+        )
         p = self.patch_size
         h = self.input_conv(F.pixel_unshuffle(x, p) if p > 1 else x)
         skips = [h]
@@ -367,7 +386,7 @@ def unet_preset(
     """Build a named UNet (see :data:`UNET_PRESETS`).
 
     ``out_channels`` defaults to ``in_channels``. Other keywords (``num_classes``,
-    ``class_dropout_prob``, ``dropout``, ``grad_checkpointing``, or architecture fields) go to
+    ``class_dropout_prob``, ``dropout``, ``grad_checkpointing``, ``flow_map``, or architecture fields) go to
     :class:`UNet`; unknown keywords raise ``TypeError``.
     """
     if name not in UNET_PRESETS:

@@ -29,6 +29,7 @@ from latent_flow.cli.train_refiner import run_refiner_training
 from latent_flow.conditioning import cache_extras, check_condition_data
 from latent_flow.data.datamodule import LatentDataModule
 from latent_flow.training.autoencoder import ensure_autoencoder
+from latent_flow.training.checkpoints import load_checkpoint
 from latent_flow.training.module import LatentFlowModule
 from latent_flow.utils.config import to_plain
 
@@ -100,7 +101,13 @@ def run_training(cfg: DictConfig) -> dict:
         compile=cfg.compile,
         seed=cfg.seed,
         data={"name": cfg.data.name, "resolution": cfg.data.resolution},
+        objective=cfg.get("objective"),
     )
+    if cfg.get("init_from"):  # e.g. a flow checkpoint converted into a flow map (objective=meanflow)
+        loaded = model.initialise_from(load_checkpoint(cfg.init_from))
+        log.info(
+            "init_from %s: %d tensors loaded, new: %s", cfg.init_from, len(loaded["initialised"]), loaded["missing"]
+        )
     model.set_autoencoder(autoencoder)
     num_params = sum(p.numel() for p in model.backbone.parameters())
     log.info("backbone %s: %.2fM parameters; latents %s", cfg.backbone.name, num_params / 1e6, datamodule.latent_shape)

@@ -11,6 +11,12 @@ A training batch holds *latents* (read from the latent cache, never encoded here
 Sampling integrates ``dx/dt = v(x, t)`` from noise (t=0) to data (t=1) with the EMA
 weights and decodes with the frozen autoencoder, which is *not* a submodule: its
 weights never enter flow checkpoints (it is rebuilt from ``hparams.autoencoder``).
+
+``objective={"name": "meanflow", ...}`` trains a *flow map* instead (:mod:`latent_flow.flow.meanflow`):
+the backbone also takes the landing time ``t_end`` and learns the average velocity over
+``[t, t_end]``; ``sampler=flowmap`` samples it in one or a few evaluations, the ODE solvers sample
+its instantaneous velocity (``t_end = t``). :meth:`LatentFlowModule.initialise_from` converts a
+trained flow checkpoint into a flow-map model (``python -m latent_flow.train init_from=...``).
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ from latent_flow.autoencoders import load_autoencoder
 from latent_flow.backbones import build_backbone
 from latent_flow.conditioning import build_condition
 from latent_flow.flow.coupling import check_coupling, couple
+from latent_flow.flow.meanflow import MeanFlowObjective
 from latent_flow.flow.path import AffinePath
 from latent_flow.flow.schedulers import build_scheduler
 from latent_flow.flow.time_sampling import build_time_sampler
+from latent_flow.sampling.flowmap import GuidedFlowMap
 from latent_flow.sampling.guidance import autoguidance, classifier_free_guidance
 from latent_flow.sampling.noise import noise_for_indices
 from latent_flow.sampling.solvers import Solver
@@ -40,7 +48,12 @@ from latent_flow.training.lr_schedule import check_schedule, warmup_cosine_facto
 from latent_flow.training.resume import ResumableRNG
 from latent_flow.utils.config import to_plain
 
-__all__ = ["LatentFlowModule", "BackboneMismatchError"]
+__all__ = ["LatentFlowModule", "BackboneMismatchError", "OBJECTIVES"]
+
+#: training objectives (``objective.name``): flow matching, and the MeanFlow flow map
+OBJECTIVES = ("flow", "meanflow")
+#: options of ``objective=meanflow`` (conf/objective/meanflow.yaml; :class:`MeanFlowObjective`)
+_MEANFLOW_OPTIONS = {"distinct_fraction", "time_sampler", "weight_power", "weight_eps", "cfg_scale", "cfg_kappa"}
 
 
 class BackboneMismatchError(RuntimeError):
@@ -69,6 +82,12 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         autoencoder: the autoencoder config used to decode samples (rebuilt on demand).
         compile: ``torch.compile`` the backbone for training and sampling.
         data: ``{"name", "resolution"}`` of the training data (informational; the evaluator uses it).
+        objective: ``{"name": "flow"}`` (default: flow matching) or ``{"name": "meanflow",
+            "distinct_fraction", "time_sampler", "weight_power", "weight_eps", "cfg_scale", "cfg_kappa"}``
+            (``conf/objective/``): a flow map, :mod:`latent_flow.flow.meanflow`. Its backbone is built with
+            ``flow_map=True`` and without label dropout of its own (the objective drops labels, with the
+            condition's ``label_dropout``, because the guidance folded into its target must know which
+            rows lost theirs); ``time_sampler: null`` draws the pairs' times from ``path.time_sampler``.
         seed: the run's base seed (``cfg.seed``). Model initialisation uses the global seed set
             by ``L.seed_everything`` and is identical on every rank (DDP broadcasts rank 0's
             weights anyway). At ``on_train_start`` torch's RNGs (CPU and all CUDA devices),
@@ -102,9 +121,14 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         compile: bool = False,
         seed: int = 0,
         data: dict | None = None,
+        objective: dict | None = None,
     ) -> None:
         super().__init__()
         backbone, condition, path, optim, ema = map(to_plain, (backbone, condition, path, optim, ema))
+        objective = dict(to_plain(objective) or {"name": "flow"})
+        if objective.get("name") not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective.get('name')!r}; valid names: {list(OBJECTIVES)}")
+        flow_map = objective["name"] == "meanflow"
         latent_shape = list(to_plain(latent_shape))
         self.save_hyperparameters(
             {
@@ -120,6 +144,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
                 "compile": bool(compile),
                 "seed": int(seed),
                 "data": to_plain(data),
+                "objective": objective,
             }
         )
         cond_opts = dict(condition)
@@ -132,7 +157,10 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         )
         # label dropout in the backbone only when the condition does not do it (condition=label)
         backbone_label_dropout = label_dropout if self.condition.uses_label and not self.condition.drops_labels else 0.0
-
+        # a flow map drops condition=label's labels in its objective (it must know the dropped rows), not in the backbone
+        self._objective_label_dropout = backbone_label_dropout if flow_map else 0.0
+        if flow_map:
+            backbone_label_dropout = 0.0
         channels, height, width = latent_shape
         if height != width:
             raise ValueError(f"latent_shape must be square for the current backbones, got {latent_shape}")
@@ -145,6 +173,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             out_channels=channels,
             num_classes=int(num_classes) if self.condition.uses_label else 0,
             class_dropout_prob=backbone_label_dropout,
+            **({"flow_map": True} if flow_map else {}),
             **bb_opts,
         )
         self.ema = EMA(self.backbone, **ema) if ema else None
@@ -159,6 +188,25 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         self.coupling = check_coupling(
             str(path.get("coupling", "independent")), spatial_condition=bool(self.condition.spatial_channels)
         )
+        self.objective: MeanFlowObjective | None = None
+        if flow_map:
+            mf_opts = {k: v for k, v in objective.items() if k != "name"}
+            unknown = sorted(set(mf_opts) - _MEANFLOW_OPTIONS)
+            if unknown:
+                raise ValueError(f"objective=meanflow: unknown options {unknown}; valid: {sorted(_MEANFLOW_OPTIONS)}")
+            pair_times = mf_opts.pop("time_sampler", None)
+            if pair_times:
+                pair_times = dict(pair_times)
+                pair_sampler = build_time_sampler(pair_times.pop("name"), **pair_times)
+            else:
+                pair_sampler = self.time_sampler
+            if float(mf_opts.get("cfg_scale", 1.0)) != 1.0 or float(mf_opts.get("cfg_kappa", 0.0)) != 0.0:
+                if not (self.condition.uses_label or self.condition.spatial_channels):
+                    raise ValueError(
+                        "objective.cfg_scale != 1 (guidance folded into the target) needs a conditional model"
+                    )
+            self.objective = MeanFlowObjective(self.path, pair_sampler, **mf_opts)
+        self._last_mse: Tensor | None = None
 
         self._autoencoder = None  # not a submodule: never saved in flow checkpoints
         self._compiled: dict[str, Any] = {}
@@ -173,6 +221,11 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
     @property
     def num_classes(self) -> int:
         return int(self.hparams.num_classes)
+
+    @property
+    def is_flow_map(self) -> bool:
+        """Whether this model is a flow map (``objective=meanflow``): its backbone takes ``t_end``."""
+        return self.objective is not None
 
     def _network(self, use_ema: bool) -> torch.nn.Module:
         if use_ema and self.ema is not None:
@@ -193,6 +246,26 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         condition = self.condition_ema.module if (use_ema and self.condition_ema is not None) else self.condition
         x_in, label = condition.network_inputs(x_t, cond)
         return self._callable(use_ema)(x_in, t, label)
+
+    def flow_map(
+        self, x: Tensor, t: Tensor, t_end: Tensor, cond: dict[str, Tensor], *, use_ema: bool = False
+    ) -> Tensor:
+        """``u(x, t, t_end | cond)``: the average velocity of the jump from ``t`` to ``t_end`` (flow-map models;
+        ``t_end = t`` is :meth:`velocity`)."""
+        if not self.is_flow_map:
+            raise ValueError("this model was trained with objective=flow: it has a velocity, not a flow map")
+        condition = self.condition_ema.module if (use_ema and self.condition_ema is not None) else self.condition
+        x_in, label = condition.network_inputs(x, cond)
+        return self._callable(use_ema)(x_in, t, label, t_end=t_end)
+
+    def flow_map_fn(self, cond: dict[str, Tensor], *, cfg_scale: float = 1.0, use_ema: bool = True, cfg_interval=None):
+        """A ``flow_map_fn(x, t, t_end)`` for ``sampler=flowmap`` (:class:`~latent_flow.sampling.flowmap.GuidedFlowMap`):
+        classifier-free guidance on the average velocity when ``cfg_scale != 1`` (on top of any guidance the
+        objective folded in, ``objective.cfg_scale``)."""
+        if cfg_scale != 1.0 and not (self.condition.uses_label or self.condition.spatial_channels):
+            raise ValueError(f"cfg_scale={cfg_scale} needs a conditional model (condition=none was trained)")
+        model_fn = lambda x, t, t_end, c: self.flow_map(x, t, t_end, c, use_ema=use_ema)  # noqa: E731
+        return GuidedFlowMap(model_fn, cond, self.condition.null(cond), cfg_scale, cfg_interval)
 
     def forward(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
         return self.velocity(x_t, t, cond or {})
@@ -240,6 +313,8 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def _loss(self, batch: dict[str, Tensor], *, use_ema: bool, generator: torch.Generator | None = None) -> Tensor:
+        if self.objective is not None:
+            return self._flow_map_loss(batch, use_ema=use_ema, generator=generator)
         x_data = batch["latent"]
         batch_size = x_data.shape[0]
         if generator is None:
@@ -256,11 +331,65 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         pred = self.velocity(sample.x_t, sample.t, cond, use_ema=use_ema)
         return F.mse_loss(pred.float(), sample.target.float())
 
+    def _flow_map_loss(
+        self, batch: dict[str, Tensor], *, use_ema: bool, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """The MeanFlow loss (:mod:`latent_flow.flow.meanflow`); its unweighted MSE is kept in ``_last_mse``.
+
+        Times ``(s, t)`` from the objective's pair sampler, ``z_s`` and the conditional velocity from the
+        path at ``s``, condition dropout (labels here for ``condition=label``; spatial conditions drop
+        theirs in ``train_dropout``), guidance folded into the velocity for the rows whose condition is
+        not entirely null, then one ``torch.func.jvp`` of the (uncompiled) network for ``u`` and its target.
+        """
+        objective = self.objective
+        x_data = batch["latent"]
+        batch_size = x_data.shape[0]
+        if generator is None:
+            x_noise = torch.randn_like(x_data)
+            s, t = objective.pairs(batch_size, x_data.device)
+        else:
+            x_noise = torch.randn(x_data.shape, generator=generator, dtype=x_data.dtype).to(x_data.device)
+            s, t = (v.to(x_data.device) for v in objective.pairs(batch_size, "cpu", generator=generator))
+        if self.coupling != "independent":
+            groups = batch["label"] if self.condition.uses_label else None
+            x_noise = couple(self.coupling, x_noise, x_data, groups)
+        sample = self.path.sample(x_noise, x_data, s)
+        cond = self.condition.train_dropout(self.condition.from_batch(batch))
+        if self._objective_label_dropout > 0.0 and self.training and "label" in cond:
+            label = cond["label"]
+            drop = torch.rand(label.shape[0], device=label.device) < self._objective_label_dropout
+            cond = {**cond, "label": torch.where(drop, torch.full_like(label, self.num_classes), label)}
+        velocity = sample.target
+        if objective.guides:
+            null = self.condition.null(cond)
+            kept = torch.ones(batch_size, dtype=torch.bool, device=x_data.device)  # rows not entirely null
+            same = torch.ones_like(kept)
+            for key, value in cond.items():
+                same &= (value == null[key].to(value.device)).reshape(batch_size, -1).all(dim=1).to(kept.device)
+            kept &= ~same
+            with torch.no_grad():  # the network's own instantaneous velocities (u at t_end = s), stop-gradient
+                v_uncond = self.velocity(sample.x_t, s, null, use_ema=use_ema)
+                v_cond = self.velocity(sample.x_t, s, cond, use_ema=use_ema) if objective.cfg_kappa else None
+            velocity = objective.guided_velocity(velocity, v_uncond=v_uncond, v_cond=v_cond, guided=kept)
+        condition = self.condition_ema.module if (use_ema and self.condition_ema is not None) else self.condition
+        net = self._network(use_ema)  # forward-mode AD does not run through torch.compile: the plain module
+
+        def u_fn(z: Tensor, start: Tensor, end: Tensor) -> Tensor:
+            x_in, label = condition.network_inputs(z, cond)
+            return net(x_in, start, label, t_end=end)
+
+        out = objective.target(u_fn, sample.x_t, s, t, velocity)
+        loss, mse = objective.loss(out.u, out.target)
+        self._last_mse = mse
+        return loss
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._loss(batch, use_ema=False)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if self.objective is not None:  # the adaptive weighting makes the loss ~1: the unweighted error too
+            self.log("train/mse", self._last_mse, on_step=True, on_epoch=False)
         opt = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
         if opt is not None:
             self.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False)
@@ -279,9 +408,13 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         gen = torch.Generator().manual_seed(10_000 + batch_idx)
         loss = self._loss(batch, use_ema=False, generator=gen)
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True)
+        if self.objective is not None:
+            self.log("val/mse", self._last_mse, on_epoch=True, sync_dist=True)
         if self.ema is not None:
             gen = torch.Generator().manual_seed(10_000 + batch_idx)
             self.log("val/loss_ema", self._loss(batch, use_ema=True, generator=gen), on_epoch=True, sync_dist=True)
+            if self.objective is not None:
+                self.log("val/mse_ema", self._last_mse, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self):
         o = dict(self.hparams.optim)
@@ -337,12 +470,58 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.load_rng_states(checkpoint)
         saved = checkpoint.get("hyper_parameters", {})
+        saved_objective = (to_plain(saved.get("objective")) or {"name": "flow"})["name"]
+        if saved_objective != self.hparams.objective["name"]:
+            raise BackboneMismatchError(
+                f"checkpoint was trained with objective={saved_objective}, but the config asks for "
+                f"objective={self.hparams.objective['name']}; to turn a flow checkpoint into a flow map start a new "
+                "run with init_from=<flow ckpt> (python -m latent_flow.train init_from=... objective=meanflow)"
+            )
         for key in ("backbone", "latent_shape", "condition", "num_classes"):
             if key in saved and to_plain(saved[key]) != to_plain(self.hparams[key]):
                 raise BackboneMismatchError(
                     f"checkpoint was written with {key}={saved[key]!r}, but the config asks for "
                     f"{key}={self.hparams[key]!r}; use the matching config (e.g. backbone=...) or another ckpt_path"
                 )
+
+    def initialise_from(self, checkpoint: dict[str, Any]) -> dict[str, list[str]]:
+        """Start from the weights of another run's checkpoint (``init_from=``): backbone, EMA and condition
+        encoder, for instance a flow checkpoint converted into a flow map (``objective=meanflow``).
+
+        ``checkpoint`` is the loaded file (:func:`latent_flow.training.checkpoints.load_checkpoint`). Its latent
+        shape, condition, class count and backbone config must be this run's (``BackboneMismatchError``
+        otherwise). Weights this model has and the checkpoint lacks may only be a flow map's interval embedder
+        (``h_embedder``), which keeps its initialisation: zero output, so the converted model *is* the flow
+        model (``u(x, t, t_end) = v(x, t)`` for every ``t_end``) until training moves it. A checkpoint without
+        EMA weights gives the EMA a copy of its backbone. Optimizer, step count and RNG states start fresh.
+        Returns ``{"initialised": [...], "missing": [...]}`` (parameter names).
+        """
+        saved = checkpoint.get("hyper_parameters") or {}
+        if "state_dict" not in checkpoint or "backbone" not in saved:
+            raise ValueError("init_from: not a latent_flow flow checkpoint (no state_dict / backbone hyper-parameters)")
+        for key in ("backbone", "latent_shape", "condition", "num_classes"):
+            if to_plain(saved.get(key)) != to_plain(self.hparams[key]):
+                raise BackboneMismatchError(
+                    f"init_from: the checkpoint was written with {key}={saved.get(key)!r}, but the config asks for "
+                    f"{key}={self.hparams[key]!r}; use the same {key} as the checkpoint's run"
+                )
+        state = dict(checkpoint["state_dict"])
+        own = self.state_dict()
+        if self.ema is not None and not any(k.startswith("ema.") for k in state):  # no EMA saved: copy the weights
+            weights = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+            state.update({f"ema.module.{k}": v for k, v in weights.items()})
+        unexpected = sorted(set(state) - set(own))
+        missing = sorted(set(own) - set(state))
+        allowed = [k for k in missing if ".h_embedder." in f".{k}" or k == "ema.num_updates"]
+        if unexpected or set(missing) - set(allowed):
+            raise BackboneMismatchError(
+                f"init_from: weights do not match this model (unexpected {unexpected[:5]}, missing "
+                f"{sorted(set(missing) - set(allowed))[:5]}); only a flow map's interval embedder may be new"
+            )
+        self.load_state_dict(state, strict=False)
+        if self.ema is not None:
+            self.ema.num_updates.zero_()  # the new run's EMA warm-up starts over, from the loaded weights
+        return {"initialised": sorted(set(state) & set(own)), "missing": missing}
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -390,9 +569,19 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            velocity = self.velocity_fn(
-                cond, cfg_scale=cfg_scale, use_ema=use_ema, cfg_interval=cfg_interval, guide=guide
-            )
+            if getattr(solver, "flow_map", False):  # sampler=flowmap: jumps of the average velocity
+                if not self.is_flow_map:
+                    raise ValueError(
+                        "sampler=flowmap needs a flow-map model (trained with objective=meanflow); this one is a "
+                        "flow: use an ODE solver (sampler=heun, euler, ...)"
+                    )
+                if guide is not None:
+                    raise ValueError("autoguidance (guide_ckpt_path=) is not supported with sampler=flowmap")
+                velocity = self.flow_map_fn(cond, cfg_scale=cfg_scale, use_ema=use_ema, cfg_interval=cfg_interval)
+            else:
+                velocity = self.velocity_fn(
+                    cond, cfg_scale=cfg_scale, use_ema=use_ema, cfg_interval=cfg_interval, guide=guide
+                )
             if getattr(solver, "stochastic", False):  # SDE: the score from this path, noise per sample index
                 result = solver.sample(velocity, x_init, path=self.path, noise_indices=list(indices), noise_seed=seed)
             else:

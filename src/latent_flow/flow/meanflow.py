@@ -1,0 +1,280 @@
+"""Flow maps: the average velocity of the flow ODE over an interval (MeanFlow, Geng et al. 2025).
+
+Time convention (everywhere in latent_flow): **t = 0 is noise, t = 1 is data**; generation integrates
+``dz/dtau = v(z_tau, tau)`` *forward*, from tau = 0 to tau = 1. A jump therefore starts at the earlier
+(noisier) time ``s`` and lands at the later time ``t >= s``.
+
+Definition
+----------
+For a trajectory ``z_tau`` of the ODE and ``s <= t``, the average velocity of the jump from ``s`` to ``t``,
+as a function of the state at its start, is
+
+    u(z_s, s, t) = 1 / (t - s) * integral_s^t v(z_tau, tau) dtau,      so   z_t = z_s + (t - s) u(z_s, s, t),
+
+and ``u(z, s, s) = v(z, s)`` (the limit ``t -> s``). A network ``u_theta(z, s, t)`` of it samples in
+one evaluation, ``z_1 = z_0 + u_theta(z_0, 0, 1)``, or in a few through intermediate times
+(:mod:`latent_flow.sampling.flowmap`). The backbones compute it as ``net(z, s, y, t_end=t)``: their
+time argument stays the time of the state they are given, ``t_end`` is where the jump lands.
+
+The identity (derived once, here)
+---------------------------------
+Hold the landing time ``t`` fixed and move the start ``s`` along the trajectory. With
+``F(s) = (t - s) u(z_s, s, t) = integral_s^t v(z_tau, tau) dtau``:
+
+- product rule:            ``dF/ds = -u(z_s, s, t) + (t - s) d/ds u(z_s, s, t)``;
+- fundamental theorem:     ``dF/ds = -v(z_s, s)``  (``s`` is the *lower* limit of the integral).
+
+Equating the two,
+
+    u(z_s, s, t) = v(z_s, s) + (t - s) * d/ds u(z_s, s, t),
+
+where ``d/ds`` is the total derivative along the trajectory (``dz_s/ds = v(z_s, s)``):
+
+    d/ds u(z_s, s, t) = (du/dz) v(z_s, s) + du/ds + 0 * du/dt,
+
+one Jacobian-vector product of ``u`` with the tangent ``(v, 1, 0)`` on ``(z, s, t)``
+(:func:`torch.func.jvp`, forward mode: one pass, no second backward).
+
+The paper writes the opposite time direction (its t = 0 is data, 1 noise; the state sits at the
+*later* time ``t`` and jumps back to ``r < t``): there ``(t - r) u = integral_r^t v`` is differentiated in
+its *upper* limit, giving ``u = v - (t - r) du/dt`` with the tangent ``(v, 0, 1)`` on ``(z, r, t)``.
+With ``tau' = 1 - tau`` its ``v' = -v`` and ``u'(z, r', t') = -u(z, 1 - t', 1 - r')``: substituting gives
+the identity above, whose sign is ``+`` and whose tangent's 1 sits on the state's own time ``s``.
+``tests/unit/test_meanflow.py`` checks every sign on a Gaussian flow, where ``u`` is known in closed form.
+
+The training objective
+----------------------
+As in flow matching, the marginal ``v`` is replaced by the path's *conditional* velocity at ``s``,
+``v_c = d_alpha_s x_data + d_sigma_s x_noise``, at ``z_s = alpha_s x_data + sigma_s x_noise``. The
+target is affine in ``v`` (the JVP is linear in its tangent), so its conditional expectation given
+``z_s`` is the identity's right-hand side with the marginal velocity, and the true ``u`` is the fixed
+point of the regression
+
+    u_tgt = v_c + (t - s) * JVP(u_theta; (v_c, 1, 0)) at (z_s, s, t),      loss = || u_theta(z_s, s, t) - sg(u_tgt) ||^2,
+
+with a stop-gradient ``sg`` on the target (no second-order gradients). With ``s = t`` the target is
+``v_c``: plain flow matching. A fraction ``distinct_fraction`` of the pairs has ``s < t`` (MeanFlow's
+best ImageNet setting: 25%), the rest ``s = t``.
+
+- **Time pairs** (:class:`TimePairSampler`): two draws of a time sampler (logit-normal in the paper),
+  sorted so that ``s <= t``; the pairs chosen to be flow-matching pairs keep the *noisier* time, ``t = s``
+  (the paper keeps its state time, the noisier one, too). The paper's ``lognorm(-0.4, 1)`` in its time
+  is ``logit_normal(mean=+0.4, std=1)`` here (``tau' = 1 - tau`` flips the sign of the mean).
+- **Adaptive loss weighting** (:func:`adaptive_weight`): per sample ``d = ||u_theta - u_tgt||^2`` (the
+  squared L2 norm over all latent elements), ``w = sg(1 / (d + eps)^p)``, loss ``mean(w d)``; ``p = 1``
+  (the paper's default) makes the gradient that of ``log(d + eps)``, ``p = 0`` is the plain squared norm.
+- **Classifier-free guidance folded into the target** (MeanFlow sec. 4.2, :meth:`MeanFlowObjective.guided_velocity`):
+  for samples whose condition was kept, ``v_c`` is replaced (as tangent and as target) by
+
+      v~ = omega * v_c + kappa * u_theta(z_s, s, s | c) + (1 - omega - kappa) * u_theta(z_s, s, s | null),
+
+  the network's own instantaneous velocities under stop-gradient; samples whose condition was dropped
+  (label dropout, as in the flow objective) keep ``v~ = v_c`` and learn the unconditional field. At the
+  fixed point ``u(z, s, s | c) = (omega / (1 - kappa)) v(z, s | c) + (1 - omega / (1 - kappa)) v(z, s)``:
+  one evaluation samples the guided ODE of CFG scale ``omega / (1 - kappa)`` (``kappa = 0``: ``omega``).
+
+Paths: the identity holds for any affine path, but the flow map is implemented and tested for the
+CondOT path only; :class:`MeanFlowObjective` refuses other schedulers (the VP path's ``d_sigma`` grows
+without bound at the data end, where the pairs' landing times concentrate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from latent_flow.flow.path import AffinePath
+from latent_flow.flow.schedulers import CondOTScheduler
+from latent_flow.flow.time_sampling import TimeSampler
+
+__all__ = [
+    "FlowMapFn",
+    "FlowMapTarget",
+    "MeanFlowObjective",
+    "TimePairSampler",
+    "adaptive_weight",
+    "flow_map_target",
+]
+
+FlowMapFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``u(z, s, t)``: average velocity of the jump from time ``s`` (state ``z`` ``(B, ...)``) to ``t >= s``, both ``(B,)``."""
+
+
+def _batch_view(c: Tensor, x: Tensor) -> Tensor:
+    return c.reshape((x.shape[0],) + (1,) * (x.dim() - 1)).to(x.dtype)
+
+
+class TimePairSampler:
+    """Draws flow-map time pairs ``(s, t)`` with ``0 <= s <= t <= 1`` (t = 0 noise, t = 1 data).
+
+    ``s`` and ``t`` are the smaller and the larger of two draws of ``time_sampler``; then, per sample
+    with probability ``1 - distinct_fraction``, the pair becomes a flow-matching pair ``t = s`` (the
+    noisier of the two times is kept).
+
+    Args:
+        time_sampler: the distribution of each draw (e.g. ``LogitNormalTimeSampler``).
+        distinct_fraction: expected share of pairs with ``s < t``, in [0, 1].
+    """
+
+    def __init__(self, time_sampler: TimeSampler, distinct_fraction: float = 0.25) -> None:
+        if not isinstance(time_sampler, TimeSampler):
+            raise TypeError(f"time_sampler must be a TimeSampler, got {type(time_sampler).__name__}")
+        distinct_fraction = float(distinct_fraction)
+        if not 0.0 <= distinct_fraction <= 1.0:
+            raise ValueError(f"distinct_fraction must be in [0, 1], got {distinct_fraction}")
+        self.time_sampler = time_sampler
+        self.distinct_fraction = distinct_fraction
+
+    def __call__(
+        self, batch_size: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(s, t)``: float32 ``(batch_size,)`` each, ``s <= t`` elementwise."""
+        a = self.time_sampler(batch_size, device, generator=generator)
+        b = self.time_sampler(batch_size, device, generator=generator)
+        s, t = torch.minimum(a, b), torch.maximum(a, b)
+        draw_device = generator.device if generator is not None else a.device
+        keep = torch.rand(batch_size, generator=generator, device=draw_device).to(a.device) < self.distinct_fraction
+        return s, torch.where(keep, t, s)
+
+    def __repr__(self) -> str:
+        return f"TimePairSampler({self.time_sampler!r}, distinct_fraction={self.distinct_fraction})"
+
+
+@dataclass
+class FlowMapTarget:
+    """The network's average velocity ``u = u_theta(z_s, s, t)`` (with its graph), the regression
+    target ``target = v + (t - s) dudt`` (detached) and ``dudt``, the total derivative along the flow
+    (the JVP with tangent ``(v, 1, 0)``, detached)."""
+
+    u: Tensor
+    target: Tensor
+    dudt: Tensor
+
+
+def flow_map_target(u_fn: FlowMapFn, z: Tensor, s: Tensor, t: Tensor, v: Tensor) -> FlowMapTarget:
+    """``u_theta(z, s, t)`` and its MeanFlow target ``v + (t - s) * d/ds u_theta`` in one forward-mode pass.
+
+    ``d/ds u_theta = (du/dz) v + du/ds`` is ``torch.func.jvp(u_fn, (z, s, t), (v, 1, 0))``; the primal
+    output keeps its graph for the loss, the tangent and the target are detached (the stop-gradient).
+
+    The pass runs with autocast disabled, in the dtype of ``z`` and of the network's weights: under
+    bf16 autocast, forward-mode AD through GroupNorm (fp32 under autocast) and a following convolution
+    leaves a float32 tangent beside a bf16 weight, and the convolution's tangent refuses the mix
+    (torch 2.14.1, CPU: "Input type (torch.FloatTensor) and weight type (CPUBFloat16Type) should be the
+    same"). ``bf16-mixed`` training of a flow map therefore computes its loss in float32.
+
+    Args:
+        u_fn: ``u_fn(z, s, t) -> (B, ...)``, the network (t = 0 noise, t = 1 data).
+        z: states at time ``s``, ``(B, ...)``.
+        s, t: ``(B,)`` start and landing times, ``s <= t``.
+        v: the velocity along which the state moves (the path's conditional velocity, guided or not).
+    """
+    if v.shape != z.shape:
+        raise ValueError(f"v {tuple(v.shape)} must have the shape of z {tuple(z.shape)}")
+    z, s, t = z.contiguous(), s.contiguous(), t.contiguous()  # (expanded inputs: jvp writes through its tangents)
+    tangents = (v.to(z.dtype).contiguous(), torch.ones(s.shape, dtype=s.dtype, device=s.device), torch.zeros_like(t))
+    with torch.autocast(z.device.type, enabled=False):
+        u, dudt = torch.func.jvp(u_fn, (z, s, t), tangents)
+    dudt = dudt.detach()
+    target = (v.to(dudt.dtype) + _batch_view(t - s, dudt) * dudt).detach()
+    return FlowMapTarget(u=u, target=target, dudt=dudt)
+
+
+def adaptive_weight(squared_error: Tensor, power: float = 1.0, eps: float = 1e-3) -> Tensor:
+    """``sg(1 / (squared_error + eps)^power)`` per sample (MeanFlow's adaptive loss weighting)."""
+    return (squared_error.detach() + eps).pow(-float(power))
+
+
+class MeanFlowObjective:
+    """The MeanFlow objective on an affine path (module docstring: time pairs, target, weighting, CFG).
+
+    Args:
+        path: the probability path; must use the CondOT scheduler.
+        time_sampler: the distribution of each of the two draws of a time pair.
+        distinct_fraction: expected share of pairs with ``s < t`` (MeanFlow: 0.25).
+        weight_power, weight_eps: adaptive weighting ``1 / (||delta||^2 + eps)^power`` (p = 1, eps = 1e-3).
+        cfg_scale: ``omega`` of the guidance folded into the target (1 = none).
+        cfg_kappa: ``kappa`` of the same (improved MeanFlow's mix; 0 = MeanFlow's original form).
+    """
+
+    def __init__(
+        self,
+        path: AffinePath,
+        time_sampler: TimeSampler,
+        *,
+        distinct_fraction: float = 0.25,
+        weight_power: float = 1.0,
+        weight_eps: float = 1e-3,
+        cfg_scale: float = 1.0,
+        cfg_kappa: float = 0.0,
+    ) -> None:
+        if not isinstance(path, AffinePath):
+            raise TypeError(f"path must be an AffinePath, got {type(path).__name__}")
+        if not isinstance(path.scheduler, CondOTScheduler):
+            raise ValueError(
+                f"objective=meanflow needs the CondOT path (path=condot, condot_logitnormal, ...), got "
+                f"{path.scheduler!r}: the flow map is derived and tested for the linear path only"
+            )
+        if float(weight_power) < 0.0 or float(weight_eps) <= 0.0:
+            raise ValueError(f"weight_power must be >= 0 and weight_eps > 0, got {weight_power}, {weight_eps}")
+        if not 0.0 <= float(cfg_kappa) < 1.0:
+            raise ValueError(f"cfg_kappa must be in [0, 1), got {cfg_kappa}")
+        self.path = path
+        self.pairs = TimePairSampler(time_sampler, distinct_fraction)
+        self.weight_power = float(weight_power)
+        self.weight_eps = float(weight_eps)
+        self.cfg_scale = float(cfg_scale)
+        self.cfg_kappa = float(cfg_kappa)
+
+    @property
+    def guides(self) -> bool:
+        """Whether the target folds in guidance (``cfg_scale != 1`` or ``cfg_kappa != 0``)."""
+        return self.cfg_scale != 1.0 or self.cfg_kappa != 0.0
+
+    @property
+    def effective_cfg_scale(self) -> float:
+        """The CFG scale one evaluation of the trained flow map samples with: ``omega / (1 - kappa)``."""
+        return self.cfg_scale / (1.0 - self.cfg_kappa)
+
+    def guided_velocity(
+        self, v: Tensor, *, v_uncond: Tensor | None, v_cond: Tensor | None = None, guided: Tensor | None = None
+    ) -> Tensor:
+        """``omega v + kappa v_cond + (1 - omega - kappa) v_uncond`` on the rows marked ``guided``, ``v`` elsewhere.
+
+        Args:
+            v: the path's conditional velocity ``(B, ...)``.
+            v_uncond: ``u_theta(z, s, s | null)`` (no gradient); required when :attr:`guides`.
+            v_cond: ``u_theta(z, s, s | c)``; required when ``cfg_kappa != 0``.
+            guided: bool ``(B,)``: rows whose condition was kept (``None``: all).
+        """
+        if not self.guides:
+            return v
+        if v_uncond is None or (self.cfg_kappa != 0.0 and v_cond is None):
+            raise ValueError("guided_velocity needs v_uncond (and v_cond when cfg_kappa != 0)")
+        out = self.cfg_scale * v + (1.0 - self.cfg_scale - self.cfg_kappa) * v_uncond.detach().to(v.dtype)
+        if self.cfg_kappa != 0.0:
+            out = out + self.cfg_kappa * v_cond.detach().to(v.dtype)
+        if guided is None:
+            return out
+        return torch.where(_batch_view(guided, v).bool(), out, v)
+
+    def target(self, u_fn: FlowMapFn, z: Tensor, s: Tensor, t: Tensor, v: Tensor) -> FlowMapTarget:
+        """:func:`flow_map_target` (``v``: the tangent and the velocity of the target)."""
+        return flow_map_target(u_fn, z, s, t, v)
+
+    def loss(self, u: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """``(weighted loss, mse)``: ``mean(w ||u - target||^2)`` with the adaptive weight, and the
+        unweighted mean squared error per element (comparable with the flow objective's loss)."""
+        delta = (u.float() - target.float()).flatten(1)
+        squared = delta.square().sum(dim=1)
+        weighted = (adaptive_weight(squared, self.weight_power, self.weight_eps) * squared).mean()
+        return weighted, squared.mean().detach() / delta.shape[1]
+
+    def __repr__(self) -> str:
+        return (
+            f"MeanFlowObjective({self.path!r}, {self.pairs!r}, weight_power={self.weight_power}, "
+            f"weight_eps={self.weight_eps}, cfg_scale={self.cfg_scale}, cfg_kappa={self.cfg_kappa})"
+        )

@@ -1,0 +1,306 @@
+"""The flow-map (MeanFlow) objective in closed form: a Gaussian flow whose average velocity is known.
+
+Data ``x_data ~ N(mu, diag(sd^2))``, noise ``N(0, I)``, the CondOT path ``x_tau = tau x_data + (1 - tau) x_noise``
+(t = 0 noise, t = 1 data). The marginal at ``tau`` is ``N(tau mu, diag(sig(tau)^2))`` with
+``sig(tau)^2 = tau^2 sd^2 + (1 - tau)^2``; each coordinate's ODE trajectory keeps its standardised value,
+``z_tau = tau mu + sig(tau) eps``, so
+
+    v(z, tau)   = mu + sig'(tau) / sig(tau) * (z - tau mu),          sig' = (tau sd^2 - (1 - tau)) / sig,
+    u(z, s, t)  = (z_t - z_s) / (t - s) = mu + (sig(t) / sig(s) - 1) / (t - s) * (z - s mu).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from latent_flow.flow.meanflow import (
+    MeanFlowObjective,
+    TimePairSampler,
+    adaptive_weight,
+    flow_map_target,
+)
+from latent_flow.flow.path import AffinePath
+from latent_flow.flow.schedulers import CondOTScheduler, VPScheduler
+from latent_flow.flow.time_sampling import LogitNormalTimeSampler, UniformTimeSampler
+from latent_flow.sampling import FlowMapSolver, build_solver
+
+DTYPE = torch.float64
+MU = torch.tensor([1.5, -2.0, 0.5, 3.0], dtype=DTYPE)
+SD = torch.tensor([0.5, 2.0, 0.1, 1.0], dtype=DTYPE)
+
+
+def _col(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, *([1] * (z.dim() - 1)))
+
+
+def sig(tau: torch.Tensor) -> torch.Tensor:
+    """Marginal standard deviation ``(B, D)`` of the Gaussian flow at ``tau`` ``(B, 1)``."""
+    return torch.sqrt(tau**2 * SD**2 + (1 - tau) ** 2)
+
+
+def exact_velocity(z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    tau = _col(tau, z)
+    s = sig(tau)
+    d_sig = (tau * SD**2 - (1 - tau)) / s
+    return MU + d_sig / s * (z - tau * MU)
+
+
+def exact_average_velocity(z: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``u(z, s, t)`` (state ``z`` at ``s``, landing at ``t``); the velocity where ``t = s``."""
+    s_, t_ = _col(s, z), _col(t, z)
+    gap = t_ - s_
+    safe = torch.where(gap == 0, torch.ones_like(gap), gap)
+    avg = MU + (sig(t_) / sig(s_) - 1) / safe * (z - s_ * MU)
+    return torch.where(gap == 0, exact_velocity(z, s), avg)
+
+
+def _states(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(n, generator=g, dtype=DTYPE) * 0.9 + 0.05
+    b = torch.rand(n, generator=g, dtype=DTYPE) * 0.9 + 0.05
+    s, t = torch.minimum(a, b), torch.maximum(a, b)
+    z = _col(s, MU[None]) * MU + sig(_col(s, MU[None])) * torch.randn(n, MU.numel(), generator=g, dtype=DTYPE)
+    return z, s, t
+
+
+# ----------------------------------------------------------------------------- the closed form itself
+def test_the_closed_form_average_velocity_is_the_ode_jump():
+    """The test's own maths: ``z_0 + u(z_0, 0, 1)`` is where Heun on the exact velocity lands (and ``mu + sd z_0``)."""
+    z0 = torch.randn(6, MU.numel(), dtype=DTYPE, generator=torch.Generator().manual_seed(1))
+    one = torch.ones(6, dtype=DTYPE)
+    jump = z0 + exact_average_velocity(z0, 0 * one, one)
+    assert torch.allclose(jump, MU + SD * z0, atol=1e-12)
+    errors = [(build_solver("heun", steps=n).sample(exact_velocity, z0).x - jump).abs().max() for n in (100, 400)]
+    assert errors[1] < 2e-5 and errors[0] / errors[1] > 10  # Heun converges to the jump at second order
+    # and on inner intervals: classic RK4 from s to t
+    z, s, t = _states(3, seed=2)
+    x, n = z.clone(), 200
+    h = (t - s) / n
+    for k in range(n):
+        tau = s + k * h
+        k1 = exact_velocity(x, tau)
+        k2 = exact_velocity(x + _col(h / 2, x) * k1, tau + h / 2)
+        k3 = exact_velocity(x + _col(h / 2, x) * k2, tau + h / 2)
+        k4 = exact_velocity(x + _col(h, x) * k3, tau + h)
+        x = x + _col(h / 6, x) * (k1 + 2 * k2 + 2 * k3 + k4)
+    assert torch.allclose(z + _col(t - s, z) * exact_average_velocity(z, s, t), x, atol=1e-8)
+
+
+# ----------------------------------------------------------------------------- the identity and the target
+def test_the_exact_average_velocity_is_the_fixed_point_of_the_target():
+    z, s, t = _states(64)
+    out = flow_map_target(exact_average_velocity, z, s, t, exact_velocity(z, s))
+    assert torch.allclose(out.u, exact_average_velocity(z, s, t), atol=0)
+    assert (out.target - out.u).abs().max() < 1e-10  # zero residual
+    # the paper's sign (its time runs the other way) is wrong here: the residual is large
+    wrong = exact_velocity(z, s) - _col(t - s, z) * out.dudt
+    assert (wrong - out.u).abs().max() > 0.1
+
+
+def test_the_jvp_is_the_derivative_along_the_flow():
+    """``dudt`` = d/ds u(z_s, s, t) along the trajectory: a central difference moving z with the flow."""
+    z, s, t = _states(8, seed=3)
+    out = flow_map_target(exact_average_velocity, z, s, t, exact_velocity(z, s))
+    eps = 1e-6
+    # the trajectory through z at s, in closed form: standardised value fixed
+    eps_std = (z - _col(s, z) * MU) / sig(_col(s, z))
+
+    def on_path(tau):
+        return _col(tau, z) * MU + sig(_col(tau, z)) * eps_std
+
+    fd = (
+        exact_average_velocity(on_path(s + eps), s + eps, t) - exact_average_velocity(on_path(s - eps), s - eps, t)
+    ) / (2 * eps)
+    assert torch.allclose(out.dudt, fd, rtol=1e-6, atol=1e-7)
+
+
+def test_equal_times_give_the_flow_matching_target():
+    z, s, _ = _states(16, seed=4)
+    v = torch.randn_like(z)
+    out = flow_map_target(exact_average_velocity, z, s, s, v)
+    assert torch.equal(out.target, v)  # (t - s) = 0: the velocity itself, bit for bit
+    assert torch.allclose(out.u, exact_velocity(z, s), atol=1e-14)
+
+
+def test_the_conditional_target_is_unbiased():
+    """With the path's *conditional* velocity (drawn from p(x_data | z_s)), the targets average to the exact u."""
+    torch.manual_seed(5)
+    z1, s1, t1 = _states(1, seed=5)
+    n = 40000
+    z, s, t = z1.expand(n, -1), s1.expand(n), t1.expand(n)
+    s_ = s1.item()
+    # x_data | z_s is Gaussian: mean mu + k (z - s mu), variance sd^2 (1 - s k), k = s sd^2 / sig(s)^2
+    k = s_ * SD**2 / sig(torch.tensor([[s_]], dtype=DTYPE)) ** 2
+    mean = MU + k * (z - s_ * MU)
+    x_data = mean + torch.sqrt(SD**2 * (1 - s_ * k)) * torch.randn(n, MU.numel(), dtype=DTYPE)
+    x_noise = (z - s_ * x_data) / (1 - s_)
+    path = AffinePath(CondOTScheduler())
+    sample = path.sample(x_noise, x_data, s)
+    assert torch.allclose(sample.x_t, z, atol=1e-12)
+    out = flow_map_target(exact_average_velocity, z, s, t, sample.target)
+    err = out.target.mean(0) - exact_average_velocity(z1, s1, t1)[0]
+    stderr = out.target.std(0) / math.sqrt(n)
+    assert (err.abs() < 5 * stderr).all(), (err, stderr)
+    # a biased target (the velocity alone) is refuted by the same test
+    assert ((sample.target.mean(0) - exact_average_velocity(z1, s1, t1)[0]).abs() > 5 * stderr).any()
+
+
+# ----------------------------------------------------------------------------- sampling with the exact map
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_flow_map_steps_land_on_the_flow_endpoint(steps):
+    z0 = torch.randn(32, MU.numel(), dtype=DTYPE, generator=torch.Generator().manual_seed(6))
+    calls = []
+
+    def flow_map_fn(x, t, t_end):
+        calls.append((t.clone(), t_end.clone()))
+        return exact_average_velocity(x, t, t_end)
+
+    result = FlowMapSolver(steps).sample(flow_map_fn, z0, return_trajectory=True)
+    assert result.nfe == steps == len(calls)
+    assert torch.allclose(result.x, MU + SD * z0, atol=1e-12)
+    # every jump starts where the last one ended, on the uniform grid
+    grid = torch.linspace(0, 1, steps + 1, dtype=DTYPE)
+    for k, (t, t_end) in enumerate(calls):
+        assert torch.allclose(t, grid[k].expand(32)) and torch.allclose(t_end, grid[k + 1].expand(32))
+    # the intermediate states are the flow's marginals at the grid times
+    for k, x in enumerate(result.trajectory):
+        assert torch.allclose(x, grid[k] * MU + sig(grid[k].reshape(1, 1)) * z0, atol=1e-12)
+    # Euler on the instantaneous velocity with the same NFE is far from the endpoint (what the map buys)
+    euler = build_solver("euler", steps=steps).sample(exact_velocity, z0)
+    assert (euler.x - (MU + SD * z0)).abs().max() > 1e-2
+
+
+def test_flowmap_is_a_registered_solver():
+    solver = build_solver("flowmap", steps=2, time_grid="shifted", shift=3.0)
+    assert isinstance(solver, FlowMapSolver) and solver.expected_nfe == 2 and solver.flow_map
+    with pytest.raises(ValueError, match="unknown"):
+        build_solver("flowmap", steps=2, cfg=1)
+
+
+# ----------------------------------------------------------------------------- time pairs, weighting, guidance
+def test_time_pairs_are_ordered_with_the_requested_share_of_distinct_pairs():
+    pairs = TimePairSampler(LogitNormalTimeSampler(0.4, 1.0), distinct_fraction=0.25)
+    g = torch.Generator().manual_seed(0)
+    s, t = pairs(20000, generator=g)
+    assert s.shape == t.shape == (20000,) and s.dtype == torch.float32
+    assert (s <= t).all() and (s > 0).all() and (t < 1).all()
+    share = (s < t).float().mean().item()
+    assert abs(share - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 20000)
+    # the flow-matching pairs keep the smaller (noisier) draw: their times sit below the distinct pairs' ends
+    assert s[s == t].mean() < t[s < t].mean()
+    s2, t2 = pairs(20000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(s, s2) and torch.equal(t, t2)
+    s0, t0 = TimePairSampler(UniformTimeSampler(), 0.0)(100)
+    assert torch.equal(s0, t0)
+    s1, t1 = TimePairSampler(UniformTimeSampler(), 1.0)(100)
+    assert (s1 < t1).all()
+    with pytest.raises(ValueError, match="distinct_fraction"):
+        TimePairSampler(UniformTimeSampler(), 1.5)
+
+
+def test_adaptive_weighting_with_power_one_is_the_gradient_of_the_log():
+    delta = torch.tensor([0.01, 1.0, 30.0], dtype=DTYPE, requires_grad=True)
+    squared = delta**2
+    (adaptive_weight(squared, 1.0, 1e-3) * squared).sum().backward()
+    grad = delta.grad.clone()
+    delta.grad = None
+    torch.log(delta**2 + 1e-3).sum().backward()
+    assert torch.allclose(grad, delta.grad)
+    assert torch.equal(adaptive_weight(squared, 0.0, 1e-3), torch.ones(3, dtype=DTYPE))
+    assert not adaptive_weight(squared, 1.0).requires_grad
+
+
+def test_the_loss_weights_each_sample_by_its_own_error():
+    objective = MeanFlowObjective(AffinePath(CondOTScheduler()), UniformTimeSampler())
+    u = torch.zeros(2, 3, 4, requires_grad=True)
+    target = torch.stack([torch.full((3, 4), 0.1), torch.full((3, 4), 10.0)])
+    loss, mse = objective.loss(u, target)
+    squared = torch.tensor([12 * 0.01, 12 * 100.0])
+    assert torch.allclose(loss, (squared / (squared + 1e-3)).mean())
+    assert torch.allclose(mse, squared.mean() / 12)
+    loss.backward()
+    # both samples pull with a gradient of the same order despite errors 100x apart (log-like weighting)
+    g = u.grad.flatten(1).norm(dim=1)
+    assert 0.05 < (g[0] / g[1]).item() < 200
+    plain = MeanFlowObjective(AffinePath(CondOTScheduler()), UniformTimeSampler(), weight_power=0.0)
+    assert torch.allclose(plain.loss(u, target)[0], squared.mean())
+
+
+def test_guidance_folded_into_the_velocity():
+    objective = MeanFlowObjective(AffinePath(CondOTScheduler()), UniformTimeSampler(), cfg_scale=3.0, cfg_kappa=0.5)
+    assert objective.guides and objective.effective_cfg_scale == 6.0
+    v, vu, vc = torch.full((3, 2), 1.0), torch.full((3, 2), 2.0), torch.full((3, 2), 4.0)
+    kept = torch.tensor([True, False, True])
+    out = objective.guided_velocity(v, v_uncond=vu, v_cond=vc, guided=kept)
+    expected = 3.0 * 1.0 + 0.5 * 4.0 + (1 - 3.0 - 0.5) * 2.0
+    assert torch.allclose(out[0], torch.full((2,), expected)) and torch.allclose(out[2], out[0])
+    assert torch.equal(out[1], v[1])  # a dropped condition keeps the plain conditional velocity
+    # the fixed point: u(c) = omega v + kappa u(c) + (1 - omega - kappa) u(null) gives CFG scale omega / (1 - kappa)
+    w = objective.effective_cfg_scale
+    u_c = w * 1.0 + (1 - w) * 2.0
+    fixed = objective.guided_velocity(v, v_uncond=vu, v_cond=torch.full((3, 2), u_c))
+    assert torch.allclose(fixed, torch.full((3, 2), u_c))
+    plain = MeanFlowObjective(AffinePath(CondOTScheduler()), UniformTimeSampler())
+    assert not plain.guides and plain.guided_velocity(v, v_uncond=None) is v
+    with pytest.raises(ValueError, match="v_uncond"):
+        objective.guided_velocity(v, v_uncond=None)
+
+
+def test_the_objective_refuses_other_paths():
+    with pytest.raises(ValueError, match="CondOT"):
+        MeanFlowObjective(AffinePath(VPScheduler()), UniformTimeSampler())
+
+
+# ----------------------------------------------------------------------------- a tiny training run
+def test_a_small_network_learns_the_gaussian_flow_map():
+    """An MLP u(z, s, t) trained with the objective on 2-D Gaussian data approaches the exact map."""
+    torch.manual_seed(0)
+    mu, sd = torch.tensor([2.0, -1.0]), torch.tensor([0.3, 0.6])
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 64), torch.nn.SiLU(), torch.nn.Linear(64, 64), torch.nn.SiLU(), torch.nn.Linear(64, 2)
+    )
+
+    def u_fn(z, s, t):
+        return net(torch.cat([z, s[:, None], (t - s)[:, None]], dim=1))
+
+    def exact_u(z, s, t):  # the module's closed form with this test's mu, sd (float32)
+        sig2 = lambda tau: torch.sqrt(tau**2 * sd**2 + (1 - tau) ** 2)  # noqa: E731
+        return mu + (sig2(t[:, None]) / sig2(s[:, None]) - 1) / (t - s)[:, None] * (z - s[:, None] * mu)
+
+    objective = MeanFlowObjective(AffinePath(CondOTScheduler()), UniformTimeSampler(), distinct_fraction=0.5)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    z_test = torch.randn(512, 2, generator=g)
+    zero, one = torch.zeros(512), torch.ones(512)
+
+    def one_step_error():
+        with torch.no_grad():
+            return (z_test + u_fn(z_test, zero, one) - (mu + sd * z_test)).square().mean().item()
+
+    def map_error():
+        s = torch.full((512,), 0.2)
+        t = torch.full((512,), 0.9)
+        z = 0.2 * mu + torch.sqrt(0.04 * sd**2 + 0.64) * z_test
+        with torch.no_grad():
+            return (u_fn(z, s, t) - exact_u(z, s, t)).square().mean().item()
+
+    before, before_map = one_step_error(), map_error()
+    losses = []
+    for _ in range(400):
+        x_data = mu + sd * torch.randn(256, 2)
+        x_noise = torch.randn(256, 2)
+        s, t = objective.pairs(256)
+        sample = objective.path.sample(x_noise, x_data, s)
+        out = objective.target(u_fn, sample.x_t, s, t, sample.target)
+        loss, mse = objective.loss(out.u, out.target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(mse.item())
+    after, after_map = one_step_error(), map_error()
+    assert sum(losses[-50:]) < 0.5 * sum(losses[:50])
+    assert after < 0.1 * before, (before, after)
+    assert after_map < 0.1 * before_map, (before_map, after_map)
