@@ -7,6 +7,11 @@
 #   ARM: unet_s | dit_t1w192 (TAEF2 latents) | dit_t1w192_shift (+ logit-normal times shifted toward
 #   noise) | pixel_dit_t2w192 (pixels as 16x16x48 by space-to-depth, DiT-T/2 width 192: the same 64
 #   tokens and width as dit_t1w192, so a step costs about the same) | any name (extra overrides only)
+#   Equal-step arms (issue #25 recipe table; the same DiT as dit_t1w192, stopped at the baseline's 60-minute
+#   step count 2,771 and compared with its step_0002771.ckpt): dit_t1w192_lr4e-3 (lr 4e-3) | dit_t1w192_noflip
+#   (no mirror augmentation) | dit_t1w192_cosine (cosine decay to 0.1x over the 2,771 steps) | dit_t1w192_b128
+#   (batch 128, 1,386 steps: the same images seen) | dit_t1w192_fp32 (no bf16 autocast) | dit_t2w192_128px
+#   (OpenMoji at 128 px: TAEF2 16x16x32 latents, DiT-T/2 width 192: 64 tokens again)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export LATENT_FLOW_TAEF2_DIR=${LATENT_FLOW_TAEF2_DIR:-$PWD/../shared/weights/taef2}
@@ -18,9 +23,17 @@ case $arm in
   dit_t1w192) args=(backbone=dit_t1 +backbone.hidden_size=192) ;;
   dit_t1w192_shift) args=(backbone=dit_t1 +backbone.hidden_size=192 path=condot_logitnormal_noise) ;;
   pixel_dit_t2w192) experiment=emoji64_pixel; args=(backbone=dit_t2 +backbone.hidden_size=192) ;;
+  dit_t1w192_lr4e-3) args=(backbone=dit_t1 +backbone.hidden_size=192 trainer.max_steps=2771 optim.lr=4.0e-3) ;;
+  dit_t1w192_noflip) args=(backbone=dit_t1 +backbone.hidden_size=192 trainer.max_steps=2771 data.flip=false) ;;
+  dit_t1w192_cosine) args=(backbone=dit_t1 +backbone.hidden_size=192 trainer.max_steps=2771 optim.cosine=true) ;;
+  dit_t1w192_b128) args=(backbone=dit_t1 +backbone.hidden_size=192 trainer.max_steps=1386 data.batch_size=128) ;;
+  dit_t1w192_fp32) args=(backbone=dit_t1 +backbone.hidden_size=192 trainer.max_steps=2771) ;;
+  dit_t2w192_128px) args=(backbone=dit_t2 +backbone.hidden_size=192 trainer.max_steps=2771 data.dataset.resolution=128) ;;
   *) args=() ;;
 esac
+precision=bf16-mixed
+[ "$arm" = dit_t1w192_fp32 ] && precision=32-true
 exec .venv/bin/python -m latent_flow.train +experiment=$experiment "${args[@]}" \
-  trainer.precision=bf16-mixed optim.fused=true trainer.max_time=00:02:00:00 \
+  trainer.precision=$precision optim.fused=true trainer.max_time=00:02:00:00 \
   callbacks.model_checkpoint.train_time_interval.minutes=15 samples.every_n_steps=2000 \
   data.num_workers=0 hydra.run.dir=outputs/emoji25/$arm "$@"

@@ -95,7 +95,7 @@ def test_optuna_sweep_optimises_the_logged_metric(tmp_path):
 
 def test_train_autoencoder_and_encode_cli(tmp_path):
     export = tmp_path / "ae.pt"
-    run(
+    trained = run(
         "latent_flow.train_autoencoder",
         [
             "data.dataset.num_samples=64",
@@ -108,6 +108,8 @@ def test_train_autoencoder_and_encode_cli(tmp_path):
         tmp_path,
     )
     assert export.exists()
+    # not a terminal: plain progress lines, no tqdm bar ("  0%|...") redrawn into a log file
+    assert "%|" not in trained.stdout + trained.stderr
     proc = run(
         "latent_flow.encode",
         [

@@ -39,13 +39,13 @@ import lightning as L
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import TQDMProgressBar
 from torch import Tensor
 
 from latent_flow.autoencoders import load_autoencoder
 from latent_flow.autoencoders.base import Autoencoder, save_autoencoder
 from latent_flow.autoencoders.kl import KLAutoencoder, diagonal_gaussian_kl
 from latent_flow.data.datamodule import ImageDataModule
+from latent_flow.training.progress import ProgressBar
 from latent_flow.utils.config import to_plain
 from latent_flow.utils.distributed import DEFAULT_WAIT_TIMEOUT, distributed_rank, resolve_precision, wait_until
 
@@ -273,7 +273,7 @@ def train_autoencoder(
         "log_every_n_steps": 10,
         "enable_checkpointing": False,
         "logger": loggers if loggers else False,
-        "callbacks": [TQDMProgressBar(refresh_rate=20)],
+        "callbacks": [ProgressBar(refresh_rate=20)],  # plain lines in a log file
     }
     trainer_kwargs.update(trainer_overrides or {})
     start = time.time()
