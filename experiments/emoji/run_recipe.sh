@@ -11,7 +11,9 @@
 #   step count 2,771 and compared with its step_0002771.ckpt): dit_t1w192_lr4e-3 (lr 4e-3) | dit_t1w192_noflip
 #   (no mirror augmentation) | dit_t1w192_cosine (cosine decay to 0.1x over the 2,771 steps) | dit_t1w192_b128
 #   (batch 128, 1,386 steps: the same images seen) | dit_t1w192_fp32 (no bf16 autocast) | dit_t2w192_128px
-#   (OpenMoji at 128 px: TAEF2 16x16x32 latents, DiT-T/2 width 192: 64 tokens again)
+#   (OpenMoji at 128 px: TAEF2 16x16x32 latents, DiT-T/2 width 192: 64 tokens again; STEPS=1171 / 1680 / 2000
+#   stops at another checkpoint step of the baseline)
+#   dit_t1w192_lr4e-3_2h: the 2-hour recipe with lr 4e-3 (the equal-step winner)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export LATENT_FLOW_TAEF2_DIR=${LATENT_FLOW_TAEF2_DIR:-$PWD/../shared/weights/taef2}
@@ -23,12 +25,13 @@ case $arm in
   dit_t1w192) args=(backbone=dit_t1 +backbone.hidden_size=192) ;;
   dit_t1w192_shift) args=(backbone=dit_t1 +backbone.hidden_size=192 path=condot_logitnormal_noise) ;;
   pixel_dit_t2w192) experiment=emoji64_pixel; args=(backbone=dit_t2 +backbone.hidden_size=192) ;;
+  dit_t1w192_lr4e-3_2h) args=(backbone=dit_t1 +backbone.hidden_size=192 optim.lr=4.0e-3) ;;
   dit_t1w192_lr4e-3) args=(backbone=dit_t1 +backbone.hidden_size=192 trainer.max_steps=2771 optim.lr=4.0e-3) ;;
   dit_t1w192_noflip) args=(backbone=dit_t1 +backbone.hidden_size=192 trainer.max_steps=2771 data.flip=false) ;;
   dit_t1w192_cosine) args=(backbone=dit_t1 +backbone.hidden_size=192 trainer.max_steps=2771 optim.cosine=true) ;;
   dit_t1w192_b128) args=(backbone=dit_t1 +backbone.hidden_size=192 trainer.max_steps=1386 data.batch_size=128) ;;
   dit_t1w192_fp32) args=(backbone=dit_t1 +backbone.hidden_size=192 trainer.max_steps=2771) ;;
-  dit_t2w192_128px) args=(backbone=dit_t2 +backbone.hidden_size=192 trainer.max_steps=2771 data.dataset.resolution=128) ;;
+  dit_t2w192_128px) args=(backbone=dit_t2 +backbone.hidden_size=192 trainer.max_steps=${STEPS:-2771} data.dataset.resolution=128) ;;
   *) args=() ;;
 esac
 precision=bf16-mixed
