@@ -169,9 +169,10 @@ class SpatialCondition(ConditionEncoder):
 class InpaintCondition(SpatialCondition):
     """Masked-image latent + known-pixel mask at latent resolution (see the module docstring).
 
-    ``masks`` (mask generator settings, :class:`~latent_flow.data.masks.MaskGenerator`) and
-    ``mask_variants`` (masks per image in the latent cache) are kept for the data pipeline and
-    for sampling with generated masks; they do not change the network.
+    ``masks`` (mask generator settings, :class:`~latent_flow.data.masks.MaskGenerator`, with its
+    mask families, e.g. ``families: {strokes: 1, half: 1, centre: 1, part: 1}``) and ``mask_variants``
+    (masks per image in the latent cache) are kept for the data pipeline and for sampling with
+    generated masks; they do not change the network. Bad settings or family names raise here.
     """
 
     spatial_keys = ("masked_latent", "mask")
@@ -199,6 +200,10 @@ class InpaintCondition(SpatialCondition):
         self.mask_variants = int(mask_variants)
         if self.mask_variants < 1:
             raise ValueError(f"condition.mask_variants must be >= 1, got {mask_variants}")
+        try:  # settings and family names checked now, not when the latent cache is built
+            self.mask_generator()
+        except TypeError as error:
+            raise ValueError(f"condition.masks: {error} (options of latent_flow.data.masks.MaskGenerator)") from error
         self.spatial_channels = channels + 1
 
     def mask_generator(self):
@@ -273,7 +278,7 @@ class SemanticCondition(SpatialCondition):
             raise ValueError(
                 "condition=semantic needs condition.num_semantic_classes (classes of the semantic maps, "
                 "background included); the data config sets data.num_semantic_classes for datasets with maps "
-                "(data=shapes, data=celebamask256)"
+                "(data=shapes, data=celebamask256, data=emoji data.dataset.part_maps=true)"
             )
         if int(num_semantic_classes) < 2:
             raise ValueError(f"condition.num_semantic_classes must be >= 2, got {num_semantic_classes}")
@@ -376,7 +381,7 @@ def check_condition_data(condition: dict | None, dataset: Any) -> None:
     if classes is None:
         raise ValueError(
             f"condition=semantic needs semantic maps, but {type(dataset).__name__} has none "
-            "(datasets with maps: data=shapes, data=celebamask256)"
+            "(datasets with maps: data=shapes, data=celebamask256, data=emoji data.dataset.part_maps=true)"
         )
     expected = condition.get("num_semantic_classes")
     if expected is not None and int(expected) != len(classes):

@@ -15,9 +15,9 @@ What spatial conditions need (``extras``, :func:`latent_flow.conditioning.cache_
 
 For inpainting, ``K = mask_variants`` masks per image come from
 :class:`~latent_flow.data.masks.MaskGenerator` (mask of item ``i``, variant ``k`` is a pure
-function of ``(i, k)`` and the generator settings); the masked image is ``image * mask`` (holes
-set to 0, mid-grey) and is encoded like the image (view 1 = the flipped masked image). Training
-picks one variant per access.
+function of ``(i, k)``, the generator settings and, for the ``part`` family, the item's class map);
+the masked image is ``image * mask`` (holes set to 0, mid-grey) and is encoded like the image
+(view 1 = the flipped masked image). Training picks one variant per access.
 
 The key hashes the dataset fingerprint, the autoencoder fingerprint, the flip setting
 and the extras (when there are any: caches without extras keep their keys), so changing
@@ -112,6 +112,8 @@ class _WithMasks(Dataset):
     """Adds ``"masks"`` (K, H, W) bool (1 = known) of item ``index``, variants 0..K-1, to each item.
 
     Drawing masks here (not in the encoding loop) lets the DataLoader's workers do it in parallel.
+    Mask families drawn from the item's class map (``part``) get the item's ``"semantic"`` (unflipped:
+    view 1 flips the mask and the map together when read).
     """
 
     def __init__(self, base: Dataset, generator, num_variants: int) -> None:
@@ -125,7 +127,17 @@ class _WithMasks(Dataset):
     def __getitem__(self, i: int) -> dict:
         item = dict(self.base[i])
         index = int(item["index"])
-        item["masks"] = torch.from_numpy(np.stack([self.generator(index, v) for v in range(self.num_variants)]))
+        semantic = None
+        if self.generator.needs_maps:
+            if "semantic" not in item:
+                name = type(getattr(self.base, "dataset", self.base)).__name__
+                raise KeyError(
+                    f"the inpainting masks {sorted(self.generator.families)} are drawn from each image's class map, "
+                    f"but {name} items have no 'semantic' entry (emoji: data.dataset.part_maps=true)"
+                )
+            semantic = np.asarray(item["semantic"])
+        masks = [self.generator(index, v, semantic) for v in range(self.num_variants)]
+        item["masks"] = torch.from_numpy(np.stack(masks))
         return item
 
 
@@ -209,7 +221,7 @@ class LatentCache:
             if "semantic" not in batch:
                 raise KeyError(
                     f"the latent cache was asked to store semantic maps, but {type(self.dataset).__name__} "
-                    "items have no 'semantic' entry (use a dataset with semantic maps, e.g. data=shapes or celebamask256)"
+                    "items have no 'semantic' entry (use a dataset with semantic maps, e.g. data=shapes, celebamask256, or emoji with data.dataset.part_maps=true)"
                 )
             semantic = batch["semantic"].numpy()
             if semantic.min() < 0 or semantic.max() > 255:
