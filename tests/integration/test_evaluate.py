@@ -229,14 +229,21 @@ def test_training_callback_logs_fid_against_cached_reference_statistics(compose_
         "callbacks.sample_metrics.sampler.steps=1",
         "callbacks.progress_bar.refresh_rate=0",
     ]
-    run_training(compose_cfg("train", overrides))
-    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["eval_history"]
+    summary = run_training(compose_cfg("train", overrides))
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    history = written["eval_history"]
     assert [h["step"] for h in history] == [3, 6]
-    assert all(h["eval/fid@6"] > 0 and "eval/kid@6_mean" in h for h in history)
-    assert all(h["named"]["fid@6 vs 20 train"] == h["eval/fid@6"] for h in history)
+    # stable keys, N and the reference beside them; the keys of earlier versions for one release
+    assert all(h["eval/fid"] > 0 and "eval/kid" in h and h["num_samples"] == 6 for h in history)
+    assert all(h["eval/fid@6"] == h["eval/fid"] and h["eval/kid@6_mean"] == h["eval/kid"] for h in history)
+    assert all(h["named"]["fid@6 vs 20 train"] == h["eval/fid"] for h in history)
+    assert written["eval_settings"]["reference"]["num_images"] == 20
+    # a metric the trainer knows (what ModelCheckpoint / EarlyStopping / the sweeper read)
+    assert summary["metrics"]["eval/fid"] == pytest.approx(history[-1]["eval/fid"], rel=1e-6)
     (ref,) = (tmp_path / "cache" / "references").iterdir()
     assert json.loads((ref / "reference.json").read_text())["num_images"] == 20
-    assert "eval/fid@6" in (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
+    header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"eval/fid", "eval/kid", "eval/fid@6"} <= set(header)
 
 
 def test_callback_rejects_unknown_metrics_and_missing_extractor():

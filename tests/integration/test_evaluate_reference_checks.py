@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 import latent_flow.cli.evaluate as evaluate_cli
 from latent_flow.data import ShapesDataset
@@ -151,10 +150,10 @@ def test_the_fid_callback_refuses_statistics_of_another_resolution_at_fit_start(
         feature_extractor=PIXELS,
         reference_stats=str(ref),
     )
-    trainer = SimpleNamespace(is_global_zero=True)
+    trainer = SimpleNamespace(is_global_zero=True, global_rank=0, world_size=1)
     with pytest.raises(ReferenceStatsError, match="resolution: 16 in the reference, 32 here.*callbacks.sample_metrics"):
         SampleMetricsCallback(**common).on_fit_start(trainer, _model())
     allowed = SampleMetricsCallback(**common, allow_reference_mismatch=True)
     allowed.on_fit_start(trainer, _model())
-    assert isinstance(allowed._real_features, torch.Tensor) and allowed._real_features.shape == (8, 48)
+    assert allowed._feature_reference.features.shape == (8, 48)
     SampleMetricsCallback(**common).on_fit_start(trainer, _model(resolution=16))  # the model's own resolution

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from latent_flow.evaluation.feature_metrics import image_metrics
 from latent_flow.evaluation.metrics import (
     INCEPTION_WEIGHTS_FILE,
     InceptionWeightsMissingError,
     compute_features,
     count_label,
-    image_metrics,
     inception_score,
     kid,
     knn_radii,

@@ -44,14 +44,23 @@ def test_fd_shapes_callback_scores_uint8_quantised_images(monkeypatch, tmp_path)
         cache_dir=str(tmp_path),
         metrics_path=str(tmp_path / "metrics.json"),
     )
-    monkeypatch.setattr(cb, "_sample", lambda pl_module, labels: (decoded.clone(), 1))
+    monkeypatch.setattr(cb, "_sample", lambda pl_module, indices, labels: (decoded[indices].clone(), 1))
     module = SimpleNamespace(
         hparams={"data": {"name": "shapes", "resolution": 32}},
         device=torch.device("cpu"),
         num_classes=5,
         condition=SimpleNamespace(uses_label=True, spatial_channels=0),
+        log=lambda key, value, **kw: logged.__setitem__(key, value),
     )
-    trainer = SimpleNamespace(global_step=3, is_global_zero=True, loggers=[])
+    logged: dict[str, float] = {}
+    trainer = SimpleNamespace(
+        global_step=3,
+        is_global_zero=True,
+        global_rank=0,
+        world_size=1,
+        loggers=[],
+        strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj),
+    )
     metrics = cb._evaluate(trainer, module)
     expected = _evaluate_pixels(decoded)
     assert not torch.equal(expected, decoded)
@@ -60,3 +69,4 @@ def test_fd_shapes_callback_scores_uint8_quantised_images(monkeypatch, tmp_path)
     assert np.array_equal(to_uint8(seen["fd"]), to_uint8(decoded))
     reference = oracle_mod.oracle_features(oracle, oracle_mod.real_images(n, 32, cb.reference_seed))
     assert metrics["eval/fd_shapes"] == fd(oracle, expected, reference)
+    assert logged == metrics  # logged with pl_module.log (the monitors see it)

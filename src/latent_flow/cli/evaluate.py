@@ -36,8 +36,8 @@ from latent_flow.conditioning import InpaintCondition
 from latent_flow.data import ShapesDataset
 from latent_flow.data.image_folder import list_image_files
 from latent_flow.evaluation import oracle as oracle_lib  # module attributes: patchable in tests
-from latent_flow.evaluation.frechet import frechet_distance, gaussian_stats
-from latent_flow.evaluation.metrics import compute_features, image_metrics, metric_names
+from latent_flow.evaluation.feature_metrics import ReferenceSet, feature_metrics, scores
+from latent_flow.evaluation.metrics import compute_features, metric_names
 from latent_flow.evaluation.reference import (
     build_feature_extractor,
     check_reference_data,
@@ -48,7 +48,7 @@ from latent_flow.evaluation.reference import (
 )
 from latent_flow.generation import NFETally, sample_batches
 from latent_flow.utils.config import to_plain
-from latent_flow.utils.distributed import distributed_rank, rank_device, wait_until
+from latent_flow.utils.distributed import distributed_rank, rank_device, rank_indices, wait_until
 from latent_flow.utils.hashing import file_sha256
 from latent_flow.utils.images import save_png
 from latent_flow.utils.io import write_json
@@ -56,11 +56,6 @@ from latent_flow.utils.io import write_json
 __all__ = ["load_image_folder", "rank_indices", "run_evaluation", "sampling_recipe", "score_images"]
 
 log = logging.getLogger(__name__)
-
-
-def rank_indices(num_samples: int, rank: int, world_size: int) -> list[int]:
-    """The sample indices rank ``rank`` of ``world_size`` generates (disjoint, together complete)."""
-    return list(range(rank, num_samples, world_size))
 
 
 def _labels_for(indices: list[int], model, spatial: dict | None = None) -> torch.Tensor | None:
@@ -346,27 +341,23 @@ def _feature_metrics(cfg: DictConfig, arr: np.ndarray, metrics: tuple[str, ...],
         ref = load_reference_stats(
             ev.reference_stats, feature_extractor=spec, extractor_weights=extractor_fingerprint(extractor)
         )
-        if ref["features"] is None:  # mean / covariance only: FID only
-            if set(metrics) - {"fid"}:
-                raise ValueError(
-                    f"{ev.reference_stats} holds only mean / covariance: metrics {sorted(set(metrics) - {'fid'})} "
-                    "need the reference features (recompute with latent_flow.reference_stats) or metrics=[fid]"
-                )
-            out["fid"] = frechet_distance(ref["mu"], ref["sigma"], *gaussian_stats(fake_f))
-            out["num_samples"], out["num_reference"] = len(fake_f), ref["info"].get("num_images")
-            return out
-        real_f = ref["features"]
         info = ref["info"]
-        out["reference"] = {k: info.get(k) for k in ("data", "split", "num_images")}
         split = (
             info.get("dataset_split") if info.get("split") == "all" and info.get("dataset_split") else info.get("split")
         )
-        out["reference_name"] = " ".join(str(v) for v in (info.get("data"), split) if v)  # e.g. "emoji val"
+        reference = ReferenceSet.from_stats(ref, name=" ".join(str(v) for v in (info.get("data"), split) if v))
+        if ref["features"] is not None:
+            out["reference"] = {k: info.get(k) for k in ("data", "split", "num_images")}
+            out["reference_name"] = reference.name  # e.g. "emoji val"
     else:
         real_f, _ = compute_features(extractor, np.load(ev.reference_npz)["arr_0"], device=device)
-        out["reference_name"] = Path(ev.reference_npz).name
-    out["num_samples"], out["num_reference"] = len(fake_f), len(real_f)
-    out.update(image_metrics(real_f, fake_f, fake_logits=fake_logits, metrics=metrics))
+        reference = ReferenceSet.from_features(real_f, name=Path(ev.reference_npz).name)
+        out["reference_name"] = reference.name
+    # the torchmetrics path of the training callback (one process here: rank 0 holds every sample)
+    collection = feature_metrics(metrics, reference, has_logits=fake_logits is not None)
+    collection.update(fake_f, torch.arange(len(fake_f)), fake_logits)
+    out["num_samples"], out["num_reference"] = len(fake_f), reference.num_images
+    out.update(scores(collection))
     return out
 
 

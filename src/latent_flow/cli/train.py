@@ -20,6 +20,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -38,11 +40,37 @@ __all__ = ["run_training", "sweep_value"]
 log = logging.getLogger(__name__)
 
 
-def sweep_value(cfg: DictConfig, summary: dict) -> float | None:
-    """The value a Hydra sweeper optimises: ``summary["metrics"][cfg.optimized_metric]`` when set and logged."""
+#: Hydra's own sweeper (a grid of runs): it ignores the task's return value
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def _optimising_sweep() -> bool:
+    """Whether this task runs under a sweeper that optimises its return value (Optuna & co, not the grid)."""
+    if not HydraConfig.initialized():
+        return False
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.sweeper.get("_target_") != BASIC_SWEEPER
+
+
+def sweep_value(cfg: DictConfig, summary: dict, *, sweeping: bool | None = None) -> float | None:
+    """The value a Hydra sweeper optimises: ``summary["metrics"][cfg.optimized_metric]``.
+
+    Under an optimising sweeper (``hparams_search=optuna``; ``sweeping=None`` asks Hydra) a metric that was
+    not logged stops the sweep with an error naming the metrics that were (rather than a trial value of
+    ``None`` the sweeper cannot use); otherwise it is ``None`` with a warning."""
     metric = cfg.get("optimized_metric")
-    if metric and metric in summary["metrics"]:
-        return summary["metrics"][metric]
+    logged = summary.get("metrics") or {}
+    if not metric:
+        return None
+    if metric in logged:
+        return float(logged[metric])
+    message = (
+        f"optimized_metric={metric} was not logged by this run; the metrics it logged: {sorted(logged) or 'none'} "
+        "(FID during training: callbacks=eval_fid logs eval/fid and eval/kid)"
+    )
+    if _optimising_sweep() if sweeping is None else sweeping:
+        raise ValueError(message)
+    log.warning(message)
     return None
 
 

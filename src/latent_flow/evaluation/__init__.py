@@ -1,5 +1,15 @@
-"""Evaluation: Frechet distance maths, the shapes oracle (FD-shapes, accuracy, mIoU) and the memorisation check."""
+"""Evaluation: Frechet distance maths, FID / KID / precision-recall / IS as torchmetrics Metrics, the shapes
+oracle (FD-shapes, accuracy, mIoU) and the memorisation check."""
 
+from latent_flow.evaluation.feature_metrics import (
+    FID,
+    KID,
+    InceptionScore,
+    PrecisionRecall,
+    ReferenceSet,
+    feature_metrics,
+    image_metrics,
+)
 from latent_flow.evaluation.frechet import RunningStats, frechet_distance, gaussian_stats
 from latent_flow.evaluation.memorisation import closest_pairs_grid, memorisation_report, nearest_neighbours
 from latent_flow.evaluation.oracle import (
@@ -14,6 +24,13 @@ from latent_flow.evaluation.oracle import (
 )
 
 __all__ = [
+    "FID",
+    "KID",
+    "PrecisionRecall",
+    "InceptionScore",
+    "ReferenceSet",
+    "feature_metrics",
+    "image_metrics",
     "RunningStats",
     "frechet_distance",
     "gaussian_stats",

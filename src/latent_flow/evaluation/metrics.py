@@ -10,6 +10,10 @@ One feature extractor embeds both image sets; the metrics are computed from the 
   recall = share of real features inside the generated manifold;
 * Inception Score: ``exp(E_x KL(p(y|x) || p(y)))`` from the extractor's class logits, when it has them.
 
+These are the maths on feature sets; :mod:`latent_flow.evaluation.feature_metrics` wraps them as
+``torchmetrics.Metric`` s (states summed / gathered across ranks), the path the training callback and
+``latent_flow.evaluate`` take.
+
 The default extractor is the standard FID Inception-v3 (``evaluation.inception``: the TF
 2015-12-05 network bundled in ``latent-flow[fid]``, torch-fidelity's preprocessing): nothing is
 downloaded at run time. ``feature_extractor=`` takes any ``nn.Module`` mapping
@@ -24,7 +28,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from latent_flow.evaluation.frechet import frechet_distance, gaussian_stats
 from latent_flow.evaluation.inception import INCEPTION_WEIGHTS_FILE, InceptionFeatures, InceptionWeightsMissingError
 
 __all__ = [
@@ -39,7 +42,6 @@ __all__ = [
     "knn_radii",
     "precision_recall",
     "inception_score",
-    "image_metrics",
 ]
 
 IS_UNAVAILABLE = (
@@ -166,40 +168,3 @@ def inception_score(logits: Tensor, *, splits: int = 10) -> tuple[float, float]:
         scores.append(float(kl.mean().exp()))
     arr = np.asarray(scores)
     return float(arr.mean()), float(arr.std())
-
-
-def image_metrics(
-    real_features: Tensor,
-    fake_features: Tensor,
-    *,
-    fake_logits: Tensor | None = None,
-    metrics: tuple[str, ...] = ("fid", "kid", "precision_recall", "is"),
-    kid_subset_size: int = 1000,
-    pr_k: int = 3,
-    pr_batch_size: int = 1000,
-) -> dict[str, float | str | None]:
-    """The requested metrics from features of real and generated images.
-
-    IS needs class logits: without them (e.g. the bundled FID network, which ends at pool3) it is
-    recorded as ``is_mean: None`` with the reason in ``is_unavailable``, never made up.
-    """
-    known = {"fid", "kid", "precision_recall", "is"}
-    unknown = set(metrics) - known
-    if unknown:
-        raise ValueError(f"unknown metrics {sorted(unknown)}; valid: {sorted(known)}")
-    out: dict[str, float] = {}
-    if "fid" in metrics:
-        out["fid"] = frechet_distance(*gaussian_stats(real_features), *gaussian_stats(fake_features))
-    if "kid" in metrics:
-        out["kid_mean"], out["kid_std"] = kid(real_features, fake_features, subset_size=kid_subset_size)
-    if "precision_recall" in metrics:
-        out["precision"], out["recall"] = precision_recall(
-            real_features, fake_features, k=pr_k, batch_size=pr_batch_size
-        )
-    if "is" in metrics:
-        if fake_logits is None:
-            out["is_mean"] = out["is_std"] = None
-            out["is_unavailable"] = IS_UNAVAILABLE
-        else:
-            out["is_mean"], out["is_std"] = inception_score(fake_logits)
-    return out

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,8 @@ from lightning.pytorch.callbacks import OnExceptionCheckpoint
 from omegaconf import OmegaConf
 
 from latent_flow.evaluation import oracle as oracle_mod
-from latent_flow.evaluation.metrics import compute_features, count_label, image_metrics, metric_names
+from latent_flow.evaluation.feature_metrics import FEATURE_METRICS, ReferenceSet, feature_metrics, scores
+from latent_flow.evaluation.metrics import compute_features, count_label, metric_names
 from latent_flow.evaluation.reference import (
     SPLITS,
     build_feature_extractor,
@@ -36,6 +37,7 @@ from latent_flow.evaluation.reference import (
 )
 from latent_flow.sampling.solvers import build_solver
 from latent_flow.training.grids import spatial_training_grid
+from latent_flow.utils.distributed import gather_rows, rank_indices
 from latent_flow.utils.images import make_grid_image, save_png, to_uint8
 from latent_flow.utils.io import atomic_write_text, write_json
 from latent_flow.utils.logfiles import release_deferred_file_logs
@@ -44,10 +46,12 @@ __all__ = [
     "InterruptedCheckpoint",
     "MetricsJSONCallback",
     "RunAttempt",
+    "SCORE_KEYS",
     "SampleGridCallback",
     "SampleMetricsCallback",
     "check_guidance",
     "grid_labels",
+    "legacy_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -341,8 +345,27 @@ class RunAttempt(_AttemptSteps, L.Callback):
         )
 
 
+#: stable logged key of each score (``eval/fid`` whatever N: monitor it, plot it across runs)
+SCORE_KEYS = {
+    "fid": "eval/fid",
+    "kid_mean": "eval/kid",
+    "kid_std": "eval/kid_std",
+    "precision": "eval/precision",
+    "recall": "eval/recall",
+    "is_mean": "eval/is",
+    "is_std": "eval/is_std",
+}
+
+
+def legacy_key(score: str, num_samples: int) -> str:
+    """The key of a score before the stable names (``eval/fid@5k``, ``eval/kid@5k_mean``), kept one release."""
+    stem, _, rest = score.partition("_")
+    return f"eval/{stem}@{count_label(num_samples)}" + (f"_{rest}" if rest else "")
+
+
 class SampleMetricsCallback(L.Callback):
-    """Every ``every_n_steps``: sample ``num_samples`` images with the EMA weights and log metrics.
+    """Every ``every_n_steps`` (and at the last step): sample ``num_samples`` images with the EMA weights and
+    log metrics that ``ModelCheckpoint(monitor=...)``, ``EarlyStopping`` and the sweeper can use.
 
     ``metrics`` (any of):
 
@@ -354,18 +377,29 @@ class SampleMetricsCallback(L.Callback):
       the start of training when it is of other data or another resolution than the model's, unless
       ``allow_reference_mismatch``) or,
       when that is ``null``, against statistics of ``reference_num_images`` images of the
-      training data's ``reference_split``, computed once and cached on disk under
-      ``<cache_dir>/references/`` (keyed by the dataset fingerprint, the images and the extractor).
+      training data's ``reference_split``, computed once (every rank its share of the chunks of
+      ``reference_chunk_size`` images) and cached on
+      disk under ``<cache_dir>/references/`` (keyed by the dataset fingerprint, the images and the extractor).
 
-    Logged to every logger as ``eval/<metric>`` and appended to ``metrics_path``
-    (``eval_history``: one entry per evaluation with NFE and seconds). Cost is bounded by
-    ``num_samples`` and the sampler (e.g. Heun 10 steps = 20 NFE per sample). The generated
-    images are quantised to uint8 first, like the PNGs that ``latent_flow.evaluate`` scores.
-    Only global rank 0 samples and scores.
+    Every rank takes part: rank ``r`` of ``W`` samples the indices ``i % W == r`` (the noise and the label of
+    sample ``i`` depend on ``(seed, i)`` alone, so the images are those of a one-process run), quantises them to
+    uint8 like the PNGs that ``latent_flow.evaluate`` scores, and updates the
+    :mod:`~latent_flow.evaluation.feature_metrics` Metrics; ``compute`` syncs them (sums of the features and
+    outer products for FID, the features with their indices for KID / precision-recall / IS), so every rank
+    holds the value of the whole set. The shapes metrics gather the images' pixels instead (rank 0 scores, the
+    value is broadcast).
+
+    Logged under stable keys (``eval/fid``, ``eval/kid``, ``eval/kid_std``, ``eval/precision``,
+    ``eval/recall``, ``eval/is``, ``eval/fd_shapes``, ``eval/label_accuracy``) with ``pl_module.log`` on every
+    rank (the same value everywhere; ``sync_dist=False``: the Metric already synced), to every logger at the
+    step, and appended to ``metrics_path`` (``eval_history``: one entry per evaluation with N, the reference,
+    NFE and seconds; ``eval_settings``: N, the reference and the keys). ``legacy_keys`` adds the keys of
+    earlier versions (``eval/fid@N``, ``eval/kid@N_mean``, ...) for one release. Cost is bounded by
+    ``num_samples`` and the sampler (e.g. Heun 10 steps = 20 NFE per sample), divided over the ranks.
     """
 
     SHAPES_METRICS = ("fd_shapes", "label_accuracy")
-    FEATURE_METRICS = ("fid", "kid", "precision_recall", "is")
+    FEATURE_METRICS = FEATURE_METRICS
 
     def __init__(
         self,
@@ -385,6 +419,8 @@ class SampleMetricsCallback(L.Callback):
         reference_split: str = "train",
         reference_num_images: int | None = None,
         allow_reference_mismatch: bool = False,
+        reference_chunk_size: int = 1000,
+        legacy_keys: bool = True,
     ) -> None:
         if num_samples < 2:
             raise ValueError(f"SampleMetricsCallback needs num_samples >= 2, got {num_samples}")
@@ -417,55 +453,68 @@ class SampleMetricsCallback(L.Callback):
         self.metrics_path = Path(metrics_path)
         self.reference_seed = int(reference_seed)
         self.seed = int(seed)
+        self.reference_chunk_size = int(reference_chunk_size)
+        self.legacy_keys = bool(legacy_keys)
         self._oracle = None
         self._reference = None
         self._extractor = None
         self._extractor_weights = None  # its weights' fingerprint: checks and keys the reference statistics
-        self._real_features = None
+        self._feature_reference: ReferenceSet | None = None
+        self._feature_metrics = None  # the MetricCollection, built once the reference is known
+        self._reference_dir: str | None = None
         self._last_step = -1
 
     # ------------------------------------------------------------------ references
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
-        # fail before training, not hours into it: missing weights, a bad reference file
+        # fail before training, not hours into it: missing weights, a bad reference file. Every rank builds its
+        # extractor and its share of a missing reference (a reference built by rank 0 alone would keep the other
+        # ranks waiting at the next collective, past DDP's timeout for a large one)
         check_guidance(pl_module, self.cfg_scale, "sample metrics")
-        if self.feature_metrics and trainer.is_global_zero:
-            self._feature_reference(trainer, pl_module)
+        if self.num_samples < trainer.world_size:
+            raise ValueError(
+                f"SampleMetricsCallback: num_samples={self.num_samples} is fewer than the {trainer.world_size} ranks"
+            )
+        if self.feature_metrics:
+            self._prepare_features(trainer, pl_module)
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         self._last_step = trainer.global_step  # the step resumed from was evaluated (an attempt without steps: none)
 
-    def _feature_reference(self, trainer: L.Trainer, pl_module):
+    def _prepare_features(self, trainer: L.Trainer, pl_module) -> None:
         if self._extractor is None:
             self._extractor = build_feature_extractor(self.feature_spec)
             if isinstance(self._extractor, torch.nn.Module):
                 self._extractor.to(pl_module.device)
             self._extractor_weights = extractor_fingerprint(self._extractor)
-        if self._real_features is None:
-            if self.reference_stats is not None:
-                ref = load_reference_stats(
-                    self.reference_stats, feature_extractor=self.feature_spec, extractor_weights=self._extractor_weights
-                )
-                if ref["features"] is None:
-                    raise ValueError(
-                        f"{self.reference_stats} holds only mean / covariance; the callback needs the reference "
-                        "features: recompute it with `python -m latent_flow.reference_stats`"
-                    )
-                # statistics of other data / another resolution than the model's are refused before training
-                data = pl_module.hparams.get("data") or {}
-                check_reference_data(
-                    self.reference_stats,
-                    ref["info"],
-                    data=data.get("name"),
-                    resolution=data.get("resolution"),
-                    allow_mismatch=self.allow_reference_mismatch,
-                    flag="callbacks.sample_metrics.allow_reference_mismatch=true",
-                )
-                self._real_features = ref["features"]
-            else:
-                self._real_features = self._cached_reference(trainer, pl_module.device)
-        return self._extractor, self._real_features
+        if self._feature_reference is not None:
+            return
+        if self.reference_stats is not None:
+            ref = load_reference_stats(
+                self.reference_stats, feature_extractor=self.feature_spec, extractor_weights=self._extractor_weights
+            )
+            # statistics of other data / another resolution than the model's are refused before training
+            data = pl_module.hparams.get("data") or {}
+            check_reference_data(
+                self.reference_stats,
+                ref["info"],
+                data=data.get("name"),
+                resolution=data.get("resolution"),
+                allow_mismatch=self.allow_reference_mismatch,
+                flag="callbacks.sample_metrics.allow_reference_mismatch=true",
+            )
+            name, self._reference_dir = str(self.reference_stats), str(self.reference_stats)
+        else:
+            ref = self._cached_reference(trainer, pl_module)
+            name = self.reference_split  # "fid@5k vs 10k train"
+        self._feature_reference = ReferenceSet.from_stats(ref, name=name)
+        self._feature_metrics = feature_metrics(
+            self.feature_metrics,
+            self._feature_reference,
+            has_logits=bool(getattr(self._extractor, "has_logits", False)),
+            kid_subset_size=min(1000, self.num_samples),
+        ).to(_metric_device(pl_module.device))
 
-    def _cached_reference(self, trainer: L.Trainer, device) -> torch.Tensor:
+    def _cached_reference(self, trainer: L.Trainer, pl_module) -> dict:
         dm = trainer.datamodule
         dataset = getattr(dm, "dataset", None)
         if dataset is None or not hasattr(dataset, "fingerprint"):
@@ -489,8 +538,14 @@ class SampleMetricsCallback(L.Callback):
         ).hexdigest()[:16]
         out_dir = Path(self.cache_dir) / "references" / key
         if not (out_dir / "stats.npz").exists():
+            # every rank its chunks (k % world_size == rank); rank 0 waits for the others' files and merges
             log.info(
-                "computing reference statistics of %d %s images -> %s", len(indices), self.reference_split, out_dir
+                "[rank %d/%d] computing reference statistics of %d %s images -> %s",
+                trainer.global_rank,
+                trainer.world_size,
+                len(indices),
+                self.reference_split,
+                out_dir,
             )
             compute_reference(
                 dataset,
@@ -498,93 +553,166 @@ class SampleMetricsCallback(L.Callback):
                 self._extractor,
                 out_dir,
                 extractor_spec=self.feature_spec,
-                info={"split": self.reference_split},
-                device=device,
+                info={"split": self.reference_split, "data": (pl_module.hparams.get("data") or {}).get("name")},
+                device=pl_module.device,
+                chunk_size=self.reference_chunk_size,
+                rank=trainer.global_rank,
+                world_size=trainer.world_size,
+                progress=trainer.is_global_zero,
             )
-        return load_reference_stats(
+        trainer.strategy.barrier("sample_metrics_reference")  # rank 0 has merged stats.npz
+        self._reference_dir = str(out_dir)
+        ref = load_reference_stats(
             out_dir, feature_extractor=self.feature_spec, extractor_weights=self._extractor_weights
-        )["features"]
+        )
+        if ref["features"] is None:
+            raise ValueError(f"{out_dir} holds only mean / covariance; delete it to recompute the reference features")
+        return ref
 
     # ------------------------------------------------------------------ evaluation
-    def _sample(self, pl_module, labels: torch.Tensor | None):
+    def _sample(self, pl_module, indices: list[int], labels: torch.Tensor | None):
+        """Decoded images of sample ``indices`` (in batches of ``batch_size``) and the NFE per sample."""
         images, result = [], None
-        for lo in range(0, self.num_samples, self.batch_size):
-            idx = list(range(lo, min(self.num_samples, lo + self.batch_size)))
+        for lo in range(0, len(indices), self.batch_size):
+            idx = indices[lo : lo + self.batch_size]
             result = pl_module.sample_latents(
                 self.solver,
                 indices=idx,
-                labels=None if labels is None else labels[idx],
+                labels=None if labels is None else labels[lo : lo + self.batch_size],
                 cfg_scale=self.cfg_scale,
                 seed=self.seed,
             )
             images.append(pl_module.decode(result.x).cpu())
         return torch.cat(images), result.nfe
 
-    def _evaluate(self, trainer: L.Trainer, pl_module) -> dict | None:
-        step = trainer.global_step
-        if step == self._last_step or not trainer.is_global_zero:
-            return None
-        self._last_step = step
-
+    def score(
+        self, pl_module, *, rank: int = 0, world_size: int = 1, broadcast: Callable[[Any], Any] = lambda obj: obj
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """This rank's share of the samples scored; under ``torch.distributed`` every rank calls it and gets the
+        scores of all ``num_samples`` samples. Returns ``(scores, details)``: ``{"fid": ..., "kid_mean": ...,
+        "fd_shapes": ...}`` and ``{"nfe", "named", "is_unavailable"?}``."""
+        indices = rank_indices(self.num_samples, rank, world_size)
+        labels = torch.tensor(indices) % pl_module.num_classes if pl_module.condition.uses_label else None
+        images, nfe = self._sample(pl_module, indices, labels)
+        u8 = to_uint8(images)  # what evaluate's PNGs hold
+        out: dict[str, float] = {}
+        details: dict[str, Any] = {"nfe": nfe}
         shapes_metrics = [m for m in self.metrics if m in self.SHAPES_METRICS]
-        if shapes_metrics:
-            data = pl_module.hparams.get("data") or {}
-            if data.get("name") != "shapes":
-                raise ValueError(
-                    f"SampleMetricsCallback metrics {shapes_metrics} need a model trained on data=shapes "
-                    f"(this one: data={data.get('name')}); use metrics=[fid] with a feature extractor instead"
-                )
-            resolution = int(data["resolution"])
-            if self._oracle is None:
-                self._oracle = oracle_mod.load_or_train_oracle(self.cache_dir, resolution).to(pl_module.device)
-                self._reference = oracle_mod.oracle_features(
-                    self._oracle, oracle_mod.real_images(self.num_samples, resolution, self.reference_seed)
-                )
-        labels = torch.arange(self.num_samples) % pl_module.num_classes if pl_module.condition.uses_label else None
-        start = time.perf_counter()
-        images, nfe = self._sample(pl_module, labels)
-        metrics: dict[str, float] = {}
         if shapes_metrics:  # the oracle scores uint8 pixels read back (u8 / 127.5 - 1), as evaluate's PNGs
-            pixels = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            pixels = torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            device = _metric_device(pl_module.device)
+            pixels = gather_rows(pixels.to(device), indices).cpu()
+            all_labels = None if labels is None else gather_rows(labels.to(device), indices).cpu()
+            out.update(broadcast(self._shapes_scores(pl_module, pixels, all_labels) if rank == 0 else None))
+        if self.feature_metrics:
+            collection = self._feature_metrics
+            collection.reset()
+            features, logits = compute_features(self._extractor, u8, device=pl_module.device)
+            collection.update(features, torch.tensor(indices), logits)
+            values = scores(collection)  # syncs: every rank gets the scores of all the samples
+            if "is_unavailable" in values:
+                details["is_unavailable"] = values.pop("is_unavailable")
+            out.update({k: v for k, v in values.items() if v is not None})
+            ref = self._feature_reference
+            details["named"] = metric_names(
+                values, num_samples=self.num_samples, num_reference=ref.num_images, reference=ref.name
+            )
+        return out, details
+
+    def _shapes_scores(self, pl_module, pixels: torch.Tensor, labels: torch.Tensor | None) -> dict[str, float]:
+        data = pl_module.hparams.get("data") or {}
+        if data.get("name") != "shapes":
+            raise ValueError(
+                f"SampleMetricsCallback metrics {[m for m in self.metrics if m in self.SHAPES_METRICS]} need a model "
+                f"trained on data=shapes (this one: data={data.get('name')}); use metrics=[fid] with a feature "
+                "extractor instead"
+            )
+        if self._oracle is None:
+            resolution = int(data["resolution"])
+            self._oracle = oracle_mod.load_or_train_oracle(self.cache_dir, resolution).to(pl_module.device)
+            self._reference = oracle_mod.oracle_features(
+                self._oracle, oracle_mod.real_images(self.num_samples, resolution, self.reference_seed)
+            )
+        out = {}
         if "fd_shapes" in self.metrics:
-            metrics["eval/fd_shapes"] = oracle_mod.fd_shapes(self._oracle, pixels, self._reference)
+            out["fd_shapes"] = oracle_mod.fd_shapes(self._oracle, pixels, self._reference)
         if "label_accuracy" in self.metrics and labels is not None:
-            metrics["eval/label_accuracy"] = oracle_mod.oracle_metrics_on_samples(self._oracle, pixels, labels=labels)[
+            out["label_accuracy"] = oracle_mod.oracle_metrics_on_samples(self._oracle, pixels, labels=labels)[
                 "label_accuracy"
             ]
-        if self.feature_metrics:
-            extractor, real = self._feature_reference(trainer, pl_module)
-            fake, logits = compute_features(extractor, to_uint8(images), device=pl_module.device)
-            scores = image_metrics(
-                real,
-                fake,
-                fake_logits=logits,
-                metrics=self.feature_metrics,
-                kid_subset_size=min(1000, self.num_samples),
-            )
-            n = count_label(self.num_samples)  # FID-N: the key says N (e.g. eval/fid@5k)
-            for key, value in scores.items():
-                if isinstance(value, float):
-                    stem, _, rest = key.partition("_")
-                    metrics[f"eval/{stem}@{n}" + (f"_{rest}" if rest else "")] = value
-            reference = self.reference_split if self.reference_stats is None else str(self.reference_stats)
-            named = metric_names(scores, num_samples=self.num_samples, num_reference=len(real), reference=reference)
+        return out
+
+    def _keys(self, values: dict[str, float]) -> dict[str, float]:
+        """The logged keys: stable ones (``eval/fid``), and those of earlier versions with ``legacy_keys``."""
+        logged = {SCORE_KEYS.get(k, f"eval/{k}"): v for k, v in values.items()}
+        if self.legacy_keys:
+            logged.update({legacy_key(k, self.num_samples): v for k, v in values.items() if k in SCORE_KEYS})
+        return logged
+
+    def _evaluate(self, trainer: L.Trainer, pl_module, *, in_train_end: bool = False) -> dict | None:
+        step = trainer.global_step
+        if step == self._last_step:
+            return None
+        self._last_step = step
+        start = time.perf_counter()
+        values, details = self.score(
+            pl_module,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            broadcast=lambda obj: trainer.strategy.broadcast(obj, src=0),
+        )
+        logged = self._keys(values)
+        # every rank logs the value the synced Metric gave it (the same everywhere): the monitors of ModelCheckpoint
+        # / EarlyStopping agree across ranks; loggers get it once, at this step
+        if in_train_end:  # Lightning refuses self.log in on_train_end: the callback metrics directly
+            trainer.callback_metrics.update({k: torch.tensor(v) for k, v in logged.items()})
+        else:
+            for key, value in logged.items():
+                pl_module.log(
+                    key, value, on_step=True, on_epoch=False, logger=False, sync_dist=False, batch_size=self.num_samples
+                )
+        if not trainer.is_global_zero:
+            return logged
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
-        entry = {"step": step, **metrics, "nfe": nfe, "seconds": round(time.perf_counter() - start, 2)}
-        if self.feature_metrics:
-            entry["named"] = named
-            if "is_unavailable" in scores:
-                entry["is_unavailable"] = scores["is_unavailable"]
+            logger.log_metrics(logged, step=step)
+        reference = self._feature_reference
+        settings = {
+            "num_samples": self.num_samples,
+            "world_size": trainer.world_size,
+            "keys": sorted(logged),
+            "reference": None
+            if reference is None
+            else {"name": reference.name, "num_images": reference.num_images, "dir": self._reference_dir},
+        }
+        entry = {
+            "step": step,
+            **logged,
+            "nfe": details["nfe"],
+            "seconds": round(time.perf_counter() - start, 2),
+            "num_samples": self.num_samples,
+        }
+        for key in ("named", "is_unavailable"):
+            if key in details:
+                entry[key] = details[key]
         history = json.loads(self.metrics_path.read_text()) if self.metrics_path.exists() else {}
+        history["eval_settings"] = settings
         history.setdefault("eval_history", []).append(entry)
         write_json(self.metrics_path, history)
-        log.info("step %d: %s", step, metrics)
-        return metrics
+        log.info("step %d: %s", step, logged)
+        return logged
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+        step = trainer.global_step
+        last = trainer.max_steps is not None and trainer.max_steps > 0 and step >= trainer.max_steps
+        if (self.every_n_steps > 0 and step % self.every_n_steps == 0) or last:
             self._evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
-        self._evaluate(trainer, pl_module)
+        self._evaluate(trainer, pl_module, in_train_end=True)  # stopped off the interval (max_time, early stopping)
+
+
+def _metric_device(device: torch.device) -> torch.device:
+    """Where the Metrics' float64 states live: the module's device (NCCL gathers CUDA tensors), the CPU for MPS
+    (no float64 there)."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device

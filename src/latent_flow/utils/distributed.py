@@ -12,7 +12,9 @@ import torch
 __all__ = [
     "DEFAULT_WAIT_TIMEOUT",
     "distributed_rank",
+    "gather_rows",
     "rank_device",
+    "rank_indices",
     "resolve_device",
     "resolve_precision",
     "wait_until",
@@ -46,6 +48,37 @@ def distributed_rank(environ: Mapping[str, str] | None = None) -> tuple[int, int
     if env.get("SLURM_NTASKS") and env.get("SLURM_PROCID") is not None and int(env["SLURM_NTASKS"]) > 1:
         return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
     return 0, 1
+
+
+def rank_indices(num_samples: int, rank: int, world_size: int) -> list[int]:
+    """The sample indices rank ``rank`` of ``world_size`` generates: ``i % world_size == rank`` (disjoint,
+    together complete; with per-index seeds the images are those of a one-process run)."""
+    return list(range(rank, num_samples, world_size))
+
+
+def gather_rows(rows: torch.Tensor, indices: list[int] | torch.Tensor) -> torch.Tensor:
+    """Every rank's ``rows`` (one per sample index, any count per rank) in sample-index order, on every rank;
+    ``rows`` as they are outside ``torch.distributed`` (or in a world of one). A collective: every rank calls it."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return rows
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return rows
+    idx = torch.as_tensor(indices, dtype=torch.long, device=rows.device).reshape(-1)
+    # rows per rank first (the ranks' shares may differ by one), then the rows padded to the largest share
+    counts = [torch.zeros(1, dtype=torch.long, device=rows.device) for _ in range(world)]
+    torch.distributed.all_gather(counts, torch.tensor([len(idx)], dtype=torch.long, device=rows.device))
+    most = int(max(int(c) for c in counts))
+    pad_rows = rows.new_zeros((most - len(idx), *rows.shape[1:]))
+    pad_idx = idx.new_full((most - len(idx),), -1)
+    all_rows = [rows.new_empty((most, *rows.shape[1:])) for _ in range(world)]
+    all_idx = [idx.new_empty(most) for _ in range(world)]
+    torch.distributed.all_gather(all_rows, torch.cat([rows, pad_rows]).contiguous())
+    torch.distributed.all_gather(all_idx, torch.cat([idx, pad_idx]))
+    flat_rows, flat_idx = torch.cat(all_rows), torch.cat(all_idx)
+    keep = flat_idx >= 0
+    flat_rows, flat_idx = flat_rows[keep], flat_idx[keep]
+    return flat_rows[torch.argsort(flat_idx)]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
