@@ -173,6 +173,10 @@ def test_training_callback_logs_fd_shapes_and_accuracy(compose_cfg, tmp_path, un
     history = json.loads((run / "metrics.json").read_text())["eval_history"]
     assert [h["step"] for h in history] == [3, 6]
     assert all(h["eval/fd_shapes"] > 0 and 0 <= h["eval/label_accuracy"] <= 1 and h["nfe"] == 2 for h in history)
+    # the time axis of FID-vs-time curves: the wall clock before each evaluation, less the earlier evaluations
+    first, second = history
+    assert 0 < first["train_seconds"] == first["elapsed_seconds"] < second["train_seconds"]
+    assert second["elapsed_seconds"] - second["train_seconds"] == pytest.approx(first["seconds"], abs=0.02)
     assert "eval/fd_shapes" in (run / "csv" / "metrics.csv").read_text().splitlines()[0]
 
 

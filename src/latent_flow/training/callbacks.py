@@ -463,6 +463,22 @@ class SampleMetricsCallback(L.Callback):
         self._feature_metrics = None  # the MetricCollection, built once the reference is known
         self._reference_dir: str | None = None
         self._last_step = -1
+        self._train_start: float | None = None  # monotonic time of this attempt's start
+        self._elapsed_before = 0.0  # training-stage seconds of earlier attempts (restored with the checkpoint)
+        self._eval_seconds = 0.0  # seconds spent in these evaluations so far, all attempts
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed_seconds": self.elapsed_seconds(), "eval_seconds": self._eval_seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._elapsed_before = float(state_dict.get("elapsed_seconds", 0.0))
+        self._eval_seconds = float(state_dict.get("eval_seconds", 0.0))
+
+    def elapsed_seconds(self) -> float:
+        """Wall-clock seconds of the training stage so far (all attempts), evaluations included."""
+        now = time.monotonic() - self._train_start if self._train_start is not None else 0.0
+        return self._elapsed_before + now
 
     # ------------------------------------------------------------------ references
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
@@ -479,6 +495,7 @@ class SampleMetricsCallback(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         self._last_step = trainer.global_step  # the step resumed from was evaluated (an attempt without steps: none)
+        self._train_start = time.monotonic()
 
     def _prepare_features(self, trainer: L.Trainer, pl_module) -> None:
         if self._extractor is None:
@@ -654,6 +671,7 @@ class SampleMetricsCallback(L.Callback):
         if step == self._last_step:
             return None
         self._last_step = step
+        elapsed = self.elapsed_seconds()  # before this evaluation
         start = time.perf_counter()
         values, details = self.score(
             pl_module,
@@ -671,6 +689,8 @@ class SampleMetricsCallback(L.Callback):
                 pl_module.log(
                     key, value, on_step=True, on_epoch=False, logger=False, sync_dist=False, batch_size=self.num_samples
                 )
+        seconds = time.perf_counter() - start
+        eval_before, self._eval_seconds = self._eval_seconds, self._eval_seconds + seconds
         if not trainer.is_global_zero:
             return logged
         for logger in trainer.loggers:
@@ -688,7 +708,11 @@ class SampleMetricsCallback(L.Callback):
             "step": step,
             **logged,
             "nfe": details["nfe"],
-            "seconds": round(time.perf_counter() - start, 2),
+            "seconds": round(seconds, 2),
+            # wall clock of the training stage when this evaluation began (all attempts, earlier evaluations
+            # included) and the training time in it: elapsed minus the earlier evaluations (FID vs time curves)
+            "elapsed_seconds": round(elapsed, 2),
+            "train_seconds": round(elapsed - eval_before, 2),
             "num_samples": self.num_samples,
         }
         for key in ("named", "is_unavailable"):
