@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from latent_flow.data.shapes import ATTRIBUTE_NAMES, RENDER_VERSION, ShapesDataset
 from latent_flow.evaluation.frechet import RunningStats, frechet_distance
+from latent_flow.evaluation.segmentation import confusion_matrix, miou_from_confusion
 from latent_flow.utils.checkpoint_files import load_checkpoint, save_checkpoint_file
 from latent_flow.utils.hashing import file_sha256
 
@@ -410,21 +411,6 @@ def _device(oracle: nn.Module) -> torch.device:
     return next(oracle.parameters()).device
 
 
-def _confusion(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
-    idx = target.reshape(-1).long() * num_classes + pred.reshape(-1).long()
-    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu()
-
-
-def _miou(confusion: Tensor) -> tuple[float, list[float | None]]:
-    """Mean IoU over the classes that occur in the targets or the predictions."""
-    conf = confusion.double()
-    tp = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - tp
-    per_class = [float(tp[c] / union[c]) if union[c] > 0 else None for c in range(conf.shape[0])]
-    valid = [v for v in per_class if v is not None]
-    return (float(np.mean(valid)) if valid else float("nan")), per_class
-
-
 @torch.no_grad()
 def oracle_metrics_on_samples(
     oracle: ShapesOracle,
@@ -464,7 +450,7 @@ def oracle_metrics_on_samples(
                 correct[j] += int(((pred == target[:, j]) & mask).sum())
                 counted[j] += int(mask.sum())
         if semantic is not None:
-            conf += _confusion(out["semantic"].argmax(1), semantic[lo : lo + batch_size].to(dev), oracle.num_semantic)
+            conf += confusion_matrix(out["semantic"].argmax(1), semantic[lo : lo + batch_size], oracle.num_semantic)
     oracle.train(was_training)
     result: dict = {"num_samples": int(n)}
     if labels is not None:
@@ -475,7 +461,7 @@ def oracle_metrics_on_samples(
             for j, name in enumerate(oracle.attribute_names)
         }
     if semantic is not None:
-        result["miou"], result["miou_per_class"] = _miou(conf)
+        result["miou"], result["miou_per_class"] = miou_from_confusion(conf)
     return result
 
 
