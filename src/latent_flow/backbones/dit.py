@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -58,11 +59,10 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        out = attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        # qkv features ordered (3, heads, head_dim): the layout of the saved qkv weights
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        out = attention(q, k, v)  # (B, heads, N, head_dim)
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
 
 class DiTBlock(nn.Module):
@@ -219,24 +219,22 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.bias)
 
     def patchify(self, x: Tensor) -> Tensor:
-        """``(B, C, H, W) -> (B, N, p*p*C)``; tokens row-major, each patch flattened as ``(p, p, C)``."""
-        b, c, h, w = x.shape
+        """``(B, C, H, W) -> (B, N, p*p*C)``; tokens row-major, each patch flattened as ``(p, p, C)`` (the order
+        the saved final-layer weights were trained in: it must not change)."""
+        h, w = x.shape[-2:]
         p = self.patch_size
         if h % p or w % p:
             raise ValueError(f"spatial size {h}x{w} is not divisible by patch_size {p}")
-        x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
-        return x.reshape(b, (h // p) * (w // p), p * p * c)
+        return rearrange(x, "b c (gh p1) (gw p2) -> b (gh gw) (p1 p2 c)", p1=p, p2=p)
 
     def unpatchify(self, tokens: Tensor) -> Tensor:
         """Inverse of :meth:`patchify` for a square grid: ``(B, N, p*p*C) -> (B, C, H, W)``."""
-        b, n, d = tokens.shape
+        _, n, d = tokens.shape
         p = self.patch_size
         g = int(round(n**0.5))
         if g * g != n or d % (p * p):
             raise ValueError(f"cannot unpatchify tokens of shape {tuple(tokens.shape)} with patch_size {p}")
-        c = d // (p * p)
-        x = tokens.reshape(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(b, c, g * p, g * p)
+        return rearrange(tokens, "b (gh gw) (p1 p2 c) -> b c (gh p1) (gw p2)", gh=g, p1=p, p2=p)
 
     def _check_input(self, x: Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torchvision.utils import make_grid
 
 __all__ = ["colorize_semantic", "from_uint8", "make_grid_image", "save_png", "to_uint8"]
 
@@ -27,17 +28,15 @@ def from_uint8(images_u8: np.ndarray) -> Tensor:
 
 
 def make_grid_image(images: Tensor, nrow: int, *, padding: int = 2, upscale: int = 1) -> Image.Image:
-    """A grid with ``nrow`` images per row (row-major), optionally upscaled (nearest) for viewing."""
-    arr = to_uint8(images)
-    count, height, width, _ = arr.shape
-    ncol = nrow
-    rows = (count + ncol - 1) // ncol
-    grid = np.full((rows * (height + padding) + padding, ncol * (width + padding) + padding, 3), 255, dtype=np.uint8)
-    for k in range(count):
-        r, c = divmod(k, ncol)
-        y, x = padding + r * (height + padding), padding + c * (width + padding)
-        grid[y : y + height, x : x + width] = arr[k]
-    img = Image.fromarray(grid)
+    """A grid with ``nrow`` images per row (row-major) on white, optionally upscaled (nearest) for viewing.
+
+    ``torchvision.utils.make_grid`` on the uint8 images; a grid of fewer than ``nrow`` images keeps ``nrow``
+    columns (white cells), as the grids of class rows expect."""
+    u8 = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)
+    if len(u8) < nrow:  # make_grid would narrow the grid to the images there are
+        u8 = torch.cat([u8, u8.new_full((nrow - len(u8), *u8.shape[1:]), 255)])
+    grid = make_grid(u8, nrow=nrow, padding=padding, pad_value=255)
+    img = Image.fromarray(grid.permute(1, 2, 0).contiguous().numpy())
     if upscale > 1:
         img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
     return img
