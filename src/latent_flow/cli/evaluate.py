@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
-from tqdm.auto import tqdm
 
 from latent_flow.api import load_model
 from latent_flow.cli.sample import cfg_interval_of, load_guide, sampling_settings
@@ -52,6 +51,7 @@ from latent_flow.utils.distributed import distributed_rank, rank_device, rank_in
 from latent_flow.utils.hashing import file_sha256
 from latent_flow.utils.images import save_png
 from latent_flow.utils.io import write_json
+from latent_flow.utils.progress import progress_bar
 
 __all__ = ["load_image_folder", "rank_indices", "run_evaluation", "sampling_recipe", "score_images"]
 
@@ -126,7 +126,7 @@ def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: in
     spatial_inputs = _spatial_inputs(cfg, model)  # inpainting / semantic: the condition (and label) of each index
     labels = None if spatial_inputs is not None else _labels_for(todo, model)
     tally = NFETally()
-    bar = tqdm(total=len(todo), desc=f"[rank {rank}/{world_size}] sampling", unit="img", disable=not todo)
+    bar = progress_bar(len(todo), f"[rank {rank}/{world_size}] sampling", unit="img", disable=not todo)
     for batch in sample_batches(
         model,
         todo,

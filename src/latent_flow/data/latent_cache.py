@@ -43,11 +43,11 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from latent_flow.autoencoders.base import Autoencoder, measure_latent_stats
 from latent_flow.data.masks import MaskGenerator
 from latent_flow.utils.distributed import DEFAULT_WAIT_TIMEOUT, wait_until
+from latent_flow.utils.progress import progress_bar
 
 __all__ = ["LatentCache", "LatentDataset", "build_cache_distributed", "cache_key", "CACHE_FORMAT_VERSION"]
 
@@ -251,7 +251,7 @@ class LatentCache:
         total_items = sum(min(self.shard_size, len(self.dataset) - s * self.shard_size) for s in todo)
         bar = None
         if progress and total_items:
-            bar = tqdm(total=total_items, desc=f"encoding latents -> {self.root.name}", unit="img")
+            bar = progress_bar(total_items, f"encoding latents -> {self.root.name}", unit="img")
         start = time.time()
         for shard in todo:
             lo = shard * self.shard_size

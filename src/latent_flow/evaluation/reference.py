@@ -36,7 +36,6 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
 
 from latent_flow.data.datamodule import split_indices
 from latent_flow.evaluation.frechet import gaussian_stats
@@ -45,6 +44,7 @@ from latent_flow.utils.distributed import wait_until
 from latent_flow.utils.hashing import weights_hash
 from latent_flow.utils.images import to_uint8
 from latent_flow.utils.io import write_json
+from latent_flow.utils.progress import progress_bar
 
 __all__ = [
     "SPLITS",
@@ -215,9 +215,9 @@ def compute_reference(
     chunks = [indices[lo : lo + chunk_size] for lo in range(0, len(indices), chunk_size)]
     mine = [k for k in range(len(chunks)) if k % world_size == rank and not _chunk_path(out_dir, k).exists()]
     start = time.time()
-    bar = tqdm(
-        total=sum(len(chunks[k]) for k in mine),
-        desc=f"[rank {rank}/{world_size}] reference features",
+    bar = progress_bar(
+        sum(len(chunks[k]) for k in mine),
+        f"[rank {rank}/{world_size}] reference features",
         unit="img",
         disable=not (progress and mine),
     )

@@ -13,29 +13,19 @@ file alike. Only global rank 0 writes them; ``refresh_rate=0`` turns both the ba
 
 from __future__ import annotations
 
-import datetime
 import logging
 import sys
 import time
-from typing import IO, Any
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from latent_flow.utils.progress import duration, is_terminal
+
 __all__ = ["ProgressBar", "format_progress_line"]
 
 log = logging.getLogger("latent_flow.progress")
-
-
-def _is_terminal(stream: IO[str] | None) -> bool:
-    try:
-        return bool(stream is not None and stream.isatty())
-    except (AttributeError, ValueError):  # a closed or replaced stream
-        return False
-
-
-def _duration(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=int(round(seconds))))
 
 
 def _number(value: Any) -> str:
@@ -52,9 +42,9 @@ def format_progress_line(
     parts += [f"{k} {_number(v)}" for k, v in metrics.items() if k != "v_num"]
     if rate is not None and rate > 0:
         parts.append(f"{rate:.3g} it/s")
-    parts.append(f"elapsed {_duration(elapsed)}")
+    parts.append(f"elapsed {duration(elapsed)}")
     if rate and max_steps and step < max_steps:
-        parts.append(f"eta {_duration((max_steps - step) / rate)}")
+        parts.append(f"eta {duration((max_steps - step) / rate)}")
     return " | ".join(parts)
 
 
@@ -85,7 +75,7 @@ class ProgressBar(TQDMProgressBar):
             raise ValueError(f"every_n_seconds must be > 0 or null, got {every_n_seconds}")
         self.every_n_steps = None if every_n_steps is None else int(every_n_steps)
         self.every_n_seconds = None if every_n_seconds is None else float(every_n_seconds)
-        self.plain = (not _is_terminal(sys.stdout)) if plain is None else bool(plain)
+        self.plain = (not is_terminal(sys.stdout)) if plain is None else bool(plain)
         self._start = self._last_time = 0.0
         self._last_step = 0
 
