@@ -158,7 +158,7 @@ def tiny_run(tmp_path_factory) -> Path:
     run_training(cfg)
     run = Path(cfg.paths.output_dir)
     ckpts = run / "checkpoints"
-    for suffix in ("", ".sha256"):
+    for suffix in ("", ".xxh128"):
         shutil.copyfile(ckpts / f"step_0000003.ckpt{suffix}", ckpts / f"step_0000500.ckpt{suffix}")
     return run
 

@@ -57,7 +57,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 def test_a_config_error_on_resume_leaves_the_run_directory_byte_for_byte(trained):
     run, cache = trained
     before = _snapshot(run)
-    assert "attempts/001/status.json" in before and "checkpoints/last.ckpt.sha256" in before
+    assert "attempts/001/status.json" in before and "checkpoints/last.ckpt.xxh128" in before
     proc = _train(run, cache, ["backbone=dit_t2", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
     assert proc.returncode != 0 and "BackboneMismatchError" in proc.stderr
     after = _snapshot(run)

@@ -7,23 +7,28 @@ import hashlib
 import logging
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+import xxhash
 
 from latent_flow.api import load_model
 from latent_flow.training.checkpoints import (
     AtomicCheckpointIO,
     CheckpointIntegrityError,
     checksum_path,
+    checksum_paths,
     load_checkpoint,
     load_flow_module,
     newest_intact_checkpoint,
     nonfinite_tensors,
+    read_checksum,
     save_checkpoint_file,
 )
 from latent_flow.training.module import LatentFlowModule
+from latent_flow.utils.hashing import file_digest
 
 
 def _module() -> LatentFlowModule:
@@ -76,11 +81,21 @@ def _damage(path: Path, *, offset: int | None = None, size: int = 4096, seed: in
         handle.write(noise.numpy().tobytes())
 
 
+def _legacy_save(checkpoint: dict, path: Path) -> None:
+    """A checkpoint as saves wrote them before XXH3-128: ``torch.save`` and ``<name>.sha256`` (sha256sum format)."""
+    torch.save(checkpoint, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
+
+
 def test_save_writes_the_checksum_beside_the_file_and_no_temporary_files(run_dir, model):
     last = run_dir / "last.ckpt"
-    digest = hashlib.sha256(last.read_bytes()).hexdigest()
-    assert checksum_path(last).read_text() == f"{digest}  last.ckpt\n"  # sha256sum -c format
-    assert sorted(p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")) == []
+    digest = xxhash.xxh3_128(last.read_bytes()).hexdigest()  # computed independently of the code under test
+    assert checksum_path(last) == run_dir / "last.ckpt.xxh128"
+    assert checksum_path(last).read_text() == f"{digest}  last.ckpt\n"  # xxh128sum -c format
+    assert read_checksum(last) == ("xxh128", digest, checksum_path(last))
+    assert file_digest(last) == digest and file_digest(last, "sha256") == hashlib.sha256(last.read_bytes()).hexdigest()
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.endswith((".tmp", ".sha256"))) == []
     loaded = load_flow_module(last, device="cpu")
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
@@ -89,7 +104,7 @@ def test_save_writes_the_checksum_beside_the_file_and_no_temporary_files(run_dir
 def test_random_bytes_at_an_offset_are_refused_by_the_checksum(run_dir):
     last = run_dir / "last.ckpt"
     _damage(last, offset=last.stat().st_size // 2)
-    with pytest.raises(CheckpointIntegrityError, match=r"refusing checkpoint .*last\.ckpt: its SHA-256 .* differs"):
+    with pytest.raises(CheckpointIntegrityError, match=r"refusing checkpoint .*last\.ckpt: its XXH3-128 .* differs"):
         load_checkpoint(last)
     with pytest.raises(CheckpointIntegrityError, match="damaged or changed after it was saved"):
         load_model(last, device="cpu")  # sample / evaluate / likelihood / edit go through api.load_model
@@ -113,7 +128,7 @@ def test_nan_written_without_updating_the_checksum_is_refused_by_the_checksum(ru
     name = next(k for k in checkpoint["state_dict"] if k.startswith("backbone.") and k.endswith("weight"))
     checkpoint["state_dict"][name].view(-1)[0] = float("nan")
     torch.save(checkpoint, last)  # re-saved by something else: the checksum file is stale
-    with pytest.raises(CheckpointIntegrityError, match="SHA-256 .* differs"):
+    with pytest.raises(CheckpointIntegrityError, match=r"XXH3-128 .* differs .*last\.ckpt\.xxh128"):
         load_checkpoint(last)
 
 
@@ -134,7 +149,7 @@ def test_a_legacy_checkpoint_without_a_checksum_loads_with_a_warning(run_dir, mo
     torch.save(_checkpoint(model, 6), legacy)  # as Lightning wrote them before this change
     with caplog.at_level(logging.WARNING, logger="latent_flow.training.checkpoints"):
         loaded = load_flow_module(legacy, device="cpu")
-    assert "has no checksum file (legacy.ckpt.sha256)" in caplog.text
+    assert "has no checksum file (legacy.ckpt.xxh128)" in caplog.text
     assert torch.equal(loaded.state_dict()["ema.num_updates"], model.state_dict()["ema.num_updates"])
 
 
@@ -193,8 +208,77 @@ def test_a_save_interrupted_between_its_two_renames_is_accepted(run_dir, model):
 
 def test_a_damaged_checksum_file_is_refused(run_dir):
     checksum_path(run_dir / "last.ckpt").write_text("not a checksum\n")
-    with pytest.raises(CheckpointIntegrityError, match=r"checksum file .* is damaged \(no SHA-256 in it"):
+    with pytest.raises(CheckpointIntegrityError, match=r"checksum file .* is damaged \(no XXH3-128 in it"):
         load_checkpoint(run_dir / "last.ckpt")
+    checksum_path(run_dir / "last.ckpt").write_text(f"{'0' * 64}  last.ckpt\n")  # a SHA-256 under the XXH3 name
+    with pytest.raises(CheckpointIntegrityError, match=r"no XXH3-128 in it"):
+        load_checkpoint(run_dir / "last.ckpt")
+
+
+def test_a_single_changed_byte_is_refused(run_dir):
+    last = run_dir / "last.ckpt"
+    data = bytearray(last.read_bytes())
+    data[len(data) // 3] ^= 0x01  # one bit of one byte
+    last.write_bytes(bytes(data))
+    with pytest.raises(
+        CheckpointIntegrityError, match=r"its XXH3-128 .* differs from the one recorded in last\.ckpt\.xxh128"
+    ):
+        load_checkpoint(last)
+
+
+def test_a_checkpoint_with_an_old_sha256_checksum_is_still_verified(run_dir, model, caplog):
+    """Checkpoints saved before XXH3-128 carry ``<name>.sha256``: intact they load (no warning), damaged or
+    truncated they are refused by their SHA-256, and a new save over one replaces its checksum."""
+    old = run_dir / "old.ckpt"
+    _legacy_save(_checkpoint(model, 4), old)
+    assert read_checksum(old).algorithm == "sha256" and not checksum_path(old).exists()
+    with caplog.at_level(logging.WARNING, logger="latent_flow.utils.checkpoint_files"):
+        assert load_checkpoint(old)["global_step"] == 4
+    assert "no checksum file" not in caplog.text
+    intact = old.read_bytes()
+    _damage(old)
+    with pytest.raises(CheckpointIntegrityError, match=r"old\.ckpt: its SHA-256 .* differs .* in old\.ckpt\.sha256"):
+        load_checkpoint(old)
+    old.write_bytes(intact[: len(intact) // 2])
+    with pytest.raises(CheckpointIntegrityError, match=r"its SHA-256 .* differs .*the file is truncated"):
+        load_checkpoint(old)
+    save_checkpoint_file(_checkpoint(model, 5), old)  # saved again: the XXH3-128 replaces the SHA-256
+    assert [p.name for p in checksum_paths(old) if p.exists()] == ["old.ckpt.xxh128"]
+    assert load_checkpoint(old)["global_step"] == 5
+
+
+def test_the_first_save_over_an_old_checkpoint_interrupted_between_its_renames_is_accepted(run_dir, model):
+    """The new file and the old ``.sha256`` are left with the pending ``.xxh128.tmp``; an old version of
+    this code saving over a file with a ``.xxh128`` leaves a stale ``.xxh128`` beside a matching ``.sha256``."""
+    last = run_dir / "last.ckpt"
+    checksum_path(last).unlink()
+    _legacy_save(_checkpoint(model, 6), last)
+    save_checkpoint_file(_checkpoint(model, 9), run_dir / "new.ckpt")
+    shutil.copy(run_dir / "new.ckpt", last)
+    pending = run_dir / "last.ckpt.xxh128.tmp"
+    pending.write_text((run_dir / "new.ckpt.xxh128").read_text())
+    assert load_checkpoint(last)["global_step"] == 9
+    pending.unlink()
+    with pytest.raises(CheckpointIntegrityError, match=r"SHA-256 .* differs"):
+        load_checkpoint(last)
+    _legacy_save(_checkpoint(model, 10), last)  # the .sha256 matches, the .xxh128 beside it is stale
+    shutil.copy(run_dir / "new.ckpt.xxh128", checksum_path(last))
+    assert load_checkpoint(last)["global_step"] == 10
+
+
+@pytest.mark.parametrize("size", [0, 1, 100_003, (64 << 20) + 5])  # empty (not mapped), small, over one chunk
+def test_file_digest_equals_the_hash_of_the_bytes(tmp_path, size):
+    data = os.urandom(size)
+    (tmp_path / "f").write_bytes(data)
+    assert file_digest(tmp_path / "f") == xxhash.xxh3_128(data).hexdigest()
+    assert file_digest(tmp_path / "f", "sha256") == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.skipif(shutil.which("xxh128sum") is None, reason="xxh128sum (xxhash package) not installed")
+def test_the_checksum_file_checks_with_xxh128sum(run_dir):
+    subprocess.run(["xxh128sum", "-c", "last.ckpt.xxh128"], cwd=run_dir, check=True, capture_output=True)
+    _damage(run_dir / "last.ckpt")
+    assert subprocess.run(["xxh128sum", "-c", "last.ckpt.xxh128"], cwd=run_dir, capture_output=True).returncode != 0
 
 
 def test_lightning_checkpoint_io_saves_with_a_checksum_holds_a_verified_resume_and_removes_both(run_dir, model):
@@ -209,8 +293,9 @@ def test_lightning_checkpoint_io_saves_with_a_checksum_holds_a_verified_resume_a
     _damage(path)
     with pytest.raises(CheckpointIntegrityError):
         io.load_checkpoint(path)
+    path.with_name(path.name + ".sha256").write_text("left by an old save\n")
     io.remove_checkpoint(path)
-    assert not path.exists() and not checksum_path(path).exists()
+    assert not path.exists() and not any(side.exists() for side in checksum_paths(path))
 
 
 def test_the_finite_check_is_exact_when_the_fast_sum_overflows_or_cancels():

@@ -1,5 +1,5 @@
 """Every weights file the framework writes besides flow checkpoints (autoencoder files, latent attribute
-classifiers, cached oracles) is written atomically with its SHA-256 beside it and refused when damaged,
+classifiers, cached oracles) is written atomically with its checksum (XXH3-128) beside it and refused when damaged,
 truncated or non-finite, through the same loader as flow checkpoints (``utils/checkpoint_files.py``)."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def test_autoencoder_file_carries_a_checksum_and_damage_is_refused(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))  # the temporary files were renamed into place
     load_autoencoder("kl", ckpt_path=path)  # intact: loads
     _flip_bytes(path)
-    with pytest.raises(CheckpointIntegrityError, match=r"ae\.pt.*SHA-256"):
+    with pytest.raises(CheckpointIntegrityError, match=r"ae\.pt.*XXH3-128 .* differs"):
         load_autoencoder("kl", ckpt_path=path)
 
 

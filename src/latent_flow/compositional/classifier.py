@@ -236,7 +236,7 @@ class LatentAttributeClassifier(nn.Module):
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
             "meta": meta or {},
         }
-        save_checkpoint_file(payload, path)  # atomic, with its SHA-256 beside it
+        save_checkpoint_file(payload, path)  # atomic, with its checksum beside it
         return path
 
     @classmethod

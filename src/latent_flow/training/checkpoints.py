@@ -1,7 +1,7 @@
 """Flow checkpoints: written atomically with their checksum, verified by every loader; and checking that
 one checkpoint can autoguide another.
 
-The files themselves (atomic writes with a ``.sha256`` beside them, the verifying loader and its
+The files themselves (atomic writes with a ``.xxh128`` checksum beside them, the verifying loader and its
 recovery hints) are :mod:`latent_flow.utils.checkpoint_files`; this module adds Lightning's side
 (:class:`AtomicCheckpointIO`, which sends every save and resume of a trainer through them) and the flow
 module loaders built on :func:`load_checkpoint`: :func:`load_flow_module` (``api.load_model``: ``sample``,
@@ -26,6 +26,7 @@ from latent_flow.utils.checkpoint_files import (
     CheckpointIntegrityError,
     checkpoint_problem,
     checksum_path,
+    checksum_paths,
     load_checkpoint,
     newest_intact_checkpoint,
     nonfinite_tensors,
@@ -42,6 +43,7 @@ __all__ = [
     "check_guide",
     "checkpoint_problem",
     "checksum_path",
+    "checksum_paths",
     "flow_module_from_checkpoint",
     "load_checkpoint",
     "load_flow_module",
@@ -58,7 +60,7 @@ log = logging.getLogger(__name__)
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO for every latent_flow trainer: saves through :func:`save_checkpoint_file`
     (atomic, with a checksum), loads through :func:`load_checkpoint` (a resume is verified), and removes a
-    checkpoint's checksum file with it.
+    checkpoint's checksum files with it.
 
     :meth:`hold` hands over a checkpoint already verified by :func:`load_checkpoint` (``train ckpt_path=``
     checks it before the run's stages), so that Lightning's load of the same path does not read and
@@ -83,7 +85,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def remove_checkpoint(self, path) -> None:
         super().remove_checkpoint(path)
-        checksum_path(path).unlink(missing_ok=True)
+        for side in checksum_paths(path):
+            side.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- flow modules
