@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ SVGS = [f"1F6{k:02X}" for k in range(0x00, 0x18)] + ["1F44B-1F3FD", "1F442-1F3FD
 def _load_measure():
     spec = importlib.util.spec_from_file_location("emoji_ft_measure", ROOT / "experiments/emoji_flowturbo/measure.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -107,7 +109,7 @@ def tiny_runs(tmp_path_factory):
             [
                 "data=emoji",
                 *data[:3],
-                "data.dataset.split=val",
+                "data.dataset.split=train",
                 "split=all",
                 "feature_extractor=pixels",
                 f"out_dir={ref_dir}",
