@@ -1,0 +1,85 @@
+"""Training-step cost of the flow-map objective against the flow objective on the quick start, side by side.
+
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/one_step/step_cost.py [--rounds 5] [--steps 10] [overrides...]
+
+Builds the quick start's ``LatentFlowModule`` (``python -m latent_flow.train``'s default config, plus any
+Hydra ``overrides``) twice, with ``objective=flow`` and ``objective=meanflow objective.cfg_scale=2.0`` (the
+run.sh setting: its JVP through the backbone is the extra cost), and times full steps (loss, backward, fused
+AdamW, EMA update) under the quick start's bf16 autocast on a batch of its size, alternating the two for
+``--rounds`` rounds and keeping each one's best, so machine load hits both alike. The ratio sets the
+from-scratch flow map's step count at the flow run's training compute (``run.sh``: ``STEPS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+LATENT_SHAPE = (2, 16, 16)  # the quick start's autoencoder latents (2 channels at 16x16)
+NUM_CLASSES = 5  # shapes
+
+
+def _module(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from latent_flow.cli.run import CONFIG_DIR
+    from latent_flow.training.module import LatentFlowModule
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    torch.manual_seed(0)
+    module = LatentFlowModule(
+        backbone=cfg.backbone,
+        condition=cfg.condition,
+        path=cfg.path,
+        optim=cfg.optim,
+        ema=cfg.ema,
+        latent_shape=LATENT_SHAPE,
+        num_classes=NUM_CLASSES,
+        autoencoder=None,
+        objective=cfg.objective,
+    )
+    return module, int(cfg.data.batch_size), str(cfg.trainer.precision)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    variants = {
+        "flow": ["objective=flow"],
+        "meanflow (CFG folded in)": ["objective=meanflow", "objective.cfg_scale=2.0"],
+    }
+    setups = {}
+    for name, extra in variants.items():
+        module, batch, precision = _module([*extra, *args.overrides])
+        opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3, fused=True)
+        data = {"latent": torch.randn(batch, *LATENT_SHAPE), "label": torch.randint(0, NUM_CLASSES, (batch,))}
+        setups[name] = (module.train(), opt, data, precision.startswith("bf16"))
+    best = dict.fromkeys(variants, float("inf"))
+    for _ in range(args.rounds):
+        for name, (module, opt, data, bf16) in setups.items():
+            for i in range(args.steps + 2):
+                if i == 2:
+                    start = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = module._loss(data, use_ema=False)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                module.ema.update(module.backbone)
+            best[name] = min(best[name], (time.perf_counter() - start) / args.steps)
+    print(f"threads: {torch.get_num_threads()}; batch {batch}; precision {precision}")
+    print("| objective | ms / step | relative to flow |\n| --- | --- | --- |")
+    for name, value in best.items():
+        print(f"| {name} | {1000 * value:.0f} | {value / best['flow']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
