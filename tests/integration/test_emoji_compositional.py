@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import TINY_TRAIN, compose
@@ -31,6 +32,15 @@ SVGS = [
     # held-out side
     "1F477", "1F477-1F3FB", "1F477-1F3FF", "1F64B", "1F64B-1F3FF-200D-2642-FE0F", "1F98B", "1F600", "1F34E",
 ]  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small convolutions on a shared CPU: one intra-op thread is faster than two (conftest sets two)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

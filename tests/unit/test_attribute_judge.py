@@ -25,6 +25,15 @@ RES = 16
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small convolutions on a shared CPU: one intra-op thread is faster than two (conftest sets two)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _toy(n: int, seed: int, rare_every: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """White images with a coloured square (attribute ``color``) in the left or right half (attribute ``side``).
     ``rare_every``: only every k-th image is blue (a rare value, for the balancing test)."""
