@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -326,6 +327,8 @@ def plot(results: dict, path: Path, floor: float | None) -> None:
     if floor is not None:
         ax.axhline(floor, ls="--", color="grey", lw=0.8, label=f"data floor {floor:g}")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_xlabel(f"ms / image (sampling + decoding, batch {results['latency']['batch']}, best of rounds)")
     ax.set_ylabel(f"FID@{results['num_samples']}")
     ax.set_title("FlowTurbo vs Heun / dopri5 / autoguidance on emoji (TAEF2 DiT)")
