@@ -217,3 +217,15 @@ def test_edit_cli_on_a_held_out_emoji(emoji, flow, classifier, tmp_path):
     assert [s["edit"] for s in summary["steps"]] == ["skin=dark", "hair=red"]
     assert set(summary["readings"]["edit_02"]) == {"group", "skin", "hair", "gender", "color"}
     assert (out / "strip.png").is_file() and (out / "edit_02.png").is_file()
+
+
+@pytest.mark.parametrize("experiment", ["shapes_classifier", "emoji64_classifier"])
+def test_classifier_experiments_compose_for_train_classifier(experiment, compose_cfg):
+    """Classifier experiments belong to latent_flow.train_classifier (test_configs leaves them out of train)."""
+    cfg = compose_cfg("train_classifier", [f"+experiment={experiment}", "flow_ckpt_path=flow.ckpt"])
+    assert cfg.task_name == experiment and len(cfg.holdout) >= 2 and cfg.train.steps == 4000
+    if experiment == "emoji64_classifier":
+        assert cfg.data.name == "emoji" and cfg.data.dataset.attributes and not cfg.data.flip
+        assert cfg.data.dataset.split == "train" and cfg.data.dataset.split_by == "design"
+        assert cfg.classifier.width == 64 and [sorted(r) for r in cfg.holdout] == [
+            ["color", "group"], ["hair", "skin"], ["gender", "skin"]]  # fmt: skip
