@@ -17,7 +17,16 @@ SMALL_BACKBONES = ["dit_xs2", "dit_t1", "dit_t2", "unet_t", "unet_s"]
 # experiments with their own compose-and-instantiate tests: spatial conditions need masks / maps in the
 # batch (tests/integration/test_spatial_configs.py), refiners need a base checkpoint
 # (tests/integration/test_flowturbo_cli.py)
-SPATIAL_EXPERIMENTS = {"shapes_inpaint", "shapes_semantic", "celebahq_inpaint", "celebamask_semantic"}
+# composed and trained by their own tests (test_spatial_configs / test_spatial_train; emoji: test_emoji_spatial)
+SPATIAL_EXPERIMENTS = {
+    "shapes_inpaint",
+    "shapes_semantic",
+    "celebahq_inpaint",
+    "celebamask_semantic",
+    "emoji64_inpaint",
+    "emoji64_semantic",
+    "emoji64_semantic_label",
+}
 REFINER_EXPERIMENTS = {e for e in EXPERIMENTS if e.endswith("_refiner")}
 # latent attribute classifiers compose for latent_flow.train_classifier, not train (test_emoji_compositional)
 CLASSIFIER_EXPERIMENTS = {e for e in EXPERIMENTS if e.endswith("_classifier")}
