@@ -95,7 +95,7 @@ def test_a_damaged_resume_checkpoint_is_refused_before_the_stages(trained, tmp_p
     with pytest.raises(CheckpointIntegrityError) as info:
         run_training(cfg)
     message = str(info.value)
-    assert f"refusing checkpoint {last}: its SHA-256" in message
+    assert f"refusing checkpoint {last}: its XXH3-128" in message
     assert f"use ckpt_path={run / 'checkpoints' / 'step_0000006.ckpt'} instead" in message
     assert _snapshot(run) == before
 
