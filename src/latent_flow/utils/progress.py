@@ -85,27 +85,6 @@ class LineProgress:
         self.close()
 
 
-class _Off:
-    """A disabled bar: counts nothing, writes nothing."""
-
-    n = 0
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, **values: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> _Off:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-
 def progress_bar(
     total: int | None,
     desc: str,
@@ -119,7 +98,7 @@ def progress_bar(
     """A tqdm bar on a terminal (``stream``, standard error by default), plain lines otherwise; nothing when
     ``disable``."""
     if disable:
-        return _Off()
+        return tqdm(total=total, disable=True)
     stream = sys.stderr if stream is None else stream
     if is_terminal(stream):
         return tqdm(total=total, desc=desc, unit=unit, mininterval=mininterval, file=stream)
