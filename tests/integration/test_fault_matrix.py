@@ -61,7 +61,14 @@ def _run_until(module: str, args: list[str], ready, sig: int, timeout: float = 9
 
     The limits are generous: on a loaded 2-core machine a tiny run's start-up alone can take minutes."""
     proc = subprocess.Popen(
-        _cmd(module, args), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        _cmd(module, args),
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a suite started as a background job (nohup ... &) ignores SIGINT, and so would the child: restore it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + timeout
     try:
