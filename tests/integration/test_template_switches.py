@@ -163,9 +163,13 @@ def _fit(tmp_path, bar: ProgressBar) -> str:
     handler = logging.StreamHandler(stream)
     logger = logging.getLogger("latent_flow.progress")
     logger.addHandler(handler)
-    # an earlier in-process Hydra run may have configured logging with disable_existing_loggers
-    old_level, old_disabled = logger.level, logger.disabled
-    logger.level, logger.disabled = logging.INFO, False
+    # an earlier in-process Hydra run may have configured logging with disable_existing_loggers, a higher level
+    # (whose answer Logger.isEnabledFor caches: setLevel clears that cache, assigning .level does not) or a
+    # process-wide logging.disable
+    old_level, old_disabled, old_disable = logger.level, logger.disabled, logging.root.manager.disable
+    logger.setLevel(logging.INFO)
+    logger.disabled = False
+    logging.disable(logging.NOTSET)
     try:
         trainer = L.Trainer(
             accelerator="cpu",
@@ -181,7 +185,9 @@ def _fit(tmp_path, bar: ProgressBar) -> str:
         trainer.fit(_Regression(), train_dataloaders=_loader(), val_dataloaders=_loader())
     finally:
         logger.removeHandler(handler)
-        logger.level, logger.disabled = old_level, old_disabled
+        logger.setLevel(old_level)
+        logger.disabled = old_disabled
+        logging.disable(old_disable)
     return stream.getvalue()
 
 

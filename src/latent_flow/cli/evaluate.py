@@ -1,8 +1,11 @@
 """Evaluate a checkpoint: ``python -m latent_flow.evaluate ckpt_path=... num_samples=50000 sampler=heun``.
 
 * Sample indices are split across ranks (``i % world_size == rank`` under torchrun / srun), and
-  the noise of sample ``i`` is seeded by ``(seed, i)``: any split gives the same images.
-* Resumable: a sample whose PNG exists is not generated again; an interrupted run continues.
+  the noise of sample ``i`` is seeded by ``(seed, i)``: any split gives the same images up to
+  float rounding (kernels block by batch size).
+* Resumable: a sample whose PNG exists is not written again; an interrupted run continues, sampling
+  each batch that lacks a PNG again whole, so with the same ``batch_size`` and world size the
+  images it adds are bit-identical to those of an uninterrupted run.
 * Writes ``images/NNNNNN.png`` (lossless), ``samples.npz`` (``arr_0`` uint8 NHWC + ``labels``,
   the ADM evaluator's layout) and ``metrics.json`` (metrics, NFE, milliseconds per image).
 * Metrics: for checkpoints trained on ``shapes``, FD-shapes against real renders (with its floor:
@@ -120,12 +123,28 @@ def _spatial_inputs(cfg: DictConfig, model):
     return inputs
 
 
+def _batches_to_redo(indices: list[int], image_dir: Path, batch_size: int) -> list[int]:
+    """The indices of every batch (``batch_size`` consecutive entries of this rank's ``indices``) that
+    lacks one of its PNGs: a batch is sampled again whole, so a resumed run computes each image in the
+    same batch as a run that was never interrupted, and rewrites only the missing ones bit for bit
+    (CPU and GPU kernels pick their blocking by the batch size; another batch gives the same image
+    only up to float rounding)."""
+    todo = []
+    for lo in range(0, len(indices), batch_size):
+        batch = indices[lo : lo + batch_size]
+        if not all((image_dir / f"{i:06d}.png").exists() for i in batch):
+            todo.extend(batch)
+    return todo
+
+
 def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: int) -> dict:
-    """This rank's missing samples, through the one sampling loop (:func:`latent_flow.generation.sample_batches`)."""
-    todo = [i for i in rank_indices(cfg.num_samples, rank, world_size) if not (image_dir / f"{i:06d}.png").exists()]
+    """This rank's missing samples, through the one sampling loop (:func:`latent_flow.generation.sample_batches`):
+    the batches that lack a PNG are sampled again whole, and only the missing PNGs are written."""
+    todo = _batches_to_redo(rank_indices(cfg.num_samples, rank, world_size), image_dir, int(cfg.batch_size))
     spatial_inputs = _spatial_inputs(cfg, model)  # inpainting / semantic: the condition (and label) of each index
     labels = None if spatial_inputs is not None else _labels_for(todo, model)
     tally = NFETally()
+    written = 0
     bar = progress_bar(len(todo), f"[rank {rank}/{world_size}] sampling", unit="img", disable=not todo)
     for batch in sample_batches(
         model,
@@ -142,11 +161,15 @@ def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: in
     ):
         tally.add(batch)
         for index, img in zip(batch.indices, batch.images):
-            save_png(img, image_dir / f"{index:06d}.png")
+            path = image_dir / f"{index:06d}.png"
+            if not path.exists():
+                save_png(img, path)
+                written += 1
         bar.update(len(batch.indices))
     bar.close()
     return {
-        "generated": len(todo),
+        "generated": len(todo),  # sampled (whole batches), the count the seconds are for
+        "written": written,
         "seconds": tally.seconds,
         "nfe": tally.nfe,
         "refiner_nfe": tally.refiner_nfe,
