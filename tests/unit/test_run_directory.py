@@ -79,6 +79,28 @@ def test_the_csv_log_of_a_resumed_run_keeps_every_step_once(tmp_path):
     assert yaml.safe_load((tmp_path / "csv" / "hparams.yaml").read_text()) == {"lr": 0.002}
 
 
+def test_a_run_resumed_into_its_pending_validation_keeps_the_training_row_of_that_step(tmp_path):
+    """Interrupted after the training step of batch 39 and before the validation that follows it: the
+    resumed attempt first runs that validation, logged at step 39 (Lightning's label of both), and then
+    trains from step 40. The training row of step 39 is not trained again and stays; the validation row
+    is replaced; later rows of the interrupted attempt go."""
+    metrics = tmp_path / "csv" / "metrics.csv"
+    old = [{"epoch": 0, "step": s, "train/loss": 1.0 + s} for s in range(0, 41)]
+    old.insert(20, {"epoch": 0, "step": 19, "val/loss": 0.9})
+    old.append({"epoch": 0, "step": 39, "val/loss": 0.8})  # a half-written validation, say
+    _write_csv(metrics, old)
+    resumed = RunCSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    resumed.log_metrics({"val/loss": 0.7}, step=39)
+    resumed.log_metrics({"train/loss": 140.0}, step=40)
+    resumed.finalize("success")
+    with open(metrics, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    train = [(int(r["step"]), float(r["train/loss"])) for r in rows if r["train/loss"]]
+    assert train == [(s, 1.0 + s) for s in range(40)] + [(40, 140.0)]  # step 39 kept, step 40 replaced
+    val = [(int(r["step"]), float(r["val/loss"])) for r in rows if r["val/loss"]]
+    assert val == [(19, 0.9), (39, 0.7)]
+
+
 def _trainer(step: int, **extra) -> SimpleNamespace:
     return SimpleNamespace(global_step=step, is_global_zero=True, callback_metrics={}, **extra)
 

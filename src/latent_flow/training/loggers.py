@@ -34,8 +34,8 @@ class ResumableCSVWriter(ExperimentWriter):
     Lightning's writer deletes an existing ``metrics.csv`` as soon as it is created (at start-up, before
     any step) and writes ``hparams.yaml`` at once. This one touches nothing before it has rows to write:
     at the first save it keeps the earlier rows of steps before the first step it logs (rows of steps
-    that the resumed attempt trains again are replaced, not duplicated), merges the columns, and then
-    appends as Lightning does. ``hparams.yaml`` is written with the rows.
+    that the resumed attempt trains again are replaced, not duplicated; at that first step only the rows
+    of the metrics it logs again), merges the columns, and then appends as Lightning does. ``hparams.yaml`` is written with the rows.
     """
 
     def __init__(self, log_dir: str) -> None:  # not super().__init__(): it deletes metrics.csv
@@ -66,7 +66,12 @@ class ResumableCSVWriter(ExperimentWriter):
             header = list(reader.fieldnames or [])
             rows = list(reader)
         first_new = min(int(row["step"]) for row in self.metrics)
-        kept = [row for row in rows if _row_step(row) is not None and _row_step(row) < first_new]
+        # at the first step this attempt logs, only the rows of the metrics it logs again are replaced: a run
+        # interrupted between a training step and the validation that follows it resumes by running that
+        # validation, logged at the step of the training row before it (Lightning labels both with the
+        # batches stepped so far), and that training row is not trained again
+        again = {k for row in self.metrics if int(row["step"]) == first_new for k in row if k not in ("step", "epoch")}
+        kept = [row for row in rows if _keep_earlier_row(row, first_new, again)]
         self.metrics_keys = sorted(set(header))
         if len(kept) != len(rows) or header != self.metrics_keys:
             out = io.StringIO()
@@ -81,6 +86,15 @@ class ResumableCSVWriter(ExperimentWriter):
         if not self._adopted:
             self._adopt_earlier_rows()
         super().save()
+
+
+def _keep_earlier_row(row: dict[str, str], first_new: int, again: set[str]) -> bool:
+    """An earlier attempt's row stays when its step comes before ``first_new``, or is ``first_new`` and
+    none of its metrics is among those (``again``) the resumed attempt logs at that step."""
+    step = _row_step(row)
+    if step is None or step > first_new:
+        return False
+    return step < first_new or not any(row.get(k) not in (None, "") for k in again)
 
 
 def _row_step(row: dict[str, str]) -> int | None:
