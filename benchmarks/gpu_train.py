@@ -69,19 +69,8 @@ class StepTimer(L.Callback):
         self.end = time.perf_counter()
 
 
-def compose(experiment: str, overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from latent_flow.cli.run import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return hydra_compose("train", [f"+experiment={experiment}", *overrides])
-
-
 def measure(experiment: str, args, compile_backbone: bool) -> dict:
-    from latent_flow.cli.run import configure_torch
-    from latent_flow.training.module import LatentFlowModule
+    from latent_flow.cli.run import bare_module, compose_train_config, configure_torch
     from latent_flow.utils.distributed import resolve_precision
 
     overrides = [f"compile={str(compile_backbone).lower()}", "optim.cosine=false", "optim.warmup_steps=0"]
@@ -89,23 +78,14 @@ def measure(experiment: str, args, compile_backbone: bool) -> dict:
         overrides.append("backbone.grad_checkpointing=true")
     if args.fused is not None:
         overrides.append(f"optim.fused={args.fused}")
-    cfg = compose(experiment, overrides + list(args.override))
+    cfg = compose_train_config([f"+experiment={experiment}", *overrides, *args.override])
     configure_torch(cfg)
     size = args.latent_size or cfg.data.resolution // 8
     shape = (4, size, size)
     # label-conditional paper configs are ImageNet's (1000 classes); the count only sizes the label embedding
     num_classes = 1000 if cfg.condition.get("use_label", cfg.condition.name == "label") else 0
     torch.manual_seed(0)
-    model = LatentFlowModule(
-        backbone=cfg.backbone,
-        condition=cfg.condition,
-        path=cfg.path,
-        optim=cfg.optim,
-        ema=cfg.ema,
-        latent_shape=shape,
-        num_classes=num_classes,
-        compile=compile_backbone,
-    )
+    model = bare_module(cfg, shape, num_classes, compile=compile_backbone)
     params = sum(p.numel() for p in model.backbone.parameters())
     precision = resolve_precision(args.precision)
     timer = StepTimer(args.warmup)

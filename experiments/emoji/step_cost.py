@@ -24,26 +24,10 @@ ARMS = {"taef2": (32, 8, 8), "kl": (4, 16, 16), "pixel": (48, 16, 16)}
 
 
 def _module(arm: str, latent_shape, overrides: tuple[str, ...] = ()):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from latent_flow.cli.run import bare_module, compose_train_config
 
-    from latent_flow.cli.run import CONFIG_DIR
-    from latent_flow.training.module import LatentFlowModule
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"+experiment=emoji64_{arm}", *overrides])
-    module = LatentFlowModule(
-        backbone=cfg.backbone,
-        condition=cfg.condition,
-        path=cfg.path,
-        optim=cfg.optim,
-        ema=cfg.ema,
-        latent_shape=latent_shape,
-        num_classes=9,
-        autoencoder=None,
-    )
-    return module, int(cfg.data.batch_size)
+    cfg = compose_train_config([f"+experiment=emoji64_{arm}", *overrides])
+    return bare_module(cfg, latent_shape, num_classes=9), int(cfg.data.batch_size)
 
 
 def _step(module, opt, data, autocast: bool) -> None:

@@ -22,27 +22,11 @@ NUM_CLASSES = 5  # shapes
 
 
 def _module(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from latent_flow.cli.run import bare_module, compose_train_config
 
-    from latent_flow.cli.run import CONFIG_DIR
-    from latent_flow.training.module import LatentFlowModule
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_train_config(overrides)
     torch.manual_seed(0)
-    module = LatentFlowModule(
-        backbone=cfg.backbone,
-        condition=cfg.condition,
-        path=cfg.path,
-        optim=cfg.optim,
-        ema=cfg.ema,
-        latent_shape=LATENT_SHAPE,
-        num_classes=NUM_CLASSES,
-        autoencoder=None,
-        objective=cfg.objective,
-    )
+    module = bare_module(cfg, LATENT_SHAPE, NUM_CLASSES)
     return module, int(cfg.data.batch_size), str(cfg.trainer.precision)
 
 

@@ -58,6 +58,37 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(os.environ.get("LATENT_FLOW_CONF", Path(__file__).resolve().parents[3] / "conf")))
 
 
+def compose_train_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """``python -m latent_flow.train``'s config with ``overrides``, composed outside a Hydra app (scripts,
+    benchmarks); any Hydra instance an earlier call left is cleared first."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def bare_module(cfg: DictConfig, latent_shape, num_classes: int, **options):
+    """The velocity model of a composed train config (backbone, condition, path, optimiser, EMA, objective)
+    for latents of ``latent_shape``, with no data and no autoencoder: what step-cost measurements time.
+    ``options`` go to :class:`~latent_flow.training.module.LatentFlowModule` (e.g. ``compile=``)."""
+    from latent_flow.training.module import LatentFlowModule
+
+    return LatentFlowModule(
+        backbone=cfg.backbone,
+        condition=cfg.condition,
+        path=cfg.path,
+        optim=cfg.optim,
+        ema=cfg.ema,
+        latent_shape=tuple(latent_shape),
+        num_classes=int(num_classes),
+        autoencoder=None,
+        objective=cfg.get("objective"),
+        **options,
+    )
+
+
 def configure_torch(cfg: DictConfig) -> None:
     if cfg.get("tf32", True) and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -30,13 +30,11 @@ Images at every interface: uint8 ``(N, H, W, 3)`` or float ``(N, 3, H, W)`` in `
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +42,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latent_flow.utils.checkpoint_files import load_checkpoint, save_checkpoint_file
+from latent_flow.evaluation.pixel_readers import (
+    as_float_images,
+    cache_key,
+    config_record,
+    conv_bn_relu,
+    held_out_record,
+    item_image_uint8,
+    load_cached_reader,
+    save_cached_reader,
+    training_record,
+)
 
 __all__ = [
     "JUDGE_VERSION",
@@ -94,10 +102,6 @@ class JudgeConfig:
             raise ValueError(f"JudgeConfig.shift must be >= 0, got {self.shift}")
 
 
-def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
 class AttributeJudge(nn.Module):
     """Small CNN: images ``(B, 3, R, R)`` in [-1, 1] -> logits ``(B, len(values))`` of one attribute.
 
@@ -122,9 +126,9 @@ class AttributeJudge(nn.Module):
         self.widths = tuple(int(w) for w in widths)
         w1, w2, w3 = self.widths
         self.features = nn.Sequential(
-            _conv(3, w1, 2), _conv(w1, w1),  # R -> R/2 (the strided stem still sees every pixel)
-            _conv(w1, w2, 2), _conv(w2, w2),  # -> R/4
-            _conv(w2, w3, 2), _conv(w3, w3),  # -> R/8
+            conv_bn_relu(3, w1, 2), conv_bn_relu(w1, w1),  # R -> R/2 (the strided stem still sees every pixel)
+            conv_bn_relu(w1, w2, 2), conv_bn_relu(w2, w2),  # -> R/4
+            conv_bn_relu(w2, w3, 2), conv_bn_relu(w3, w3),  # -> R/8
         )  # fmt: skip
         self.head = nn.Linear(w3, len(self.values))
 
@@ -163,22 +167,8 @@ def attribute_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
             f"{type(dataset).__name__} has no attributes: judges train on images with attributes "
             "(emoji: attributes=True, data.dataset.attributes=true)"
         )
-    images = []
-    for i in range(len(dataset)):
-        image = dataset[i]["image"]
-        images.append(((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy())
+    images = [item_image_uint8(dataset[i]["image"]) for i in range(len(dataset))]
     return np.stack(images), np.asarray(dataset.attributes, dtype=np.int64)
-
-
-def _as_float(images: Tensor | np.ndarray) -> Tensor:
-    """uint8 NHWC or float NCHW in [-1, 1] -> float NCHW in [-1, 1]."""
-    if isinstance(images, np.ndarray):
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
-        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    if images.dtype == torch.uint8:
-        raise ValueError("uint8 image tensors are ambiguous here: pass a uint8 NHWC numpy array or floats in [-1, 1]")
-    return images.float()
 
 
 def _shift(x: Tensor, max_shift: int, gen: torch.Generator) -> Tensor:
@@ -266,7 +256,7 @@ def predict(judge: AttributeJudge, images: Tensor | np.ndarray, batch_size: int 
     was_training = judge.training
     judge.eval()
     device = next(judge.parameters()).device
-    x = _as_float(images)
+    x = as_float_images(images)
     out = [judge(x[lo : lo + batch_size].to(device)).argmax(1).cpu() for lo in range(0, len(x), batch_size)]
     judge.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
@@ -303,7 +293,7 @@ def judge_scores(judge: AttributeJudge, images: Tensor | np.ndarray, labels: np.
 
 def judge_attributes(judges: Mapping[str, AttributeJudge], images: Tensor | np.ndarray) -> dict[str, Tensor]:
     """``{attribute: value indices (N,)}``: every judge's reading of the same images."""
-    x = _as_float(images)
+    x = as_float_images(images)
     return {name: predict(judge, x) for name, judge in judges.items()}
 
 
@@ -316,24 +306,16 @@ def judge_cache_key(
     train_fingerprint: str, resolution: int, attribute: str, values: Sequence[str], config: JudgeConfig
 ) -> str:
     """Short sha1 of the training set's fingerprint, the resolution, the attribute, its values and the config."""
-    payload = {
-        "version": JUDGE_VERSION,
-        "data": train_fingerprint,
-        "resolution": int(resolution),
-        "attribute": str(attribute),
-        "values": [str(v) for v in values],
-        "config": {**asdict(config), "widths": list(config.widths)},
-    }
-    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _load_cached(weights: Path, meta: Path) -> AttributeJudge:
-    blob = load_checkpoint(weights, weights_only=True)  # checksum, readable, finite (CheckpointIntegrityError)
-    judge = AttributeJudge.from_config(blob["config"])
-    judge.load_state_dict(blob["state_dict"])
-    judge.eval()
-    judge.metrics = json.loads(meta.read_text()) if meta.is_file() else None
-    return judge
+    return cache_key(
+        {
+            "version": JUDGE_VERSION,
+            "data": train_fingerprint,
+            "resolution": int(resolution),
+            "attribute": str(attribute),
+            "values": [str(v) for v in values],
+            "config": config_record(config),
+        }
+    )
 
 
 def load_or_train_judges(
@@ -377,12 +359,11 @@ def load_or_train_judges(
     missing = [a for a in chosen if not files[a][0].is_file()]
     for a in chosen:
         if a not in missing:
-            judges[a] = _load_cached(*files[a][:2])
+            judges[a] = load_cached_reader(AttributeJudge, *files[a][:2])
     if not missing:
         return judges
     images, attrs = attribute_arrays(train_dataset)
     held = attribute_arrays(held_out_dataset) if held_out_dataset is not None else None
-    folder.mkdir(parents=True, exist_ok=True)
     for a in missing:
         column = names.index(a)
         judge = train_judge(images, attrs[:, column], a, values[a], cfg, log_every=log_every)
@@ -393,28 +374,13 @@ def load_or_train_judges(
             "attribute": a,
             "values": values[a],
             "resolution": resolution,
-            "config": {**asdict(cfg), "widths": list(cfg.widths)},
-            "train": {
-                "dataset": repr(train_dataset),
-                "fingerprint": train_dataset.fingerprint(),
-                "num_images": len(images),
-            },
-            "train_seconds": round(getattr(judge, "train_seconds", float("nan")), 2),
-            "train_cpu_seconds": round(getattr(judge, "train_cpu_seconds", float("nan")), 2),
-            "threads": torch.get_num_threads(),
+            "config": config_record(cfg),
+            **training_record(judge, train_dataset, len(images)),
             "train_scores": judge_scores(judge, images, attrs[:, column]),
         }
         if held is not None:
-            held_names = list(held_out_dataset.attribute_names)
-            info["held_out"] = {
-                "dataset": repr(held_out_dataset),
-                "fingerprint": held_out_dataset.fingerprint() if hasattr(held_out_dataset, "fingerprint") else None,
-                **judge_scores(judge, held[0], held[1][:, held_names.index(a)]),
-            }
-        save_checkpoint_file({"config": judge.config(), "state_dict": judge.state_dict()}, weights)
-        tmp = meta.with_suffix(f".json.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, meta)
-        judge.metrics = info
+            column_held = list(held_out_dataset.attribute_names).index(a)
+            info["held_out"] = held_out_record(held_out_dataset, judge_scores(judge, held[0], held[1][:, column_held]))
+        save_cached_reader(judge, weights, meta, info)
         judges[a] = judge
     return {a: judges[a] for a in chosen}

@@ -25,12 +25,10 @@ Images at every interface: uint8 ``(N, H, W, 3)`` or float ``(N, 3, H, W)`` in `
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +36,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latent_flow.evaluation.pixel_readers import (
+    as_float_images,
+    cache_key,
+    config_record,
+    conv_bn_relu,
+    held_out_record,
+    item_image_uint8,
+    load_cached_reader,
+    save_cached_reader,
+    training_record,
+)
 from latent_flow.evaluation.segmentation import confusion_matrix, miou_from_confusion
-from latent_flow.utils.checkpoint_files import load_checkpoint, save_checkpoint_file
 
 __all__ = [
     "SEGMENTER_VERSION",
@@ -72,10 +80,6 @@ class SegmenterConfig:
     seed: int = 0
 
 
-def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
 class PartSegmenter(nn.Module):
     """Small U-Net: images ``(B, 3, R, R)`` in [-1, 1] -> logits ``(B, num_classes, R, R)``.
 
@@ -105,11 +109,11 @@ class PartSegmenter(nn.Module):
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         w1, w2, w3 = self.widths
-        self.enc1 = nn.Sequential(_conv(3, w1), _conv(w1, w1))
-        self.enc2 = nn.Sequential(_conv(w1, w2, 2), _conv(w2, w2))
-        self.enc3 = nn.Sequential(_conv(w2, w3, 2), _conv(w3, w3))
-        self.dec2 = _conv(w3 + w2, w2)
-        self.dec1 = _conv(w2 + w1, w1)
+        self.enc1 = nn.Sequential(conv_bn_relu(3, w1), conv_bn_relu(w1, w1))
+        self.enc2 = nn.Sequential(conv_bn_relu(w1, w2, 2), conv_bn_relu(w2, w2))
+        self.enc3 = nn.Sequential(conv_bn_relu(w2, w3, 2), conv_bn_relu(w3, w3))
+        self.dec2 = conv_bn_relu(w3 + w2, w2)
+        self.dec1 = conv_bn_relu(w2 + w1, w1)
         self.head = nn.Conv2d(w1, self.num_classes, 1)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -156,21 +160,9 @@ def dataset_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
                 f"{type(dataset).__name__} items have no 'semantic' map: a segmenter trains on images with their "
                 "class maps (emoji: part_maps=True)"
             )
-        image = item["image"]
-        images.append(((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy())
+        images.append(item_image_uint8(item["image"]))
         maps.append(np.asarray(item["semantic"], dtype=np.uint8))
     return np.stack(images), np.stack(maps)
-
-
-def _as_float(images: Tensor | np.ndarray) -> Tensor:
-    """uint8 NHWC or float NCHW in [-1, 1] -> float NCHW in [-1, 1]."""
-    if isinstance(images, np.ndarray):
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
-        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    if images.dtype == torch.uint8:
-        raise ValueError("uint8 image tensors are ambiguous here: pass a uint8 NHWC numpy array or floats in [-1, 1]")
-    return images.float()
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,7 +235,7 @@ def segment(segmenter: PartSegmenter, images: Tensor | np.ndarray, batch_size: i
     was_training = segmenter.training
     segmenter.eval()
     device = next(segmenter.parameters()).device
-    x = _as_float(images)
+    x = as_float_images(images)
     out = [segmenter(x[lo : lo + batch_size].to(device)).argmax(1).cpu() for lo in range(0, len(x), batch_size)]
     segmenter.train(was_training)
     return torch.cat(out) if out else torch.zeros((0, segmenter.resolution, segmenter.resolution), dtype=torch.long)
@@ -258,7 +250,7 @@ def segmentation_scores(
     if len(maps) != len(images):
         raise ValueError(f"{len(images)} images but {len(maps)} maps")
     conf = torch.zeros(segmenter.num_classes, segmenter.num_classes, dtype=torch.long)
-    x = _as_float(images)
+    x = as_float_images(images)
     for lo in range(0, len(x), batch_size):
         conf += confusion_matrix(segment(segmenter, x[lo : lo + batch_size]), maps[lo : lo + batch_size],
                                  segmenter.num_classes)  # fmt: skip
@@ -279,14 +271,15 @@ def segmenter_cache_key(
     train_fingerprint: str, resolution: int, class_names: list[str], config: SegmenterConfig
 ) -> str:
     """Short sha1 of the training set's fingerprint, the resolution, the classes and the config."""
-    payload = {
-        "version": SEGMENTER_VERSION,
-        "data": train_fingerprint,
-        "resolution": int(resolution),
-        "classes": list(class_names),
-        "config": {**asdict(config), "widths": list(config.widths)},
-    }
-    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_key(
+        {
+            "version": SEGMENTER_VERSION,
+            "data": train_fingerprint,
+            "resolution": int(resolution),
+            "classes": list(class_names),
+            "config": config_record(config),
+        }
+    )
 
 
 def _class_names(dataset) -> list[str]:
@@ -318,12 +311,7 @@ def load_or_train_segmenter(
     folder = Path(cache_dir) / "segmenters"
     weights, meta = folder / f"{name}-{key}.pt", folder / f"{name}-{key}.json"
     if weights.is_file():
-        blob = load_checkpoint(weights, weights_only=True)
-        segmenter = PartSegmenter.from_config(blob["config"])
-        segmenter.load_state_dict(blob["state_dict"])
-        segmenter.eval()
-        segmenter.metrics = json.loads(meta.read_text()) if meta.is_file() else None
-        return segmenter
+        return load_cached_reader(PartSegmenter, weights, meta)
     images, maps = dataset_arrays(train_dataset)
     segmenter = train_segmenter(images, maps, len(classes), cfg, class_names=classes, log_every=log_every)
     info = {
@@ -331,28 +319,12 @@ def load_or_train_segmenter(
         "version": SEGMENTER_VERSION,
         "resolution": resolution,
         "classes": classes,
-        "config": {**asdict(cfg), "widths": list(cfg.widths)},
-        "train": {
-            "dataset": repr(train_dataset),
-            "fingerprint": train_dataset.fingerprint(),
-            "num_images": len(images),
-        },
-        "train_seconds": round(getattr(segmenter, "train_seconds", float("nan")), 2),
-        "train_cpu_seconds": round(getattr(segmenter, "train_cpu_seconds", float("nan")), 2),
-        "threads": torch.get_num_threads(),
+        "config": config_record(cfg),
+        **training_record(segmenter, train_dataset, len(images)),
         "train_scores": segmentation_scores(segmenter, images, maps),
     }
     if held_out_dataset is not None:
         held_images, held_maps = dataset_arrays(held_out_dataset)
-        info["held_out"] = {
-            "dataset": repr(held_out_dataset),
-            "fingerprint": held_out_dataset.fingerprint() if hasattr(held_out_dataset, "fingerprint") else None,
-            **segmentation_scores(segmenter, held_images, held_maps),
-        }
-    folder.mkdir(parents=True, exist_ok=True)
-    save_checkpoint_file({"config": segmenter.config(), "state_dict": segmenter.state_dict()}, weights)
-    tmp = meta.with_suffix(f".json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, meta)
-    segmenter.metrics = info
+        info["held_out"] = held_out_record(held_out_dataset, segmentation_scores(segmenter, held_images, held_maps))
+    save_cached_reader(segmenter, weights, meta, info)
     return segmenter
