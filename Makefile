@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 
@@ -23,8 +24,8 @@ install: $(STAMP) ## create the virtual environment and install latent-flow with
 train: $(STAMP) ## run the default experiment (the quick start on `shapes`); extra Hydra overrides via ARGS="..."
 	$(PY) -m latent_flow.train $(ARGS)
 
-test: $(STAMP) ## run the default test suite (no slow / gpu tests)
-	$(PY) -m pytest -q $(ARGS)
+test: $(STAMP) ## run the default test suite (no slow / gpu tests) in TEST_WORKERS processes (pytest-xdist, one file each)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 lint: $(STAMP) ## ruff: lint and format check (ruff format . fixes the format)
 	$(PY) -m ruff check src tests benchmarks experiments
