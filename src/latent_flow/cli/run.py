@@ -21,6 +21,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -29,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from latent_flow.training.callbacks import RunAttempt
 from latent_flow.training.checkpoints import AtomicCheckpointIO, load_checkpoint
 from latent_flow.training.lr_schedule import check_schedule
-from latent_flow.training.module import BackboneMismatchError
+from latent_flow.training.module import BackboneMismatchError, LatentFlowModule
 from latent_flow.utils.config import to_plain
 from latent_flow.utils.distributed import resolve_precision
 from latent_flow.utils.io import write_json
@@ -61,9 +63,6 @@ CONFIG_DIR = str(Path(os.environ.get("LATENT_FLOW_CONF", Path(__file__).resolve(
 def compose_train_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """``python -m latent_flow.train``'s config with ``overrides``, composed outside a Hydra app (scripts,
     benchmarks); any Hydra instance an earlier call left is cleared first."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("train", overrides=list(overrides))
@@ -73,8 +72,6 @@ def bare_module(cfg: DictConfig, latent_shape, num_classes: int, **options):
     """The velocity model of a composed train config (backbone, condition, path, optimiser, EMA, objective)
     for latents of ``latent_shape``, with no data and no autoencoder: what step-cost measurements time.
     ``options`` go to :class:`~latent_flow.training.module.LatentFlowModule` (e.g. ``compile=``)."""
-    from latent_flow.training.module import LatentFlowModule
-
     return LatentFlowModule(
         backbone=cfg.backbone,
         condition=cfg.condition,
