@@ -29,7 +29,8 @@ the loop ``sample`` and ``evaluate`` run).
   mid-grey: what inpainting starts from). Grid ``inpaint_grid.png``: per row masked input | 4 completions |
   original, two rows per family.
 
-``fid=false`` skips FID / KID (no Inception pass). ``n=`` limits the held-out images and ``segmenter_steps=``
+``fid=false`` skips FID / KID (no Inception pass); ``grid_only=true`` draws the semantic grid alone (at the last
+``cfg`` scale; its rows spread over the held-out set). ``n=`` limits the held-out images and ``segmenter_steps=``
 the segmenter's training (smoke runs; another recipe is another cached segmenter). ``results=`` (relative to
 this folder, or absolute) and ``figures_dir=`` say where the numbers and the grids go.
 """
@@ -57,6 +58,14 @@ from latent_flow.generation import sample_batches
 from latent_flow.utils.images import from_uint8, make_grid_image, save_png, to_uint8
 
 HERE = Path(__file__).parent
+
+
+def _grid_rows(n: int) -> list[int]:
+    """``GRID_ROWS`` held-out rows spread evenly over the set: its order groups similar emoji (the first rows
+    are all flags and signs, whose maps have no parts)."""
+    return sorted({int(i) for i in np.linspace(0, n - 1, min(GRID_ROWS, n)).round()})
+
+
 MASK_VARIANT = 7  # not one of the (up to 4) variants cached for training
 GRID_ROWS = 8
 GRID_SAMPLES = 4
@@ -147,7 +156,8 @@ def main(args: dict[str, str]) -> None:
         res = {"ckpt": args["semantic"], "reconstruction_ceiling": segmentation_scores(segmenter, recon, maps)}
         inputs = {"maps": maps, "labels": labels}
         scales = [float(s) for s in args.get("cfg", "1.0,2.0").split(",")]
-        for scale in scales:
+        grid_only = args.get("grid_only", "false") == "true"
+        for scale in [] if grid_only else scales:
             t0 = time.time()
             samples, nfe = _sample(model, inputs, list(range(n)), held_rows, args, cfg_scale=scale)
             entry = {**segmentation_scores(segmenter, samples, maps), "nfe": nfe}
@@ -156,17 +166,19 @@ def main(args: dict[str, str]) -> None:
             res[f"cfg_{scale}"] = entry
             print(f"semantic cfg {scale}: mIoU {entry['miou']:.4f}, FID/KID {entry['fid_kid']}", flush=True)
         # the grid at the last scale: GRID_SAMPLES per map, noise indices after those of the metric samples
-        rows = [r for r in range(min(GRID_ROWS, n)) for _ in range(GRID_SAMPLES)]
+        picked = _grid_rows(n)
+        rows = [r for r in picked for _ in range(GRID_SAMPLES)]
         grid_samples, _ = _sample(model, inputs, list(range(n, n + len(rows))), rows, args, cfg_scale=scales[-1])
         grid = []
-        for r in range(min(GRID_ROWS, n)):
-            own = grid_samples[r * GRID_SAMPLES : (r + 1) * GRID_SAMPLES]
+        for k, r in enumerate(picked):
+            own = grid_samples[k * GRID_SAMPLES : (k + 1) * GRID_SAMPLES]
             grid.append(np.stack([_colour_maps(maps[r], legend), *own, images_u8[r]]))
         save_png(
             make_grid_image(from_uint8(np.concatenate(grid)), GRID_SAMPLES + 2, upscale=2),
             figures / "semantic_grid.png",
         )
-        results["semantic"] = res
+        if not grid_only:
+            results["semantic"] = res
     if "baseline" in args:  # a label model: the held-out emoji's group, no map
         model = load_model(args["baseline"], device="cpu")
         scale = float(args.get("baseline_cfg", 2.0))
