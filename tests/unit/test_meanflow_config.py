@@ -8,24 +8,16 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from latent_flow.cli.run import bare_module
 from latent_flow.sampling import FlowMapSolver, build_solver
 from latent_flow.training.module import LatentFlowModule
 from latent_flow.utils.config import to_plain
 
 
-def _module(cfg):
+def _module(cfg) -> LatentFlowModule:
     cfg.data.dataset.num_samples = 8
     dataset = instantiate(cfg.data.dataset)
-    return LatentFlowModule(
-        backbone=cfg.backbone,
-        condition=cfg.condition,
-        path=cfg.path,
-        optim=cfg.optim,
-        ema=cfg.ema,
-        latent_shape=(2, 16, 16),  # kl_shapes_f2 on 32 px shapes
-        num_classes=dataset.num_classes,
-        objective=cfg.get("objective"),
-    )
+    return bare_module(cfg, (2, 16, 16), dataset.num_classes)  # kl_shapes_f2 on 32 px shapes
 
 
 def test_the_default_objective_is_flow_matching(compose_cfg):
