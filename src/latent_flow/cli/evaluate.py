@@ -144,7 +144,6 @@ def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: in
     spatial_inputs = _spatial_inputs(cfg, model)  # inpainting / semantic: the condition (and label) of each index
     labels = None if spatial_inputs is not None else _labels_for(todo, model)
     tally = NFETally()
-    written = 0
     bar = progress_bar(len(todo), f"[rank {rank}/{world_size}] sampling", unit="img", disable=not todo)
     for batch in sample_batches(
         model,
@@ -164,12 +163,10 @@ def _generate(cfg: DictConfig, model, image_dir: Path, rank: int, world_size: in
             path = image_dir / f"{index:06d}.png"
             if not path.exists():
                 save_png(img, path)
-                written += 1
         bar.update(len(batch.indices))
     bar.close()
     return {
         "generated": len(todo),  # sampled (whole batches), the count the seconds are for
-        "written": written,
         "seconds": tally.seconds,
         "nfe": tally.nfe,
         "refiner_nfe": tally.refiner_nfe,

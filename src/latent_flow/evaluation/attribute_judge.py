@@ -48,11 +48,11 @@ from latent_flow.evaluation.pixel_readers import (
     config_record,
     conv_bn_relu,
     held_out_record,
-    item_image_uint8,
     load_cached_reader,
     save_cached_reader,
     training_record,
 )
+from latent_flow.utils.images import to_uint8
 
 __all__ = [
     "JUDGE_VERSION",
@@ -167,7 +167,7 @@ def attribute_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
             f"{type(dataset).__name__} has no attributes: judges train on images with attributes "
             "(emoji: attributes=True, data.dataset.attributes=true)"
         )
-    images = [item_image_uint8(dataset[i]["image"]) for i in range(len(dataset))]
+    images = [to_uint8(dataset[i]["image"][None])[0] for i in range(len(dataset))]
     return np.stack(images), np.asarray(dataset.attributes, dtype=np.int64)
 
 

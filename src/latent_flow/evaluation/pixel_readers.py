@@ -6,7 +6,8 @@ held-out images, and cached under a key that hashes everything they were trained
 the pieces that are the same for both:
 
 * :func:`conv_bn_relu`, their building block; :func:`as_float_images`, the one image convention at their
-  interfaces (uint8 ``(N, H, W, 3)`` or float ``(N, 3, H, W)`` in ``[-1, 1]``); :func:`item_image_uint8`;
+  interfaces (uint8 ``(N, H, W, 3)`` or float ``(N, 3, H, W)`` in ``[-1, 1]``; the conversions are
+  :mod:`latent_flow.utils.images`' ``to_uint8`` / ``from_uint8``);
 * :func:`cache_key`: a short sha1 of a JSON payload (version, data fingerprint, config...);
 * :func:`load_cached_reader` / :func:`save_cached_reader`: the weights through the verifying checkpoint
   files (:mod:`latent_flow.utils.checkpoint_files`) beside a ``.json`` of what the reader was trained on
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from latent_flow.utils.checkpoint_files import load_checkpoint, save_checkpoint_file
+from latent_flow.utils.images import from_uint8
 
 __all__ = [
     "as_float_images",
@@ -35,7 +37,6 @@ __all__ = [
     "config_record",
     "conv_bn_relu",
     "held_out_record",
-    "item_image_uint8",
     "load_cached_reader",
     "save_cached_reader",
     "training_record",
@@ -52,15 +53,10 @@ def as_float_images(images: Tensor | np.ndarray) -> Tensor:
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
-        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return from_uint8(images)
     if images.dtype == torch.uint8:
         raise ValueError("uint8 image tensors are ambiguous here: pass a uint8 NHWC numpy array or floats in [-1, 1]")
     return images.float()
-
-
-def item_image_uint8(image: Tensor) -> np.ndarray:
-    """A dataset item's ``"image"`` (float (3, R, R) in [-1, 1]) as uint8 (R, R, 3)."""
-    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def config_record(config) -> dict[str, Any]:

@@ -42,12 +42,12 @@ from latent_flow.evaluation.pixel_readers import (
     config_record,
     conv_bn_relu,
     held_out_record,
-    item_image_uint8,
     load_cached_reader,
     save_cached_reader,
     training_record,
 )
 from latent_flow.evaluation.segmentation import confusion_matrix, miou_from_confusion
+from latent_flow.utils.images import to_uint8
 
 __all__ = [
     "SEGMENTER_VERSION",
@@ -160,7 +160,7 @@ def dataset_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
                 f"{type(dataset).__name__} items have no 'semantic' map: a segmenter trains on images with their "
                 "class maps (emoji: part_maps=True)"
             )
-        images.append(item_image_uint8(item["image"]))
+        images.append(to_uint8(item["image"][None])[0])
         maps.append(np.asarray(item["semantic"], dtype=np.uint8))
     return np.stack(images), np.stack(maps)
 
