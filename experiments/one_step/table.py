@@ -1,12 +1,20 @@
-"""The results table of experiments/one_step: every ``<run>/eval/<name>/metrics.json`` under OUT as Markdown.
+"""The results table of experiments/one_step: every ``<run>/eval/<name>/metrics.json`` under OUT as Markdown,
+and the quality-vs-NFE plot.
 
-python experiments/one_step/table.py outputs/one_step  (prints the table; writes OUT/results.json)
+python experiments/one_step/table.py outputs/one_step [--keep experiments/one_step/results.json]
+    [--plot experiments/one_step/quality_vs_nfe.png] [--extra-points FILE.json]
+
+Prints the table and writes OUT/results.json. ``--keep`` adds the rows of an earlier results file whose run is
+not under OUT (runs measured in an earlier session: their output folders are gone, their numbers are kept).
+``--extra-points`` adds rows measured elsewhere (e.g. FlowTurbo of the same model by benchmarks/flowturbo.py) in
+the same row format (run, sampler, nfe, fd_shapes, label_accuracy, ms_per_image); they go on the plot only.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+import re
 from pathlib import Path
 
 
@@ -30,16 +38,70 @@ def rows(out: Path) -> list[dict]:
     return found
 
 
-def main(out: Path) -> None:
-    table = rows(out)
-    (out / "results.json").write_text(json.dumps(table, indent=2))
+def merge(new: list[dict], kept: list[dict]) -> list[dict]:
+    """``new`` plus the rows of ``kept`` whose run does not appear in ``new``."""
+    runs = {r["run"] for r in new}
+    return new + [r for r in kept if r["run"] not in runs]
+
+
+def family(row: dict) -> str:
+    """Plot series: the run and the sampler's name without its step count (flowmap4 -> flowmap)."""
+    sampler = re.sub(r"\d+", "", row["sampler"]).rstrip("_")
+    return f"{row['run']} / {sampler}"
+
+
+def plot(table: list[dict], path: Path, extra: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[dict]] = {}
+    for r in table + extra:
+        if r.get("fd_shapes") is not None and r.get("nfe"):
+            series.setdefault(family(r), []).append(r)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for name, pts in sorted(series.items()):
+        pts = sorted(pts, key=lambda r: r["nfe"])
+        ax.plot([p["nfe"] for p in pts], [p["fd_shapes"] for p in pts], "o-", label=name, ms=4)
+    best = min((r["fd_shapes"] for r in table if r["run"] == "flow" and r["nfe"] >= 50), default=None)
+    if best is not None:
+        for factor, style in ((1.0, "-"), (1.2, "--"), (1.5, ":")):
+            ax.axhline(best * factor, color="grey", lw=0.8, ls=style)
+            ax.text(1.02, best * factor, f"{factor}x flow 50 NFE", fontsize=7, va="bottom", color="grey")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("network evaluations per image (NFE)")
+    ax.set_ylabel("FD-shapes @1k (lower is better)")
+    ax.set_title("Quick start (shapes): quality vs NFE")
+    ax.grid(True, which="both", lw=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default="outputs/one_step", type=Path)
+    parser.add_argument("--keep", type=Path, help="earlier results.json: rows of runs not under OUT are kept")
+    parser.add_argument("--plot", type=Path, help="write the quality-vs-NFE plot (PNG) here")
+    parser.add_argument("--extra-points", type=Path, help="rows measured elsewhere, plotted only")
+    args = parser.parse_args()
+    table = rows(args.out)
+    if args.keep is not None:
+        table = merge(table, json.loads(args.keep.read_text()))
+    (args.out / "results.json").write_text(json.dumps(table, indent=2))
     print("| run | sampler | NFE | network rows | FD-shapes | label accuracy | ms / image |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in table:
         acc = "" if r["label_accuracy"] is None else f"{100 * r['label_accuracy']:.1f}%"
         fd = "" if r["fd_shapes"] is None else f"{r['fd_shapes']:.1f}"
         print(f"| {r['run']} | {r['sampler']} | {r['nfe']} | {r['model_rows']} | {fd} | {acc} | {r['ms_per_image']} |")
+    if args.plot is not None:
+        extra = json.loads(args.extra_points.read_text()) if args.extra_points else []
+        plot(table, args.plot, extra)
+        print(f"plot -> {args.plot}")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/one_step"))
+    main()

@@ -45,6 +45,7 @@ def test_meanflow_composes_and_builds_a_flow_map(overrides, compose_cfg):
         "weight_eps": 1e-3,
         "cfg_scale": 2.0,
         "cfg_kappa": 0.0,
+        "velocity": "path",
     }
     assert cfg.init_from == (overrides[-1].split("=", 1)[1] if "init_from" in overrides[-1] else None)
     module = _module(cfg)
@@ -65,3 +66,13 @@ def test_the_flowmap_sampler_composes(command, compose_cfg):
     assert sampler == {"name": "flowmap", "steps": 2, "time_grid": "uniform", "shift": 1.0}
     solver = build_solver(**sampler)
     assert isinstance(solver, FlowMapSolver) and solver.expected_nfe == 2
+
+
+def test_distillation_without_a_teacher_is_refused_before_any_stage(compose_cfg, tmp_path):
+    """``objective.velocity=teacher`` needs the flow to distil (``init_from=``); refused before anything runs."""
+    from latent_flow.cli.train import run_training
+
+    cfg = compose_cfg("train", ["objective=meanflow", "objective.velocity=teacher", f"paths.cache_dir={tmp_path}/c"])
+    with pytest.raises(ValueError, match=r"objective.velocity=teacher .*init_from=<flow .ckpt>"):
+        run_training(cfg)
+    assert not any((tmp_path / "c").glob("*"))  # no autoencoder / cache stage ran

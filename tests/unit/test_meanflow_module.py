@@ -191,3 +191,104 @@ def test_flowmap_sampling_with_an_inpainting_condition():
     assert result.nfe == 2 and result.model_rows == 8 and torch.isfinite(result.x).all()
     with pytest.raises(ValueError, match="spatial_cond"):
         mf.sample_latents(build_solver("flowmap", steps=1), indices=[0])
+
+
+# ------------------------------------------------------------------ distillation (objective.velocity=teacher)
+def _flow_checkpoint(tmp_path, *, ema_differs=True):
+    """A perturbed flow whose EMA differs from its raw backbone (so the teacher's source is visible), saved."""
+    flow = _module()
+    _perturb(flow)
+    if ema_differs:
+        with torch.no_grad():
+            for p in flow.backbone.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path / "flow.ckpt"
+    save_checkpoint_file({"state_dict": flow.state_dict(), "hyper_parameters": dict(flow.hparams)}, path)
+    return flow, path
+
+
+def test_the_teacher_is_the_flow_checkpoints_ema_network_frozen(tmp_path):
+    flow, path = _flow_checkpoint(tmp_path)
+    mf = _module({"name": "meanflow", "velocity": "teacher", "cfg_scale": 2.0}, seed=1)
+    assert mf.teacher is not None and mf.teacher.h_embedder is None  # a flow network: no interval embedding
+    report = mf.initialise_from(load_checkpoint(path))
+    assert report["teacher"] and all(k.startswith("teacher.") for k in report["teacher"])
+    assert not any(k.startswith("teacher.") for k in report["missing"])
+    assert not any(p.requires_grad for p in mf.teacher.parameters())
+    assert all(p.requires_grad for p in mf.backbone.parameters())
+    mf.train()
+    assert mf.backbone.training and not mf.teacher.training  # Lightning's train() leaves the teacher in eval
+    flow.eval()
+    g = torch.Generator().manual_seed(4)
+    x, t = torch.randn(4, *LATENT, generator=g), torch.rand(4, generator=g)
+    cond = {"label": torch.tensor([0, 1, 2, 3])}
+    v_ema = flow.velocity(x, t, cond, use_ema=True)
+    assert torch.equal(mf.teacher_velocity(x, t, cond), v_ema)  # the EMA network, not the raw backbone
+    assert not torch.allclose(flow.velocity(x, t, cond, use_ema=False), v_ema)
+    # the teacher travels in the checkpoint: a resumed or reloaded run distils from the same network
+    ckpt = {"state_dict": mf.state_dict(), "hyper_parameters": dict(mf.hparams)}
+    reloaded = flow_module_from_checkpoint(ckpt, path="distilled.ckpt")
+    reloaded.eval()
+    assert torch.equal(reloaded.teacher_velocity(x, t, cond), v_ema)
+
+
+def test_distillation_targets_the_teachers_velocity():
+    """At s = t the target is the velocity itself: with a teacher it is the teacher's, so a student that starts as
+    the teacher (a converted flow, zero interval embedding) has zero residual there; the path's conditional
+    velocity does not."""
+
+    def converted(velocity, tmp_path):
+        _, path = _flow_checkpoint(tmp_path, ema_differs=False)  # student (raw backbone) = teacher (EMA)
+        mf = _module({"name": "meanflow", "velocity": velocity, "distinct_fraction": 0.0}, seed=1)
+        mf.initialise_from(load_checkpoint(path))
+        mf.eval()  # no label dropout: the rows are reproducible
+        return mf
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        batch, gen = _batch(16), lambda: torch.Generator().manual_seed(7)
+        distilled = converted("teacher", Path(d))
+        distilled._loss(batch, use_ema=False, generator=gen())
+        # zero up to float rounding (the JVP runs the explicit attention path, the teacher the fused kernel)
+        assert distilled._last_mse.item() < 1e-9
+        plain = converted("path", Path(d))
+        plain._loss(batch, use_ema=False, generator=gen())
+        assert plain._last_mse.item() > 1e-3
+        # with distinct pairs the target moves (t - s) d/ds u away from the start: a nonzero residual to learn
+        distilled.objective.pairs.distinct_fraction = 1.0
+        distilled._loss(batch, use_ema=False, generator=gen())
+        assert distilled._last_mse.item() > 0
+
+
+def test_distillation_guides_with_the_teachers_velocities(monkeypatch, tmp_path):
+    _, path = _flow_checkpoint(tmp_path)
+    mf = _module({"name": "meanflow", "velocity": "teacher", "cfg_scale": 3.0}, seed=1)
+    mf.initialise_from(load_checkpoint(path))
+    mf.eval()
+    calls = []
+    original = mf.teacher_velocity
+
+    def spy(x, t, cond):
+        calls.append(cond["label"].clone())
+        return original(x, t, cond)
+
+    monkeypatch.setattr(mf, "teacher_velocity", spy)
+    monkeypatch.setattr(mf, "velocity", lambda *a, **k: pytest.fail("the student's own velocity is not used"))
+    batch = _batch(6)
+    mf._loss(batch, use_ema=False, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 2 and torch.equal(calls[0], batch["label"]) and (calls[1] == 3).all()
+
+
+def test_distillation_refuses_kappa_and_a_flow_map_teacher(tmp_path):
+    with pytest.raises(ValueError, match="cfg_kappa"):
+        _module({"name": "meanflow", "velocity": "teacher", "cfg_scale": 2.0, "cfg_kappa": 0.3})
+    with pytest.raises(ValueError, match="objective.velocity must be one of"):
+        _module({"name": "meanflow", "velocity": "oracle"})
+    mf = _module({"name": "meanflow"})
+    path = tmp_path / "mf.ckpt"
+    save_checkpoint_file({"state_dict": mf.state_dict(), "hyper_parameters": dict(mf.hparams)}, path)
+    student = _module({"name": "meanflow", "velocity": "teacher"}, seed=1)
+    with pytest.raises(ValueError, match="distils a flow checkpoint"):
+        student.initialise_from(load_checkpoint(path))

@@ -79,6 +79,12 @@ def run_training(cfg: DictConfig) -> dict:
     apply_extras(cfg)  # extras.print_config / ignore_warnings / enforce_tags (conf/extras/)
     if cfg.get("base_ckpt_path") or "refiner" in cfg:  # FlowTurbo: a velocity refiner for a trained checkpoint
         return run_refiner_training(cfg)
+    objective = to_plain(cfg.get("objective")) or {}
+    if objective.get("velocity") == "teacher" and not cfg.get("init_from") and not cfg.get("ckpt_path"):
+        raise ValueError(
+            "objective.velocity=teacher distils a trained flow into a flow map: name the flow with "
+            "init_from=<flow .ckpt> (or resume a distillation run with ckpt_path=<run>/checkpoints/last.ckpt)"
+        )
     start = time.time()
     output_dir = Path(cfg.paths.output_dir)
     # the config resolved and a resume checkpoint verified before the stages run; nothing written until the

@@ -73,6 +73,17 @@ best ImageNet setting: 25%), the rest ``s = t``.
   fixed point ``u(z, s, s | c) = (omega / (1 - kappa)) v(z, s | c) + (1 - omega / (1 - kappa)) v(z, s)``:
   one evaluation samples the guided ODE of CFG scale ``omega / (1 - kappa)`` (``kappa = 0``: ``omega``).
 
+Distillation from a trained flow (``velocity="teacher"``)
+--------------------------------------------------------
+The identity holds pointwise with the *marginal* velocity ``v(z_s, s)``; the conditional ``v_c`` only
+matches it in expectation given ``z_s``, and its spread around ``v`` (largest near the noise end, where
+``z_s`` says little about ``x_data``) is noise in every target. A trained flow's velocity ``v_T(z_s, s)``
+estimates ``v`` directly, so using it as the tangent and the target's velocity (the teacher's guided
+``omega v_T(z_s, s | c) + (1 - omega) v_T(z_s, s | null)`` when guidance is folded in) keeps the same
+fixed point, the teacher's own flow map, with a regression target that has no data noise: the conversion
+of a flow checkpoint into a flow map (``init_from=`` the flow, the teacher its EMA network, frozen) then
+fits a deterministic function. The student's quality is bounded by the teacher's, as for any distillation.
+
 Paths: the identity holds for any affine path, but the flow map is implemented and tested for the
 CondOT path only; :class:`MeanFlowObjective` refuses other schedulers (the VP path's ``d_sigma`` grows
 without bound at the data end, where the pairs' landing times concentrate).
@@ -198,7 +209,12 @@ class MeanFlowObjective:
         weight_power, weight_eps: adaptive weighting ``1 / (||delta||^2 + eps)^power`` (p = 1, eps = 1e-3).
         cfg_scale: ``omega`` of the guidance folded into the target (1 = none).
         cfg_kappa: ``kappa`` of the same (improved MeanFlow's mix; 0 = MeanFlow's original form).
+        velocity: ``"path"`` (the path's conditional velocity, MeanFlow) or ``"teacher"`` (a trained flow's
+            velocity, distillation: the caller passes it, guided, to :meth:`target`); ``cfg_kappa`` mixes the
+            student's own velocity and is refused with a teacher.
     """
+
+    VELOCITIES = ("path", "teacher")
 
     def __init__(
         self,
@@ -210,7 +226,15 @@ class MeanFlowObjective:
         weight_eps: float = 1e-3,
         cfg_scale: float = 1.0,
         cfg_kappa: float = 0.0,
+        velocity: str = "path",
     ) -> None:
+        if velocity not in self.VELOCITIES:
+            raise ValueError(f"objective.velocity must be one of {list(self.VELOCITIES)}, got {velocity!r}")
+        if velocity == "teacher" and float(cfg_kappa) != 0.0:
+            raise ValueError(
+                "objective.velocity=teacher guides with the teacher's velocities (cfg_scale); cfg_kappa mixes the "
+                f"student's own and is not defined with a teacher: set cfg_kappa=0 (got {cfg_kappa})"
+            )
         if not isinstance(path, AffinePath):
             raise TypeError(f"path must be an AffinePath, got {type(path).__name__}")
         if not isinstance(path.scheduler, CondOTScheduler):
@@ -228,6 +252,12 @@ class MeanFlowObjective:
         self.weight_eps = float(weight_eps)
         self.cfg_scale = float(cfg_scale)
         self.cfg_kappa = float(cfg_kappa)
+        self.velocity = velocity
+
+    @property
+    def distils(self) -> bool:
+        """Whether the target's velocity is a teacher flow's (``velocity="teacher"``)."""
+        return self.velocity == "teacher"
 
     @property
     def guides(self) -> bool:
@@ -276,5 +306,6 @@ class MeanFlowObjective:
     def __repr__(self) -> str:
         return (
             f"MeanFlowObjective({self.path!r}, {self.pairs!r}, weight_power={self.weight_power}, "
-            f"weight_eps={self.weight_eps}, cfg_scale={self.cfg_scale}, cfg_kappa={self.cfg_kappa})"
+            f"weight_eps={self.weight_eps}, cfg_scale={self.cfg_scale}, cfg_kappa={self.cfg_kappa}, "
+            f"velocity={self.velocity!r})"
         )

@@ -21,6 +21,7 @@ trained flow checkpoint into a flow-map model (``python -m latent_flow.train ini
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,11 +54,24 @@ __all__ = ["LatentFlowModule", "BackboneMismatchError", "OBJECTIVES"]
 #: training objectives (``objective.name``): flow matching, and the MeanFlow flow map
 OBJECTIVES = ("flow", "meanflow")
 #: options of ``objective=meanflow`` (conf/objective/meanflow.yaml; :class:`MeanFlowObjective`)
-_MEANFLOW_OPTIONS = {"distinct_fraction", "time_sampler", "weight_power", "weight_eps", "cfg_scale", "cfg_kappa"}
+_MEANFLOW_OPTIONS = {
+    "distinct_fraction",
+    "time_sampler",
+    "weight_power",
+    "weight_eps",
+    "cfg_scale",
+    "cfg_kappa",
+    "velocity",
+}
 
 
 class BackboneMismatchError(RuntimeError):
     """A checkpoint was written by a different backbone / latent shape than the config asks for."""
+
+
+def _prefixed(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of ``state`` under ``prefix``, with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 class LatentFlowModule(ResumableRNG, L.LightningModule):
@@ -206,6 +220,23 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
                         "objective.cfg_scale != 1 (guidance folded into the target) needs a conditional model"
                     )
             self.objective = MeanFlowObjective(self.path, pair_sampler, **mf_opts)
+        # distillation (objective.velocity=teacher): a frozen flow network (and condition encoder) of the
+        # backbone's architecture without the interval embedding, filled by initialise_from (init_from=) and
+        # kept in the checkpoints, so that a resumed run distils from the same teacher
+        self.teacher: torch.nn.Module | None = None
+        self.teacher_condition: torch.nn.Module | None = None
+        if self.objective is not None and self.objective.distils:
+            self.teacher = build_backbone(
+                bb_name,
+                input_size=height,
+                in_channels=channels + self.condition.spatial_channels,
+                out_channels=channels,
+                num_classes=int(num_classes) if self.condition.uses_label else 0,
+                class_dropout_prob=0.0,
+                **bb_opts,
+            ).requires_grad_(False)
+            if has_cond_params:
+                self.teacher_condition = copy.deepcopy(self.condition).requires_grad_(False)
         self._last_mse: Tensor | None = None
 
         self._autoencoder = None  # not a submodule: never saved in flow checkpoints
@@ -226,6 +257,22 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
     def is_flow_map(self) -> bool:
         """Whether this model is a flow map (``objective=meanflow``): its backbone takes ``t_end``."""
         return self.objective is not None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for frozen in (self.teacher, self.teacher_condition):  # the teacher is evaluated, never trained
+            if frozen is not None:
+                frozen.eval()
+        return self
+
+    def teacher_velocity(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """``v_T(x_t, t | cond)`` of the distillation teacher (``objective.velocity=teacher``), without gradient."""
+        if self.teacher is None:
+            raise ValueError("this model has no teacher: objective.velocity=teacher (with init_from=<flow ckpt>)")
+        condition = self.teacher_condition if self.teacher_condition is not None else self.condition
+        with torch.no_grad():
+            x_in, label = condition.network_inputs(x_t, cond)
+            return self.teacher(x_in, t, label)
 
     def _network(self, use_ema: bool) -> torch.nn.Module:
         if use_ema and self.ema is not None:
@@ -360,6 +407,8 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             drop = torch.rand(label.shape[0], device=label.device) < self._objective_label_dropout
             cond = {**cond, "label": torch.where(drop, torch.full_like(label, self.num_classes), label)}
         velocity = sample.target
+        if objective.distils:  # the teacher's velocity at z_s replaces the conditional one (module docstring)
+            velocity = self.teacher_velocity(sample.x_t, s, cond).to(sample.target.dtype)
         if objective.guides:
             null = self.condition.null(cond)
             kept = torch.ones(batch_size, dtype=torch.bool, device=x_data.device)  # rows not entirely null
@@ -367,8 +416,12 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             for key, value in cond.items():
                 same &= (value == null[key].to(value.device)).reshape(batch_size, -1).all(dim=1).to(kept.device)
             kept &= ~same
-            with torch.no_grad():  # the network's own instantaneous velocities (u at t_end = s), stop-gradient
-                v_uncond = self.velocity(sample.x_t, s, null, use_ema=use_ema)
+            if objective.distils:  # the teacher's own CFG: omega v_T(c) + (1 - omega) v_T(null)
+                v_uncond = self.teacher_velocity(sample.x_t, s, null)
+            else:  # the network's own instantaneous velocities (u at t_end = s), stop-gradient
+                with torch.no_grad():
+                    v_uncond = self.velocity(sample.x_t, s, null, use_ema=use_ema)
+            with torch.no_grad():
                 v_cond = self.velocity(sample.x_t, s, cond, use_ema=use_ema) if objective.cfg_kappa else None
             velocity = objective.guided_velocity(velocity, v_uncond=v_uncond, v_cond=v_cond, guided=kept)
         condition = self.condition_ema.module if (use_ema and self.condition_ema is not None) else self.condition
@@ -494,7 +547,9 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         (``h_embedder``), which keeps its initialisation: zero output, so the converted model *is* the flow
         model (``u(x, t, t_end) = v(x, t)`` for every ``t_end``) until training moves it. A checkpoint without
         EMA weights gives the EMA a copy of its backbone. Optimizer, step count and RNG states start fresh.
-        Returns ``{"initialised": [...], "missing": [...]}`` (parameter names).
+        With ``objective.velocity=teacher`` the checkpoint must be a flow (``objective=flow``): its EMA network
+        (else its backbone) and condition encoder become the frozen teacher.
+        Returns ``{"initialised": [...], "missing": [...], "teacher": [...]}`` (parameter names).
         """
         saved = checkpoint.get("hyper_parameters") or {}
         if "state_dict" not in checkpoint or "backbone" not in saved:
@@ -510,8 +565,16 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         if self.ema is not None and not any(k.startswith("ema.") for k in state):  # no EMA saved: copy the weights
             weights = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
             state.update({f"ema.module.{k}": v for k, v in weights.items()})
+        teacher_keys = {k for k in own if k.startswith(("teacher.", "teacher_condition."))}
+        if self.teacher is not None:
+            saved_objective = (to_plain(saved.get("objective")) or {"name": "flow"})["name"]
+            if saved_objective != "flow":
+                raise ValueError(
+                    f"init_from: objective.velocity=teacher distils a flow checkpoint (objective=flow); this one was "
+                    f"trained with objective={saved_objective}"
+                )
         unexpected = sorted(set(state) - set(own))
-        missing = sorted(set(own) - set(state))
+        missing = sorted(set(own) - set(state) - teacher_keys)
         allowed = [k for k in missing if ".h_embedder." in f".{k}" or k == "ema.num_updates"]
         if unexpected or set(missing) - set(allowed):
             raise BackboneMismatchError(
@@ -519,9 +582,17 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
                 f"{sorted(set(missing) - set(allowed))[:5]}); only a flow map's interval embedder may be new"
             )
         self.load_state_dict(state, strict=False)
+        if self.teacher is not None:  # the flow's EMA network (its sampling weights), else its raw backbone
+            net_prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else "backbone."
+            self.teacher.load_state_dict(_prefixed(state, net_prefix))
+            if self.teacher_condition is not None:
+                cond_prefix = (
+                    "condition_ema.module." if any(k.startswith("condition_ema.") for k in state) else "condition."
+                )
+                self.teacher_condition.load_state_dict(_prefixed(state, cond_prefix))
         if self.ema is not None:
             self.ema.num_updates.zero_()  # the new run's EMA warm-up starts over, from the loaded weights
-        return {"initialised": sorted(set(state) & set(own)), "missing": missing}
+        return {"initialised": sorted(set(state) & set(own)), "missing": missing, "teacher": sorted(teacher_keys)}
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
