@@ -1,29 +1,46 @@
 #!/usr/bin/env bash
-# One-step generation on the quick start (issue #29 item 5): a flow-map model (objective=meanflow) trained
-# from scratch and converted from the quick-start flow checkpoint, evaluated at 1 / 2 / 4 NFE with sampler=flowmap
-# against the flow's Heun 25 steps (50 NFE). Usage: bash experiments/one_step/run.sh [OUT=outputs/one_step]
-# Threads: set OMP_NUM_THREADS / nice in the environment; every stage writes its own run directory.
+# One-step generation on the quick start (issue #29 item 5): flow-map models (objective=meanflow) trained from
+# scratch, converted from the quick-start flow checkpoint and distilled from it, evaluated at 1 / 2 / 4 NFE with
+# sampler=flowmap against the flow's own solvers (Euler 1-8 steps, Heun 2-25 steps, CFG 2).
+# Usage: bash experiments/one_step/run.sh [OUT=outputs/one_step]; then
+#   python experiments/one_step/table.py OUT --keep experiments/one_step/results.json --plot experiments/one_step/quality_vs_nfe.png
+# Threads: set OMP_NUM_THREADS / nice in the environment; every stage writes its own run directory and is
+# skipped when its checkpoint (or metrics.json) exists, so the script resumes.
 set -euo pipefail
 OUT=${1:-outputs/one_step}
 PY=${PY:-.venv/bin/python}
-# equal training compute: a flow-map step (its JVP through the backbone) costs 3.35x a flow step of the quick start
-# (experiments/one_step/step_cost.py, 2026-12-07, bf16, batch 128, one thread), so the from-scratch run gets
-# 2,200 / 3.35 = 660 steps; the conversion 200 steps = 0.30x the flow run's compute on top of it
+FLOW=$OUT/flow/checkpoints/last.ckpt
+# equal training compute: a flow-map step (its JVP through the backbone) costs 3.35x a flow step of the quick
+# start (experiments/one_step/step_cost.py, 2026-12-07, bf16, batch 128, one thread), so the from-scratch run gets
+# 2,200 / 3.35 = 660 steps
 STEPS=${STEPS:-660}
-CONVERT_STEPS=${CONVERT_STEPS:-200}
 
 # (0) the flow baseline: the quick start (make train), if not there yet
-[ -f "$OUT/flow/checkpoints/last.ckpt" ] || $PY -m latent_flow.train hydra.run.dir="$OUT/flow"
+[ -f "$FLOW" ] || $PY -m latent_flow.train hydra.run.dir="$OUT/flow"
 
-# (a) from scratch at the quick start's step budget; guidance folded into the target (CFG 2, the quick start's
-#     sampling scale), so the grids sample with cfg_scale 1 and two flow-map steps
-[ -f "$OUT/scratch/checkpoints/last.ckpt" ] || $PY -m latent_flow.train objective=meanflow objective.cfg_scale=2.0 \
-    trainer.max_steps="$STEPS" sampler=flowmap sampler.steps=2 samples.cfg_scale=1.0 hydra.run.dir="$OUT/scratch"
+train() { # train RUN overrides...: a flow-map run (guidance folded into the target: CFG 2, the quick start's
+    # sampling scale, so flow maps sample with cfg_scale 1), skipped when it has its last checkpoint
+    local run=$1
+    shift
+    [ -f "$OUT/$run/checkpoints/last.ckpt" ] || $PY -m latent_flow.train objective=meanflow objective.cfg_scale=2.0 \
+        sampler=flowmap sampler.steps=2 samples.cfg_scale=1.0 hydra.run.dir="$OUT/$run" "$@"
+}
+CONVERT=(init_from="$FLOW" optim.lr=1.0e-3 optim.warmup_steps=20 trainer.val_check_interval=250)
+WIDE=(objective.distinct_fraction=0.75 "objective.time_sampler={name: uniform}")
 
-# (b) converted: the flow checkpoint's backbone + EMA, a short fine-tune with the flow-map objective
-[ -f "$OUT/converted/checkpoints/last.ckpt" ] || $PY -m latent_flow.train objective=meanflow objective.cfg_scale=2.0 \
-    init_from="$OUT/flow/checkpoints/last.ckpt" trainer.max_steps="$CONVERT_STEPS" optim.lr=1.0e-3 optim.warmup_steps=20 \
-    trainer.val_check_interval=100 sampler=flowmap sampler.steps=2 samples.cfg_scale=1.0 hydra.run.dir="$OUT/converted"
+# (a) from scratch at the quick start's training compute
+train scratch trainer.max_steps="$STEPS"
+# (b) converted: the flow checkpoint's backbone + EMA, fine-tuned with the flow-map objective (the paper's pairs:
+#     25% distinct, times from the path's logit-normal toward noise), 200 and 1,000 steps
+train converted "${CONVERT[@]}" trainer.max_steps=200 trainer.val_check_interval=100
+train converted1000 "${CONVERT[@]}" trainer.max_steps=1000
+# (c) converted with wide pairs: 75% distinct, both times uniform (long intervals, e.g. the 1-step jump 0 -> 1,
+#     are drawn far more often than under the logit-normal), 1,000 steps, then continued to 3,000 (exact resume)
+train converted1000_wide "${CONVERT[@]}" "${WIDE[@]}" trainer.max_steps=1000
+train converted3000_wide "${CONVERT[@]}" "${WIDE[@]}" trainer.max_steps=3000 \
+    ckpt_path="$OUT/converted1000_wide/checkpoints/last.ckpt"
+# (d) distilled: the target's velocity is the flow's (its EMA network, frozen: objective.velocity=teacher)
+train distilled1000 "${CONVERT[@]}" objective.velocity=teacher trainer.max_steps=1000
 
 ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy from the packaged oracle
     local run=$1 name=$2
@@ -31,8 +48,9 @@ ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy f
     [ -f "$OUT/$run/eval/$name/metrics.json" ] || $PY -m latent_flow.evaluate ckpt_path="$OUT/$run/checkpoints/last.ckpt" \
         num_samples=1000 seed=0 out_dir="$OUT/$run/eval/$name" hydra.run.dir="$OUT/$run/eval/$name/hydra" "$@"
 }
-ev flow heun25_cfg2 sampler=heun sampler.steps=25 cfg_scale=2.0
-for run in scratch converted; do
+for s in 2 5 10 25; do ev flow "heun${s}_cfg2" sampler=heun sampler.steps="$s" cfg_scale=2.0; done
+for s in 1 2 4 8; do ev flow "euler${s}_cfg2" sampler=euler sampler.steps="$s" cfg_scale=2.0; done
+for run in scratch converted converted1000 converted1000_wide converted3000_wide distilled1000; do
     for steps in 1 2 4; do
         ev "$run" "flowmap${steps}" sampler=flowmap sampler.steps="$steps" cfg_scale=1.0
     done

@@ -60,10 +60,13 @@ def plot(table: list[dict], path: Path, extra: list[dict]) -> None:
     for r in table + extra:
         if r.get("fd_shapes") is not None and r.get("nfe"):
             series.setdefault(family(r), []).append(r)
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for name, pts in sorted(series.items()):
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    colours = plt.get_cmap("tab20").colors
+    for k, (name, pts) in enumerate(sorted(series.items())):
         pts = sorted(pts, key=lambda r: r["nfe"])
-        ax.plot([p["nfe"] for p in pts], [p["fd_shapes"] for p in pts], "o-", label=name, ms=4)
+        # flow maps: circles and solid lines; the same models sampled as ODEs (and the flow's solvers): squares
+        style = "o-" if "flowmap" in name or "turbo" in name else "s--"
+        ax.plot([p["nfe"] for p in pts], [p["fd_shapes"] for p in pts], style, label=name, ms=4, color=colours[k % 20])
     best = min((r["fd_shapes"] for r in table if r["run"] == "flow" and r["nfe"] >= 50), default=None)
     if best is not None:
         for factor, style in ((1.0, "-"), (1.2, "--"), (1.5, ":")):
@@ -75,7 +78,7 @@ def plot(table: list[dict], path: Path, extra: list[dict]) -> None:
     ax.set_ylabel("FD-shapes @1k (lower is better)")
     ax.set_title("Quick start (shapes): quality vs NFE")
     ax.grid(True, which="both", lw=0.3)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=130)
 
