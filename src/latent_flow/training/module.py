@@ -180,16 +180,20 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             raise ValueError(f"latent_shape must be square for the current backbones, got {latent_shape}")
         bb_opts = dict(backbone)
         bb_name = bb_opts.pop("name")
-        self.backbone = build_backbone(
-            bb_name,
-            input_size=height,
-            in_channels=channels + self.condition.spatial_channels,
-            out_channels=channels,
-            num_classes=int(num_classes) if self.condition.uses_label else 0,
-            class_dropout_prob=backbone_label_dropout,
-            **({"flow_map": True} if flow_map else {}),
-            **bb_opts,
-        )
+
+        def make_backbone(label_dropout: float, with_interval: bool) -> torch.nn.Module:
+            return build_backbone(
+                bb_name,
+                input_size=height,
+                in_channels=channels + self.condition.spatial_channels,
+                out_channels=channels,
+                num_classes=int(num_classes) if self.condition.uses_label else 0,
+                class_dropout_prob=label_dropout,
+                **({"flow_map": True} if with_interval else {}),
+                **bb_opts,
+            )
+
+        self.backbone = make_backbone(backbone_label_dropout, flow_map)
         self.ema = EMA(self.backbone, **ema) if ema else None
         # trainable condition encoders (condition=semantic) get their own EMA copy; parameter-free ones none
         has_cond_params = any(True for _ in self.condition.parameters())
@@ -226,15 +230,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         self.teacher: torch.nn.Module | None = None
         self.teacher_condition: torch.nn.Module | None = None
         if self.objective is not None and self.objective.distils:
-            self.teacher = build_backbone(
-                bb_name,
-                input_size=height,
-                in_channels=channels + self.condition.spatial_channels,
-                out_channels=channels,
-                num_classes=int(num_classes) if self.condition.uses_label else 0,
-                class_dropout_prob=0.0,
-                **bb_opts,
-            ).requires_grad_(False)
+            self.teacher = make_backbone(0.0, False).requires_grad_(False)
             if has_cond_params:
                 self.teacher_condition = copy.deepcopy(self.condition).requires_grad_(False)
         self._last_mse: Tensor | None = None
