@@ -232,34 +232,30 @@ def test_the_teacher_is_the_flow_checkpoints_ema_network_frozen(tmp_path):
     assert torch.equal(reloaded.teacher_velocity(x, t, cond), v_ema)
 
 
-def test_distillation_targets_the_teachers_velocity():
+def test_distillation_targets_the_teachers_velocity(tmp_path):
     """At s = t the target is the velocity itself: with a teacher it is the teacher's, so a student that starts as
     the teacher (a converted flow, zero interval embedding) has zero residual there; the path's conditional
     velocity does not."""
+    _, path = _flow_checkpoint(tmp_path, ema_differs=False)  # student (raw backbone) = teacher (EMA)
 
-    def converted(velocity, tmp_path):
-        _, path = _flow_checkpoint(tmp_path, ema_differs=False)  # student (raw backbone) = teacher (EMA)
+    def converted(velocity):
         mf = _module({"name": "meanflow", "velocity": velocity, "distinct_fraction": 0.0}, seed=1)
         mf.initialise_from(load_checkpoint(path))
         mf.eval()  # no label dropout: the rows are reproducible
         return mf
 
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as d:
-        batch, gen = _batch(16), lambda: torch.Generator().manual_seed(7)
-        distilled = converted("teacher", Path(d))
-        distilled._loss(batch, use_ema=False, generator=gen())
-        # zero up to float rounding (the JVP runs the explicit attention path, the teacher the fused kernel)
-        assert distilled._last_mse.item() < 1e-9
-        plain = converted("path", Path(d))
-        plain._loss(batch, use_ema=False, generator=gen())
-        assert plain._last_mse.item() > 1e-3
-        # with distinct pairs the target moves (t - s) d/ds u away from the start: a nonzero residual to learn
-        distilled.objective.pairs.distinct_fraction = 1.0
-        distilled._loss(batch, use_ema=False, generator=gen())
-        assert distilled._last_mse.item() > 0
+    batch, gen = _batch(16), lambda: torch.Generator().manual_seed(7)
+    distilled = converted("teacher")
+    distilled._loss(batch, use_ema=False, generator=gen())
+    # zero up to float rounding (the JVP runs the explicit attention path, the teacher the fused kernel)
+    assert distilled._last_mse.item() < 1e-9
+    plain = converted("path")
+    plain._loss(batch, use_ema=False, generator=gen())
+    assert plain._last_mse.item() > 1e-3
+    # with distinct pairs the target moves (t - s) d/ds u away from the start: a nonzero residual to learn
+    distilled.objective.pairs.distinct_fraction = 1.0
+    distilled._loss(batch, use_ema=False, generator=gen())
+    assert distilled._last_mse.item() > 0
 
 
 def test_distillation_guides_with_the_teachers_velocities(monkeypatch, tmp_path):

@@ -412,12 +412,11 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             for key, value in cond.items():
                 same &= (value == null[key].to(value.device)).reshape(batch_size, -1).all(dim=1).to(kept.device)
             kept &= ~same
-            if objective.distils:  # the teacher's own CFG: omega v_T(c) + (1 - omega) v_T(null)
-                v_uncond = self.teacher_velocity(sample.x_t, s, null)
-            else:  # the network's own instantaneous velocities (u at t_end = s), stop-gradient
-                with torch.no_grad():
+            with torch.no_grad():  # stop-gradient
+                if objective.distils:  # the teacher's own CFG: omega v_T(c) + (1 - omega) v_T(null)
+                    v_uncond = self.teacher_velocity(sample.x_t, s, null)
+                else:  # the network's own instantaneous velocities (u at t_end = s)
                     v_uncond = self.velocity(sample.x_t, s, null, use_ema=use_ema)
-            with torch.no_grad():
                 v_cond = self.velocity(sample.x_t, s, cond, use_ema=use_ema) if objective.cfg_kappa else None
             velocity = objective.guided_velocity(velocity, v_uncond=v_uncond, v_cond=v_cond, guided=kept)
         condition = self.condition_ema.module if (use_ema and self.condition_ema is not None) else self.condition
@@ -559,8 +558,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         state = dict(checkpoint["state_dict"])
         own = self.state_dict()
         if self.ema is not None and not any(k.startswith("ema.") for k in state):  # no EMA saved: copy the weights
-            weights = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
-            state.update({f"ema.module.{k}": v for k, v in weights.items()})
+            state.update({f"ema.module.{k}": v for k, v in _prefixed(state, "backbone.").items()})
         teacher_keys = {k for k in own if k.startswith(("teacher.", "teacher_condition."))}
         if self.teacher is not None:
             saved_objective = (to_plain(saved.get("objective")) or {"name": "flow"})["name"]
