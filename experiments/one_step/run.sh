@@ -41,6 +41,12 @@ train converted3000_wide "${CONVERT[@]}" "${WIDE[@]}" trainer.max_steps=3000 \
     ckpt_path="$OUT/converted1000_wide/checkpoints/last.ckpt"
 # (d) distilled: the target's velocity is the flow's (its EMA network, frozen: objective.velocity=teacher)
 train distilled1000 "${CONVERT[@]}" objective.velocity=teacher trainer.max_steps=1000
+# (e) distilled along the teacher's trajectories (objective.target=ode): the target of a pair is the flow's own
+#     guided ODE (CFG 2, EMA weights) integrated by Heun over it (10 steps for a pair spanning [0, 1]); wide pairs,
+#     a quarter of them the jumps of the 1-, 2- and 4-step sampling grids; adaptive weighting (p = 1) or plain MSE
+ODE=(objective.velocity=teacher objective.target=ode objective.grid_fraction=0.25)
+train ode1000_grid "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" trainer.max_steps=1000
+train ode1000_grid_mse "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 trainer.max_steps=1000
 
 ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy from the packaged oracle
     local run=$1 name=$2
@@ -50,7 +56,8 @@ ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy f
 }
 for s in 2 5 10 25; do ev flow "heun${s}_cfg2" sampler=heun sampler.steps="$s" cfg_scale=2.0; done
 for s in 1 2 4 8; do ev flow "euler${s}_cfg2" sampler=euler sampler.steps="$s" cfg_scale=2.0; done
-for run in scratch converted converted1000 converted1000_wide converted3000_wide distilled1000; do
+for run in scratch converted converted1000 converted1000_wide converted3000_wide distilled1000 ode1000_grid \
+    ode1000_grid_mse; do
     for steps in 1 2 4; do
         ev "$run" "flowmap${steps}" sampler=flowmap sampler.steps="$steps" cfg_scale=1.0
     done

@@ -3,9 +3,10 @@
     OMP_NUM_THREADS=1 .venv/bin/python experiments/one_step/step_cost.py [--rounds 5] [--steps 10] [overrides...]
 
 Builds the quick start's ``LatentFlowModule`` (``python -m latent_flow.train``'s default config, plus any
-Hydra ``overrides``) twice, with ``objective=flow`` and ``objective=meanflow objective.cfg_scale=2.0`` (the
-run.sh setting: its JVP through the backbone is the extra cost), and times full steps (loss, backward, fused
-AdamW, EMA update) under the quick start's bf16 autocast on a batch of its size, alternating the two for
+Hydra ``overrides``) three times, with ``objective=flow``, ``objective=meanflow objective.cfg_scale=2.0`` (the
+run.sh setting: its JVP through the backbone is the extra cost) and the distillation along the teacher's ODE
+(``objective.target=ode``: the teacher's Heun steps are the extra cost), and times full steps (loss, backward, fused
+AdamW, EMA update) under the quick start's bf16 autocast on a batch of its size, alternating them for
 ``--rounds`` rounds and keeping each one's best, so machine load hits both alike. The ratio sets the
 from-scratch flow map's step count at the flow run's training compute (``run.sh``: ``STEPS``).
 """
@@ -39,6 +40,17 @@ def main() -> None:
     variants = {
         "flow": ["objective=flow"],
         "meanflow (CFG folded in)": ["objective=meanflow", "objective.cfg_scale=2.0"],
+        # run.sh (e): the teacher's guided ODE over wide pairs, a quarter grid jumps (the teacher's weights do not
+        # change the cost: a fresh one is timed)
+        "distilled along the ODE (target=ode)": [
+            "objective=meanflow",
+            "objective.cfg_scale=2.0",
+            "objective.velocity=teacher",
+            "objective.target=ode",
+            "objective.distinct_fraction=0.75",
+            "objective.time_sampler={name: uniform}",
+            "objective.grid_fraction=0.25",
+        ],
     }
     setups = {}
     for name, extra in variants.items():

@@ -21,6 +21,7 @@ from latent_flow.flow.meanflow import (
     TimePairSampler,
     adaptive_weight,
     flow_map_target,
+    ode_average_velocity,
 )
 from latent_flow.flow.path import AffinePath
 from latent_flow.flow.schedulers import CondOTScheduler, VPScheduler
@@ -178,6 +179,77 @@ def test_flowmap_is_a_registered_solver():
     assert isinstance(solver, FlowMapSolver) and solver.expected_nfe == 2 and solver.flow_map
     with pytest.raises(ValueError, match="unknown"):
         build_solver("flowmap", steps=2, cfg=1)
+
+
+# ----------------------------------------------------------------------------- the teacher's ODE as the target
+def test_the_ode_target_is_heun_on_each_rows_own_grid_and_converges_at_second_order():
+    """``target=ode``: the mean Heun slope over each pair is the exact average velocity up to O(h^2), every row
+    gets ``ceil(max_steps (t - s))`` steps (2 evaluations each), and a pair with ``s = t`` is the velocity."""
+    z, s, t = _states(48, seed=3)
+    s[:4] = t[:4]  # flow-matching pairs
+    s[4], t[4] = 0.0, 1.0  # the one-step jump
+    z[4] = torch.randn(MU.numel(), generator=torch.Generator().manual_seed(1), dtype=DTYPE)
+    exact = exact_average_velocity(z, s, t)
+    rows_seen = torch.zeros(48, dtype=torch.long)
+
+    def velocity(x, tau, rows):
+        rows_seen.index_add_(0, rows, torch.ones_like(rows))
+        return exact_velocity(x, tau)
+
+    errors = []
+    for max_steps in (8, 16, 32, 64):
+        rows_seen.zero_()
+        u = ode_average_velocity(velocity, z, s, t, max_steps)
+        errors.append((u - exact).abs().max().item())
+        n = torch.ceil((t - s) * max_steps).clamp(min=1).long()
+        assert torch.equal(rows_seen[4:], 2 * n[4:]) and (rows_seen[:4] == 1).all()
+        assert torch.allclose(u[:4], exact_velocity(z[:4], s[:4]), rtol=0, atol=1e-12)
+    assert errors[-1] < 2e-3
+    orders = [math.log2(a / b) for a, b in zip(errors[:-1], errors[1:])]
+    assert all(1.7 < p < 2.4 for p in orders[1:]), orders
+    # the jump 0 -> 1 with max_steps Heun steps is HeunSolver's sample from that noise
+    heun = build_solver("heun", steps=16).sample(exact_velocity, z[4:5])
+    u_jump = ode_average_velocity(lambda x, tau, rows: exact_velocity(x, tau), z[4:5], s[4:5], t[4:5], 16)
+    assert torch.allclose(z[4:5] + u_jump, heun.x, rtol=0, atol=1e-12)
+    # a half-precision network (bf16 autocast) is evaluated in bf16, but the states and sums stay in z's dtype
+    rounded = ode_average_velocity(lambda x, tau, rows: exact_velocity(x, tau).bfloat16(), z, s, t, 64)
+    assert rounded.dtype == DTYPE
+    assert (rounded - u).abs().max() < 0.02 * exact.abs().max()
+    with pytest.raises(ValueError, match="s <= t"):
+        ode_average_velocity(velocity, z, t, s, 4)
+    with pytest.raises(ValueError, match="max_steps"):
+        ode_average_velocity(velocity, z, s, t, 0)
+
+
+def test_the_ode_target_needs_a_teacher():
+    with pytest.raises(ValueError, match="objective.target=ode .*velocity=teacher"):
+        MeanFlowObjective(AffinePath(CondOTScheduler()), UniformTimeSampler(), target="ode")
+    with pytest.raises(ValueError, match="objective.target must be one of"):
+        MeanFlowObjective(AffinePath(CondOTScheduler()), UniformTimeSampler(), target="euler")
+    with pytest.raises(ValueError, match="teacher_steps"):
+        MeanFlowObjective(
+            AffinePath(CondOTScheduler()), UniformTimeSampler(), velocity="teacher", target="ode", teacher_steps=0
+        )
+
+
+def test_grid_pairs_are_the_jumps_of_the_flowmap_samplers_grids():
+    pairs = TimePairSampler(UniformTimeSampler(), 0.75, grid_fraction=1.0, grid_steps=[1, 2, 4])
+    s, t = pairs(6000, generator=torch.Generator().manual_seed(0))
+    jumps = {(round(a, 6), round(b, 6)) for a, b in zip(s.tolist(), t.tolist())}
+    expected = {(k / n, (k + 1) / n) for n in (1, 2, 4) for k in range(n)}
+    assert jumps == expected  # every jump of steps=1, 2, 4 and nothing else
+    one_step = ((s == 0) & (t == 1)).float().mean().item()
+    assert abs(one_step - 1 / 3) < 0.03  # n uniform over grid_steps
+    # a share of grid pairs; the other pairs come from the time sampler as before
+    mixed = TimePairSampler(UniformTimeSampler(), 1.0, grid_fraction=0.25, grid_steps=[1])
+    s, t = mixed(20000, generator=torch.Generator().manual_seed(1))
+    share = ((s == 0) & (t == 1)).float().mean().item()
+    assert abs(share - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 20000)
+    for bad in ([], [0, 2], [1.5]):
+        with pytest.raises(ValueError, match="grid_steps"):
+            TimePairSampler(UniformTimeSampler(), 0.5, grid_fraction=0.5, grid_steps=bad)
+    with pytest.raises(ValueError, match="grid_fraction"):
+        TimePairSampler(UniformTimeSampler(), 0.5, grid_fraction=-0.1)
 
 
 # ----------------------------------------------------------------------------- time pairs, weighting, guidance

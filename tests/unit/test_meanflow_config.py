@@ -46,6 +46,10 @@ def test_meanflow_composes_and_builds_a_flow_map(overrides, compose_cfg):
         "cfg_scale": 2.0,
         "cfg_kappa": 0.0,
         "velocity": "path",
+        "target": "jvp",
+        "teacher_steps": 10,
+        "grid_fraction": 0.0,
+        "grid_steps": [1, 2, 4],
     }
     assert cfg.init_from == (overrides[-1].split("=", 1)[1] if "init_from" in overrides[-1] else None)
     module = _module(cfg)

@@ -288,3 +288,42 @@ def test_distillation_refuses_kappa_and_a_flow_map_teacher(tmp_path):
     student = _module({"name": "meanflow", "velocity": "teacher"}, seed=1)
     with pytest.raises(ValueError, match="distils a flow checkpoint"):
         student.initialise_from(load_checkpoint(path))
+
+
+# ------------------------------------------------------------------ distillation along the teacher's ODE (target=ode)
+def test_the_ode_target_is_the_teachers_guided_heun_jump(monkeypatch, tmp_path):
+    """``objective.target=ode``: the target of a pair is the jump of the flow checkpoint's own guided sampler
+    (``velocity_fn`` with CFG, EMA weights, stepped by ``HeunSolver``) divided by its length; rows whose label was
+    dropped follow the unguided teacher; the student's loss is one ordinary forward (no JVP) and trains it."""
+    flow, path = _flow_checkpoint(tmp_path)
+    flow.eval()
+    mf = _module(
+        {"name": "meanflow", "velocity": "teacher", "target": "ode", "teacher_steps": 4, "cfg_scale": 2.5}, seed=1
+    )
+    mf.initialise_from(load_checkpoint(path))
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(4, *LATENT, generator=g)
+    s, t = torch.tensor([0.0, 0.2, 0.5, 0.3]), torch.tensor([1.0, 0.6, 0.5, 0.8])
+    cond = {"label": torch.tensor([0, 2, 1, 3])}  # the last row's label is the null label: no guidance
+    target = mf.objective.ode_target(mf._teacher_row_velocity(cond), z, s, t)
+    heun = build_solver("heun", steps=1)
+    for i, steps in enumerate([4, 2, 0, 2]):
+        row_cond = {"label": cond["label"][i : i + 1]}
+        v = flow.velocity_fn(row_cond, cfg_scale=2.5 if i < 3 else 1.0, use_ema=True)
+        x = z[i : i + 1]
+        if steps == 0:  # s = t: the guided velocity itself
+            expected = v(x, s[i : i + 1])
+        else:
+            h = (t[i] - s[i]).item() / steps
+            for k in range(steps):
+                x = heun.step(v, x, s[i].item() + k * h, s[i].item() + (k + 1) * h)
+            expected = (x - z[i : i + 1]) / (t[i] - s[i])
+        assert torch.allclose(target[i : i + 1], expected, atol=2e-5), i
+    # training: the loss reaches the interval embedding, never the teacher
+    mf.train()
+    monkeypatch.setattr(torch.func, "jvp", lambda *a, **k: pytest.fail("target=ode takes no JVP"))
+    loss = mf._loss(_batch(8), use_ema=False)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in mf.backbone.h_embedder.parameters())
+    assert all(p.grad is None for p in mf.teacher.parameters())

@@ -84,6 +84,32 @@ fixed point, the teacher's own flow map, with a regression target that has no da
 of a flow checkpoint into a flow map (``init_from=`` the flow, the teacher its EMA network, frozen) then
 fits a deterministic function. The student's quality is bounded by the teacher's, as for any distillation.
 
+Distillation along the teacher's trajectories (``target="ode"``)
+-----------------------------------------------------------------
+The identity's target differentiates the network along the flow (the JVP), and so inherits the network's
+roughness in its time input at scales finer than the flow (``experiments/one_step/README.md``). With a
+teacher the definition itself gives a target with no derivative at all: integrate the teacher's ODE from
+``z_s`` to ``t`` and regress on the jump,
+
+    u_tgt = (z_t^T - z_s) / (t - s),      z_t^T = Heun(v_T; z_s, s -> t),      loss = || u_theta(z_s, s, t) - u_tgt ||^2,
+
+the direct flow-map distillation of Luhman & Luhman (2021, "knowledge distillation", there only the jump
+0 -> 1) for every interval, the Lagrangian flow-map matching of Boffi et al. (2024) with a solver in place of
+its derivative. :func:`ode_average_velocity` gives each pair ``n = max(1, ceil(max_steps (t - s)))``
+uniform Heun steps (a pair spanning [0, 1] gets ``max_steps``, a short one one step) and returns the mean of
+the steps' trapezoid slopes, which *is* ``(z_t^T - z_s) / (t - s)`` and stays defined at ``t = s``, where it is
+``v_T(z_s, s)``: flow-matching pairs keep the teacher's velocity. Its error is Heun's,
+``O((t - s)^2 / n^2)`` in the average velocity (second order, tested on the Gaussian flow). The fixed point is the
+teacher's flow map up to the solver's error; the regression target is deterministic given ``z_s``. Cost: about
+``2 n`` teacher evaluations per pair (twice the rows with folded guidance), no backward through the teacher, and
+the student's own pass is an ordinary forward (no JVP: the fused attention kernels and ``torch.compile`` apply).
+
+**Grid pairs** (``grid_fraction``, :class:`TimePairSampler`): a share of the pairs is drawn from the jumps that
+``sampler=flowmap sampler.steps=n`` makes on its uniform grid (``(k / n, (k + 1) / n)`` for ``n`` in
+``grid_steps``): under two uniform draws an interval as long as the one-step jump 0 -> 1 has density zero, and
+the jumps a sampler takes are the ones that must be right (shortcut models, Frans et al. 2024, train on
+exactly their dyadic step sizes).
+
 Paths: the identity holds for any affine path, but the flow map is implemented and tested for the
 CondOT path only; :class:`MeanFlowObjective` refuses other schedulers (the VP path's ``d_sigma`` grows
 without bound at the data end, where the pairs' landing times concentrate).
@@ -91,7 +117,7 @@ without bound at the data end, where the pairs' landing times concentrate).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -108,10 +134,15 @@ __all__ = [
     "TimePairSampler",
     "adaptive_weight",
     "flow_map_target",
+    "ode_average_velocity",
 ]
 
 FlowMapFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``u(z, s, t)``: average velocity of the jump from time ``s`` (state ``z`` ``(B, ...)``) to ``t >= s``, both ``(B,)``."""
+
+RowVelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``v(z, tau, rows)``: the velocity at states ``z`` ``(R, ...)`` and times ``tau`` ``(R,)`` of the batch rows ``rows``
+``(R,)`` (int64 indices into the batch, so that a conditional velocity picks each row's condition)."""
 
 
 def _batch_view(c: Tensor, x: Tensor) -> Tensor:
@@ -125,19 +156,38 @@ class TimePairSampler:
     with probability ``1 - distinct_fraction``, the pair becomes a flow-matching pair ``t = s`` (the
     noisier of the two times is kept).
 
+    Finally, per sample with probability ``grid_fraction``, the pair is replaced by a jump of a uniform
+    sampling grid: ``n`` drawn uniformly from ``grid_steps``, ``k`` from ``0 .. n - 1``, ``(s, t) = (k / n,
+    (k + 1) / n)`` (the jumps of ``sampler=flowmap sampler.steps=n``).
+
     Args:
         time_sampler: the distribution of each draw (e.g. ``LogitNormalTimeSampler``).
-        distinct_fraction: expected share of pairs with ``s < t``, in [0, 1].
+        distinct_fraction: expected share of the drawn pairs with ``s < t``, in [0, 1].
+        grid_fraction: expected share of grid jumps, in [0, 1] (0: none).
+        grid_steps: the step counts whose uniform grids give the jumps (positive integers).
     """
 
-    def __init__(self, time_sampler: TimeSampler, distinct_fraction: float = 0.25) -> None:
+    def __init__(
+        self,
+        time_sampler: TimeSampler,
+        distinct_fraction: float = 0.25,
+        grid_fraction: float = 0.0,
+        grid_steps: Sequence[int] = (1, 2, 4),
+    ) -> None:
         if not isinstance(time_sampler, TimeSampler):
             raise TypeError(f"time_sampler must be a TimeSampler, got {type(time_sampler).__name__}")
-        distinct_fraction = float(distinct_fraction)
+        distinct_fraction, grid_fraction = float(distinct_fraction), float(grid_fraction)
         if not 0.0 <= distinct_fraction <= 1.0:
             raise ValueError(f"distinct_fraction must be in [0, 1], got {distinct_fraction}")
+        if not 0.0 <= grid_fraction <= 1.0:
+            raise ValueError(f"grid_fraction must be in [0, 1], got {grid_fraction}")
+        steps = list(grid_steps)
+        if not steps or any(isinstance(n, bool) or int(n) != n or int(n) < 1 for n in steps):
+            raise ValueError(f"grid_steps must be a non-empty list of positive integers, got {grid_steps!r}")
         self.time_sampler = time_sampler
         self.distinct_fraction = distinct_fraction
+        self.grid_fraction = grid_fraction
+        self.grid_steps = [int(n) for n in steps]
 
     def __call__(
         self, batch_size: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
@@ -148,10 +198,20 @@ class TimePairSampler:
         s, t = torch.minimum(a, b), torch.maximum(a, b)
         draw_device = generator.device if generator is not None else a.device
         keep = torch.rand(batch_size, generator=generator, device=draw_device).to(a.device) < self.distinct_fraction
-        return s, torch.where(keep, t, s)
+        t = torch.where(keep, t, s)
+        if self.grid_fraction == 0.0:
+            return s, t
+        on_grid = torch.rand(batch_size, generator=generator, device=draw_device) < self.grid_fraction
+        pick = torch.randint(len(self.grid_steps), (batch_size,), generator=generator, device=draw_device)
+        n = torch.tensor(self.grid_steps, device=draw_device)[pick]
+        k = (torch.rand(batch_size, generator=generator, device=draw_device) * n).floor().clamp(max=n - 1)
+        grid_s, grid_t = (k / n).to(s.dtype).to(s.device), ((k + 1) / n).to(s.dtype).to(s.device)
+        on_grid = on_grid.to(s.device)
+        return torch.where(on_grid, grid_s, s), torch.where(on_grid, grid_t, t)
 
     def __repr__(self) -> str:
-        return f"TimePairSampler({self.time_sampler!r}, distinct_fraction={self.distinct_fraction})"
+        grid = f", grid_fraction={self.grid_fraction}, grid_steps={self.grid_steps}" if self.grid_fraction else ""
+        return f"TimePairSampler({self.time_sampler!r}, distinct_fraction={self.distinct_fraction}{grid})"
 
 
 @dataclass
@@ -194,6 +254,51 @@ def flow_map_target(u_fn: FlowMapFn, z: Tensor, s: Tensor, t: Tensor, v: Tensor)
     return FlowMapTarget(u=u, target=target, dudt=dudt)
 
 
+def ode_average_velocity(velocity_fn: RowVelocityFn, z: Tensor, s: Tensor, t: Tensor, max_steps: int) -> Tensor:
+    """The average velocity ``(z_t - z_s) / (t - s)`` of the ODE ``dz/dtau = v(z, tau)`` from ``z`` at ``s`` to ``t``
+    by Heun's method (module docstring, ``target="ode"``), each row on its own uniform grid.
+
+    Row ``i`` takes ``n_i = max(1, ceil(max_steps (t_i - s_i)))`` steps of ``h_i = (t_i - s_i) / n_i``; the result
+    is the mean of its steps' slopes ``(d1 + d2) / 2``, i.e. the jump divided by ``t_i - s_i``, and ``v(z_i, s_i)``
+    where ``t_i = s_i`` (one evaluation). Every evaluation asks only for the rows still integrating, so the
+    velocity is evaluated ``1 + sum_i (2 n_i - 1)`` times in rows (``2 n_i`` for a row with ``s_i < t_i``).
+    Runs without gradient.
+
+    Args:
+        velocity_fn: ``v(z, tau, rows)`` (:data:`RowVelocityFn`).
+        z: states at ``s``, ``(B, ...)``.
+        s, t: ``(B,)`` start and landing times, ``s <= t``.
+        max_steps: the Heun steps of a pair spanning the whole interval [0, 1] (>= 1).
+    """
+    if isinstance(max_steps, bool) or int(max_steps) != max_steps or int(max_steps) < 1:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    if s.shape != (z.shape[0],) or t.shape != s.shape:
+        raise ValueError(f"s {tuple(s.shape)} and t {tuple(t.shape)} must have shape ({z.shape[0]},)")
+    gap = t - s
+    if bool((gap < 0).any()):
+        raise ValueError("ode_average_velocity needs s <= t in every row")
+    with torch.no_grad():
+        steps = torch.where(gap > 0, torch.ceil(gap * int(max_steps)).clamp(min=1), torch.zeros_like(gap)).long()
+        h = gap / steps.clamp(min=1).to(gap.dtype)
+        every = torch.arange(z.shape[0], device=z.device)
+        # states and sums in z's dtype: a bf16 network output (autocast) is not accumulated in bf16
+        first = velocity_fn(z, s, every).to(z.dtype)
+        total = torch.zeros_like(z)
+        x = z.clone()
+        for k in range(int(steps.max().item()) if steps.numel() else 0):
+            rows = every[steps > k]
+            h_rows = h[rows]
+            tau = s[rows] + k * h_rows
+            d1 = first[rows] if k == 0 else velocity_fn(x[rows], tau, rows).to(z.dtype)
+            x_euler = x[rows] + _batch_view(h_rows, d1) * d1
+            d2 = velocity_fn(x_euler, tau + h_rows, rows).to(z.dtype)
+            slope = 0.5 * (d1 + d2)
+            x[rows] = x[rows] + _batch_view(h_rows, slope) * slope
+            total[rows] = total[rows] + slope
+        mean = total / _batch_view(steps.clamp(min=1), total)
+        return torch.where(_batch_view(steps > 0, first).bool(), mean, first)
+
+
 def adaptive_weight(squared_error: Tensor, power: float = 1.0, eps: float = 1e-3) -> Tensor:
     """``sg(1 / (squared_error + eps)^power)`` per sample (MeanFlow's adaptive loss weighting)."""
     return (squared_error.detach() + eps).pow(-float(power))
@@ -212,9 +317,14 @@ class MeanFlowObjective:
         velocity: ``"path"`` (the path's conditional velocity, MeanFlow) or ``"teacher"`` (a trained flow's
             velocity, distillation: the caller passes it, guided, to :meth:`target`); ``cfg_kappa`` mixes the
             student's own velocity and is refused with a teacher.
+        target: ``"jvp"`` (MeanFlow's identity, :meth:`target`) or ``"ode"`` (the teacher's ODE integrated over
+            the pair, :meth:`ode_target`; needs ``velocity="teacher"``).
+        teacher_steps: Heun steps of the teacher over a whole [0, 1] interval with ``target="ode"``.
+        grid_fraction, grid_steps: the share of pairs that are sampling-grid jumps (:class:`TimePairSampler`).
     """
 
     VELOCITIES = ("path", "teacher")
+    TARGETS = ("jvp", "ode")
 
     def __init__(
         self,
@@ -227,9 +337,22 @@ class MeanFlowObjective:
         cfg_scale: float = 1.0,
         cfg_kappa: float = 0.0,
         velocity: str = "path",
+        target: str = "jvp",
+        teacher_steps: int = 10,
+        grid_fraction: float = 0.0,
+        grid_steps: Sequence[int] = (1, 2, 4),
     ) -> None:
         if velocity not in self.VELOCITIES:
             raise ValueError(f"objective.velocity must be one of {list(self.VELOCITIES)}, got {velocity!r}")
+        if target not in self.TARGETS:
+            raise ValueError(f"objective.target must be one of {list(self.TARGETS)}, got {target!r}")
+        if target == "ode" and velocity != "teacher":
+            raise ValueError(
+                "objective.target=ode integrates a teacher flow's ODE over each pair: set objective.velocity=teacher "
+                "(with init_from=<flow .ckpt>)"
+            )
+        if isinstance(teacher_steps, bool) or int(teacher_steps) != teacher_steps or int(teacher_steps) < 1:
+            raise ValueError(f"objective.teacher_steps must be a positive integer, got {teacher_steps!r}")
         if velocity == "teacher" and float(cfg_kappa) != 0.0:
             raise ValueError(
                 "objective.velocity=teacher guides with the teacher's velocities (cfg_scale); cfg_kappa mixes the "
@@ -247,12 +370,14 @@ class MeanFlowObjective:
         if not 0.0 <= float(cfg_kappa) < 1.0:
             raise ValueError(f"cfg_kappa must be in [0, 1), got {cfg_kappa}")
         self.path = path
-        self.pairs = TimePairSampler(time_sampler, distinct_fraction)
+        self.pairs = TimePairSampler(time_sampler, distinct_fraction, grid_fraction, grid_steps)
         self.weight_power = float(weight_power)
         self.weight_eps = float(weight_eps)
         self.cfg_scale = float(cfg_scale)
         self.cfg_kappa = float(cfg_kappa)
         self.velocity = velocity
+        self.target_kind = target
+        self.teacher_steps = int(teacher_steps)
 
     @property
     def distils(self) -> bool:
@@ -295,6 +420,11 @@ class MeanFlowObjective:
         """:func:`flow_map_target` (``v``: the tangent and the velocity of the target)."""
         return flow_map_target(u_fn, z, s, t, v)
 
+    def ode_target(self, velocity_fn: RowVelocityFn, z: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """:func:`ode_average_velocity` with ``teacher_steps`` (``target="ode"``; ``velocity_fn``: the teacher's
+        velocity, guided when :attr:`guides`)."""
+        return ode_average_velocity(velocity_fn, z, s, t, self.teacher_steps)
+
     def loss(self, u: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """``(weighted loss, mse)``: ``mean(w ||u - target||^2)`` with the adaptive weight, and the
         unweighted mean squared error per element (comparable with the flow objective's loss)."""
@@ -307,5 +437,5 @@ class MeanFlowObjective:
         return (
             f"MeanFlowObjective({self.path!r}, {self.pairs!r}, weight_power={self.weight_power}, "
             f"weight_eps={self.weight_eps}, cfg_scale={self.cfg_scale}, cfg_kappa={self.cfg_kappa}, "
-            f"velocity={self.velocity!r})"
+            f"velocity={self.velocity!r}, target={self.target_kind!r}, teacher_steps={self.teacher_steps})"
         )

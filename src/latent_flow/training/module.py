@@ -16,7 +16,9 @@ weights never enter flow checkpoints (it is rebuilt from ``hparams.autoencoder``
 the backbone also takes the landing time ``t_end`` and learns the average velocity over
 ``[t, t_end]``; ``sampler=flowmap`` samples it in one or a few evaluations, the ODE solvers sample
 its instantaneous velocity (``t_end = t``). :meth:`LatentFlowModule.initialise_from` converts a
-trained flow checkpoint into a flow-map model (``python -m latent_flow.train init_from=...``).
+trained flow checkpoint into a flow-map model (``python -m latent_flow.train init_from=...``); with
+``objective.velocity=teacher`` that flow, frozen, is distilled (its velocity in MeanFlow's target, or with
+``objective.target=ode`` its guided ODE integrated over each pair as the regression target).
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ _MEANFLOW_OPTIONS = {
     "cfg_scale",
     "cfg_kappa",
     "velocity",
+    "target",
+    "teacher_steps",
+    "grid_fraction",
+    "grid_steps",
 }
 
 
@@ -270,6 +276,36 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             x_in, label = condition.network_inputs(x_t, cond)
             return self.teacher(x_in, t, label)
 
+    @staticmethod
+    def _guided_rows(cond: dict[str, Tensor], null: dict[str, Tensor]) -> Tensor:
+        """bool ``(B,)``: the rows whose condition is not entirely null (folded guidance applies to them only)."""
+        first = next(iter(cond.values()))
+        same = torch.ones(first.shape[0], dtype=torch.bool, device=first.device)
+        for key, value in cond.items():
+            same &= (value == null[key].to(value.device)).reshape(value.shape[0], -1).all(dim=1).to(same.device)
+        return ~same
+
+    def _teacher_row_velocity(self, cond: dict[str, Tensor]):
+        """``v(z, tau, rows)`` of the teacher for the batch rows ``rows`` of ``cond`` (``objective.target=ode``),
+        guided with ``objective.cfg_scale`` on the rows whose condition is not entirely null (one teacher call on
+        ``[cond; null]`` rows), unguided on the dropped rows."""
+        objective = self.objective
+        null = self.condition.null(cond)
+        kept = self._guided_rows(cond, null) if (objective.guides and cond) else None
+
+        def velocity(z: Tensor, tau: Tensor, rows: Tensor) -> Tensor:
+            c = {key: value[rows] for key, value in cond.items()}
+            if kept is None:
+                return self.teacher_velocity(z, tau, c)
+            n = {key: value[rows] for key, value in null.items()}
+            both = {key: torch.cat([c[key], n[key].to(c[key].device)]) for key in c}
+            v_c, v_u = self.teacher_velocity(torch.cat([z, z]), torch.cat([tau, tau]), both).chunk(2)
+            guided = v_u + objective.cfg_scale * (v_c - v_u)
+            mask = kept[rows].reshape(-1, *([1] * (z.dim() - 1)))
+            return torch.where(mask, guided, v_c)
+
+        return velocity
+
     def _network(self, use_ema: bool) -> torch.nn.Module:
         if use_ema and self.ema is not None:
             return self.ema.module
@@ -383,6 +419,8 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         path at ``s``, condition dropout (labels here for ``condition=label``; spatial conditions drop
         theirs in ``train_dropout``), guidance folded into the velocity for the rows whose condition is
         not entirely null, then one ``torch.func.jvp`` of the (uncompiled) network for ``u`` and its target.
+        With ``objective.target=ode`` the target is the teacher's guided ODE integrated over each pair instead
+        (:func:`latent_flow.flow.meanflow.ode_average_velocity`) and ``u`` one ordinary forward pass.
         """
         objective = self.objective
         x_data = batch["latent"]
@@ -402,16 +440,18 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             label = cond["label"]
             drop = torch.rand(label.shape[0], device=label.device) < self._objective_label_dropout
             cond = {**cond, "label": torch.where(drop, torch.full_like(label, self.num_classes), label)}
+        if objective.target_kind == "ode":  # the teacher's ODE integrated over each pair: no JVP
+            target = objective.ode_target(self._teacher_row_velocity(cond), sample.x_t, s, t)
+            u = self.flow_map(sample.x_t, s, t, cond, use_ema=use_ema)
+            loss, mse = objective.loss(u, target)
+            self._last_mse = mse
+            return loss
         velocity = sample.target
         if objective.distils:  # the teacher's velocity at z_s replaces the conditional one (module docstring)
             velocity = self.teacher_velocity(sample.x_t, s, cond).to(sample.target.dtype)
         if objective.guides:
             null = self.condition.null(cond)
-            kept = torch.ones(batch_size, dtype=torch.bool, device=x_data.device)  # rows not entirely null
-            same = torch.ones_like(kept)
-            for key, value in cond.items():
-                same &= (value == null[key].to(value.device)).reshape(batch_size, -1).all(dim=1).to(kept.device)
-            kept &= ~same
+            kept = self._guided_rows(cond, null).to(x_data.device)
             with torch.no_grad():  # stop-gradient
                 if objective.distils:  # the teacher's own CFG: omega v_T(c) + (1 - omega) v_T(null)
                     v_uncond = self.teacher_velocity(sample.x_t, s, null)
