@@ -287,22 +287,18 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
 
     def _teacher_row_velocity(self, cond: dict[str, Tensor]):
         """``v(z, tau, rows)`` of the teacher for the batch rows ``rows`` of ``cond`` (``objective.target=ode``),
-        guided with ``objective.cfg_scale`` on the rows whose condition is not entirely null (one teacher call on
-        ``[cond; null]`` rows), unguided on the dropped rows."""
+        guided with ``objective.cfg_scale`` (one teacher call on ``[cond; null]`` rows). A row whose condition
+        was dropped is its own null: guidance leaves its unconditional velocity as it is."""
         objective = self.objective
         null = self.condition.null(cond)
-        kept = self._guided_rows(cond, null) if (objective.guides and cond) else None
 
         def velocity(z: Tensor, tau: Tensor, rows: Tensor) -> Tensor:
             c = {key: value[rows] for key, value in cond.items()}
-            if kept is None:
+            if not objective.guides:
                 return self.teacher_velocity(z, tau, c)
-            n = {key: value[rows] for key, value in null.items()}
-            both = {key: torch.cat([c[key], n[key].to(c[key].device)]) for key in c}
+            both = {key: torch.cat([c[key], null[key][rows].to(c[key].device)]) for key in c}
             v_c, v_u = self.teacher_velocity(torch.cat([z, z]), torch.cat([tau, tau]), both).chunk(2)
-            guided = v_u + objective.cfg_scale * (v_c - v_u)
-            mask = kept[rows].reshape(-1, *([1] * (z.dim() - 1)))
-            return torch.where(mask, guided, v_c)
+            return v_u + objective.cfg_scale * (v_c - v_u)
 
         return velocity
 
