@@ -2,7 +2,7 @@
 and the quality-vs-NFE plot.
 
 python experiments/one_step/table.py outputs/one_step [--keep experiments/one_step/results.json]
-    [--plot experiments/one_step/quality_vs_nfe.png] [--extra-points FILE.json]
+    [--plot experiments/one_step/quality_vs_nfe.png] [--extra-points FILE.json] [--plot-runs RUN ...]
 
 Prints the table and writes OUT/results.json. ``--keep`` adds the rows of an earlier results file whose run is
 not under OUT (runs measured in an earlier session: their output folders are gone, their numbers are kept).
@@ -50,7 +50,9 @@ def family(row: dict) -> str:
     return f"{row['run']} / {sampler}"
 
 
-def plot(table: list[dict], path: Path, extra: list[dict]) -> None:
+def plot(table: list[dict], path: Path, extra: list[dict], runs: list[str] | None = None) -> None:
+    """Flow-map runs as their ``flowmap`` series only (their ODE scores are in the table), the flow's solvers as
+    dashed lines; ``runs``: only these runs (the flow is always drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,15 +60,25 @@ def plot(table: list[dict], path: Path, extra: list[dict]) -> None:
 
     series: dict[str, list[dict]] = {}
     for r in table + extra:
-        if r.get("fd_shapes") is not None and r.get("nfe"):
-            series.setdefault(family(r), []).append(r)
+        if r.get("fd_shapes") is None or not r.get("nfe"):
+            continue
+        if r["run"] != "flow" and (r["sampler"].startswith("heun") or (runs and r["run"] not in runs)):
+            continue
+        series.setdefault(family(r), []).append(r)
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
-    colours = plt.get_cmap("tab20").colors
+    colours = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
     for k, (name, pts) in enumerate(sorted(series.items())):
         pts = sorted(pts, key=lambda r: r["nfe"])
         # flow maps: circles and solid lines; the same models sampled as ODEs (and the flow's solvers): squares
         style = "o-" if "flowmap" in name or "turbo" in name else "s--"
-        ax.plot([p["nfe"] for p in pts], [p["fd_shapes"] for p in pts], style, label=name, ms=4, color=colours[k % 20])
+        ax.plot(
+            [p["nfe"] for p in pts],
+            [p["fd_shapes"] for p in pts],
+            style,
+            label=name,
+            ms=4,
+            color=colours[k % len(colours)],
+        )
     best = min((r["fd_shapes"] for r in table if r["run"] == "flow" and r["nfe"] >= 50), default=None)
     if best is not None:
         for factor, style in ((1.0, "-"), (1.2, "--"), (1.5, ":")):
@@ -89,6 +101,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="earlier results.json: rows of runs not under OUT are kept")
     parser.add_argument("--plot", type=Path, help="write the quality-vs-NFE plot (PNG) here")
     parser.add_argument("--extra-points", type=Path, help="rows measured elsewhere, plotted only")
+    parser.add_argument("--plot-runs", nargs="+", help="plot only these runs (and the flow)")
     args = parser.parse_args()
     table = rows(args.out)
     if args.keep is not None:
@@ -102,7 +115,7 @@ def main() -> None:
         print(f"| {r['run']} | {r['sampler']} | {r['nfe']} | {r['model_rows']} | {fd} | {acc} | {r['ms_per_image']} |")
     if args.plot is not None:
         extra = json.loads(args.extra_points.read_text()) if args.extra_points else []
-        plot(table, args.plot, extra)
+        plot(table, args.plot, extra, args.plot_runs)
         print(f"plot -> {args.plot}")
 
 
