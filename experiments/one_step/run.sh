@@ -47,6 +47,14 @@ train distilled1000 "${CONVERT[@]}" objective.velocity=teacher trainer.max_steps
 ODE=(objective.velocity=teacher objective.target=ode objective.grid_fraction=0.25)
 train ode1000_grid "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" trainer.max_steps=1000
 train ode1000_grid_mse "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 trainer.max_steps=1000
+#     one change each at 500 steps: three quarters grid pairs; a 5-step teacher (half the teacher's cost)
+train ode500_grid75_mse "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 objective.grid_fraction=0.75 \
+    trainer.max_steps=500
+train ode500_grid_mse_teacher5 "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 \
+    objective.teacher_steps=5 trainer.max_steps=500
+#     continued to 2,500 steps (the cosine schedule stretched to the new end: a warm restart)
+train ode2500_grid_mse "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 trainer.max_steps=2500 \
+    ckpt_path="$OUT/ode1000_grid_mse/checkpoints/last.ckpt"
 
 ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy from the packaged oracle
     local run=$1 name=$2
@@ -57,10 +65,19 @@ ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy f
 for s in 2 5 10 25; do ev flow "heun${s}_cfg2" sampler=heun sampler.steps="$s" cfg_scale=2.0; done
 for s in 1 2 4 8; do ev flow "euler${s}_cfg2" sampler=euler sampler.steps="$s" cfg_scale=2.0; done
 for run in scratch converted converted1000 converted1000_wide converted3000_wide distilled1000 ode1000_grid \
-    ode1000_grid_mse; do
+    ode1000_grid_mse ode500_grid75_mse ode500_grid_mse_teacher5 ode2500_grid_mse; do
     for steps in 1 2 4; do
         ev "$run" "flowmap${steps}" sampler=flowmap sampler.steps="$steps" cfg_scale=1.0
     done
     ev "$run" heun25 sampler=heun sampler.steps=25 cfg_scale=1.0 # the same model as an ODE (t_end = t)
+done
+# the distillation's intermediate checkpoints (quality against conversion compute)
+for step in 250 500; do
+    for steps in 1 2 4; do
+        dir="$OUT/ode1000_grid_mse_step$step/eval/flowmap$steps"
+        [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate \
+            ckpt_path="$OUT/ode1000_grid_mse/checkpoints/step_0000$step.ckpt" num_samples=1000 seed=0 out_dir="$dir" \
+            hydra.run.dir="$dir/hydra" sampler=flowmap sampler.steps="$steps" cfg_scale=1.0
+    done
 done
 $PY experiments/one_step/table.py "$OUT"
