@@ -47,11 +47,15 @@ train distilled1000 "${CONVERT[@]}" objective.velocity=teacher trainer.max_steps
 ODE=(objective.velocity=teacher objective.target=ode objective.grid_fraction=0.25)
 train ode1000_grid "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" trainer.max_steps=1000
 train ode1000_grid_mse "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 trainer.max_steps=1000
-#     one change each at 500 steps: three quarters grid pairs; a 5-step teacher (half the teacher's cost)
+#     one change each at 500 steps: three quarters grid pairs; a 5-step or a 20-step teacher; no grid pairs
 train ode500_grid75_mse "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 objective.grid_fraction=0.75 \
     trainer.max_steps=500
 train ode500_grid_mse_teacher5 "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 \
     objective.teacher_steps=5 trainer.max_steps=500
+train ode500_grid_mse_teacher20 "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 \
+    objective.teacher_steps=20 trainer.max_steps=500
+train ode500_nogrid_mse "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 objective.grid_fraction=0.0 \
+    trainer.max_steps=500
 #     continued to 2,500 steps (the cosine schedule stretched to the new end: a warm restart)
 train ode2500_grid_mse "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 trainer.max_steps=2500 \
     ckpt_path="$OUT/ode1000_grid_mse/checkpoints/last.ckpt"
@@ -65,7 +69,8 @@ ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy f
 for s in 2 5 10 25; do ev flow "heun${s}_cfg2" sampler=heun sampler.steps="$s" cfg_scale=2.0; done
 for s in 1 2 4 8; do ev flow "euler${s}_cfg2" sampler=euler sampler.steps="$s" cfg_scale=2.0; done
 for run in scratch converted converted1000 converted1000_wide converted3000_wide distilled1000 ode1000_grid \
-    ode1000_grid_mse ode500_grid75_mse ode500_grid_mse_teacher5 ode2500_grid_mse; do
+    ode1000_grid_mse ode500_grid75_mse ode500_grid_mse_teacher5 ode500_grid_mse_teacher20 ode500_nogrid_mse \
+    ode2500_grid_mse; do
     for steps in 1 2 4; do
         ev "$run" "flowmap${steps}" sampler=flowmap sampler.steps="$steps" cfg_scale=1.0
     done
