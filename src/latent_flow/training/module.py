@@ -276,29 +276,17 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             x_in, label = condition.network_inputs(x_t, cond)
             return self.teacher(x_in, t, label)
 
-    @staticmethod
-    def _guided_rows(cond: dict[str, Tensor], null: dict[str, Tensor]) -> Tensor:
-        """bool ``(B,)``: the rows whose condition is not entirely null (folded guidance applies to them only)."""
-        first = next(iter(cond.values()))
-        same = torch.ones(first.shape[0], dtype=torch.bool, device=first.device)
-        for key, value in cond.items():
-            same &= (value == null[key].to(value.device)).reshape(value.shape[0], -1).all(dim=1).to(same.device)
-        return ~same
-
     def _teacher_row_velocity(self, cond: dict[str, Tensor]):
         """``v(z, tau, rows)`` of the teacher for the batch rows ``rows`` of ``cond`` (``objective.target=ode``),
-        guided with ``objective.cfg_scale`` (one teacher call on ``[cond; null]`` rows). A row whose condition
-        was dropped is its own null: guidance leaves its unconditional velocity as it is."""
-        objective = self.objective
+        guided with ``objective.cfg_scale`` by :func:`classifier_free_guidance` (one teacher call on ``[cond; null]``
+        rows). A row whose condition was dropped is its own null: guidance leaves its unconditional velocity as is."""
         null = self.condition.null(cond)
+        scale = self.objective.cfg_scale
 
         def velocity(z: Tensor, tau: Tensor, rows: Tensor) -> Tensor:
-            c = {key: value[rows] for key, value in cond.items()}
-            if not objective.guides:
-                return self.teacher_velocity(z, tau, c)
-            both = {key: torch.cat([c[key], null[key][rows].to(c[key].device)]) for key in c}
-            v_c, v_u = self.teacher_velocity(torch.cat([z, z]), torch.cat([tau, tau]), both).chunk(2)
-            return v_u + objective.cfg_scale * (v_c - v_u)
+            rows_cond = {key: value[rows] for key, value in cond.items()}
+            rows_null = {key: value[rows] for key, value in null.items()}
+            return classifier_free_guidance(self.teacher_velocity, rows_cond, rows_null, scale)(z, tau)
 
         return velocity
 
@@ -447,7 +435,11 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             velocity = self.teacher_velocity(sample.x_t, s, cond).to(sample.target.dtype)
         if objective.guides:
             null = self.condition.null(cond)
-            kept = self._guided_rows(cond, null).to(x_data.device)
+            kept = torch.ones(batch_size, dtype=torch.bool, device=x_data.device)  # rows not entirely null
+            same = torch.ones_like(kept)
+            for key, value in cond.items():
+                same &= (value == null[key].to(value.device)).reshape(batch_size, -1).all(dim=1).to(kept.device)
+            kept &= ~same
             with torch.no_grad():  # stop-gradient
                 if objective.distils:  # the teacher's own CFG: omega v_T(c) + (1 - omega) v_T(null)
                     v_uncond = self.teacher_velocity(sample.x_t, s, null)
