@@ -30,6 +30,13 @@ WIDE=(objective.distinct_fraction=0.75 "objective.time_sampler={name: uniform}")
 
 # (a) from scratch at the quick start's training compute
 train scratch trainer.max_steps="$STEPS"
+#     the same with a smaller factor on the time embeddings (+backbone.time_scale; 1,000 by default): the JVP
+#     differentiates the network along time, and the sinusoids of 1,000 t make it rough (sCM's finding)
+train scratch_ts10 trainer.max_steps="$STEPS" +backbone.time_scale=10.0
+train scratch_ts1 trainer.max_steps="$STEPS" +backbone.time_scale=1.0
+train scratch_ts0.1 trainer.max_steps="$STEPS" +backbone.time_scale=0.1
+train scratch_ts1_wide trainer.max_steps="$STEPS" +backbone.time_scale=1.0 objective.distinct_fraction=0.75 \
+    "objective.time_sampler={name: uniform}"
 # (b) converted: the flow checkpoint's backbone + EMA, fine-tuned with the flow-map objective (the paper's pairs:
 #     25% distinct, times from the path's logit-normal toward noise), 200 and 1,000 steps
 train converted "${CONVERT[@]}" trainer.max_steps=200 trainer.val_check_interval=100
@@ -59,6 +66,13 @@ train ode500_nogrid_mse "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weigh
 #     continued to 2,500 steps (the cosine schedule stretched to the new end: a warm restart)
 train ode2500_grid_mse "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 trainer.max_steps=2500 \
     ckpt_path="$OUT/ode1000_grid_mse/checkpoints/last.ckpt"
+# (f) distribution matching (DMD) switched on for 500 more steps of ode1000_grid_mse (init_from a distilled flow
+#     map: its teacher comes along, the fake flow starts as the teacher), lr 3e-4; and the same without it
+FROM1000=(init_from="$OUT/ode1000_grid_mse/checkpoints/last.ckpt" optim.lr=3.0e-4 optim.warmup_steps=20
+    trainer.val_check_interval=250)
+train dmd1_from1000 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 objective.dmd_weight=1.0 \
+    trainer.max_steps=500
+train ctrl_from1000 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 trainer.max_steps=500
 
 ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy from the packaged oracle
     local run=$1 name=$2
@@ -68,7 +82,7 @@ ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy f
 }
 for s in 2 5 10 25; do ev flow "heun${s}_cfg2" sampler=heun sampler.steps="$s" cfg_scale=2.0; done
 for s in 1 2 4 8; do ev flow "euler${s}_cfg2" sampler=euler sampler.steps="$s" cfg_scale=2.0; done
-for run in scratch converted converted1000 converted1000_wide converted3000_wide distilled1000 ode1000_grid \
+for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide dmd1_from1000 ctrl_from1000 converted converted1000 converted1000_wide converted3000_wide distilled1000 ode1000_grid \
     ode1000_grid_mse ode500_grid75_mse ode500_grid_mse_teacher5 ode500_grid_mse_teacher20 ode500_nogrid_mse \
     ode2500_grid_mse; do
     for steps in 1 2 4; do

@@ -106,3 +106,34 @@ def test_the_backbone_jvp_equals_finite_differences(name):
     out.sum().backward()  # the primal keeps its graph to the weights
     assert net.h_embedder.mlp[2].weight.grad is not None
     assert torch.allclose(jvp_train, torch.func.jvp(f, (x, t, t_end), (v, torch.ones_like(t), 0 * t))[1])
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_time_scale_rescales_both_times_of_the_embeddings(name):
+    """``time_scale=s`` at ``(t, t_end)`` is the default network (1000) at ``(t, t_end) * s / 1000``, weights equal:
+    the factor enters only the sinusoids of the time and of the interval."""
+    ref = _net(name, flow_map=True)
+    torch.manual_seed(0)
+    scaled = build_backbone(
+        name,
+        input_size=8,
+        in_channels=3,
+        out_channels=2,
+        num_classes=4,
+        class_dropout_prob=0.0,
+        flow_map=True,
+        time_scale=10.0,
+    ).eval()
+    scaled.load_state_dict(ref.state_dict())
+    assert scaled.time_scale == 10.0 and scaled.t_embedder.time_scale == 10.0 and scaled.h_embedder.time_scale == 10.0
+    x, t, y = _inputs(dtype=torch.float64)
+    ref, scaled = ref.double(), scaled.double()
+    t_end = t + 0.2
+    torch.testing.assert_close(scaled(x, t, y, t_end=t_end), ref(x, t / 100, y, t_end=t_end / 100))
+    assert not torch.allclose(scaled(x, t, y, t_end=t_end), ref(x, t, y, t_end=t_end))
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_time_scale_must_be_positive(name):
+    with pytest.raises(ValueError, match="time_scale must be positive, got 0.0"):
+        build_backbone(name, input_size=8, in_channels=3, num_classes=4, time_scale=0.0)

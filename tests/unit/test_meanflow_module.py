@@ -356,3 +356,94 @@ def test_the_ode_target_with_an_inpainting_condition(tmp_path):
         for k in range(steps):
             x = heun.step(v, x, s[i].item() + k * h, s[i].item() + (k + 1) * h)
         assert torch.allclose(target[i : i + 1], (x - z[i : i + 1]) / (t[i] - s[i]), atol=2e-5), i
+
+
+# ------------------------------------------------------------------ distribution matching (objective.dmd_weight)
+DMD = {"name": "meanflow", "velocity": "teacher", "target": "ode", "cfg_scale": 2.0, "teacher_steps": 2}
+
+
+def _dmd_module(path, weight=1.0, **options):
+    mf = _module({**DMD, "dmd_weight": weight, **options}, seed=1)
+    mf.initialise_from(load_checkpoint(path))
+    return mf.train()
+
+
+def test_distribution_matching_trains_the_student_and_the_fake_flow_apart(tmp_path):
+    """The fake flow starts as the teacher; the DMD term's gradient reaches the student only (scaling with
+    dmd_weight), the fake flow's flow-matching loss the fake only, the teacher neither."""
+    _, path = _flow_checkpoint(tmp_path)
+
+    def backward(weight):
+        mf = _dmd_module(path, weight)
+        for p, q in zip(mf.fake.parameters(), mf.teacher.parameters(), strict=True):
+            assert torch.equal(p, q) and p.requires_grad and not q.requires_grad
+        torch.manual_seed(3)
+        dmd, fake = mf._distribution_matching_losses(_batch(6))
+        (weight * dmd + fake).backward()
+        assert dmd.item() > 0 and fake.item() > 0  # guidance makes the teacher's data prediction differ at once
+        assert all(p.grad is None for p in mf.teacher.parameters())
+        return mf
+
+    one, three = backward(1.0), backward(3.0)
+    for p, q in zip(one.fake.parameters(), three.fake.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)
+    assert any(p.grad.abs().sum() > 0 for p in one.fake.parameters())
+    student = [(p.grad, q.grad) for p, q in zip(one.backbone.parameters(), three.backbone.parameters(), strict=True)]
+    assert any(g1.abs().sum() > 0 for g1, _ in student)
+    for g1, g3 in student:
+        torch.testing.assert_close(g3, 3.0 * g1)
+
+
+def test_the_student_samples_are_the_flowmap_samplers(tmp_path):
+    """The samples DMD sees are ``sampler=flowmap``'s (online weights), with gradient through the last jump only."""
+    _, path = _flow_checkpoint(tmp_path)
+    mf = _dmd_module(path).eval()
+    _perturb(mf)  # a nonzero interval embedding and equal online / EMA weights
+    with torch.no_grad():
+        for p in mf.backbone.h_embedder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        mf.ema.module.load_state_dict(mf.backbone.state_dict())
+    labels = torch.tensor([0, 2, 1])
+    noise = noise_for_indices([0, 1, 2], tuple(LATENT), seed=0)
+    for steps in (1, 2):
+        x = mf.student_samples(noise, {"label": labels}, steps)
+        expected = mf.sample_latents(build_solver("flowmap", steps=steps), indices=[0, 1, 2], labels=labels).x
+        torch.testing.assert_close(x.detach(), expected)
+        x.sum().backward()
+        grads = [p.grad for p in mf.backbone.parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads)
+        mf.zero_grad()
+
+
+def test_distribution_matching_goes_on_from_a_distilled_checkpoint(tmp_path):
+    """init_from a distilled flow map: its teacher comes along (and its fake flow, if it has one); a run without
+    distribution matching drops the fake flow, a run without a teacher drops both; refusals."""
+    flow, path = _flow_checkpoint(tmp_path)
+    flow.eval()
+    first = _dmd_module(path)
+    with torch.no_grad():
+        for p in first.fake.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    saved = tmp_path / "dmd.ckpt"
+    save_checkpoint_file({"state_dict": first.state_dict(), "hyper_parameters": dict(first.hparams)}, saved)
+    again = _dmd_module(saved)
+    state = first.state_dict()
+    for key, value in again.state_dict().items():
+        if not key.startswith("ema.num_updates"):
+            assert torch.equal(value, state[key]), key
+    without_dmd = _module({**DMD, "dmd_weight": 0.0}, seed=2)
+    without_dmd.initialise_from(load_checkpoint(saved))
+    assert without_dmd.fake is None
+    for p, q in zip(without_dmd.teacher.parameters(), first.teacher.parameters(), strict=True):
+        assert torch.equal(p, q)
+    plain = _module({"name": "meanflow"}, seed=2)
+    plain.initialise_from(load_checkpoint(saved))
+    assert plain.teacher is None
+    for p, q in zip(plain.backbone.parameters(), first.backbone.parameters(), strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="objective.dmd_weight > 0 matches the student's samples to a teacher"):
+        _module({"name": "meanflow", "dmd_weight": 1.0})
+    with pytest.raises(ValueError, match=r"objective.dmd_times must be \[t_min, t_max\]"):
+        _module({**DMD, "dmd_weight": 1.0, "dmd_times": [0.5, 0.2]})
+    with pytest.raises(ValueError, match="objective.dmd_steps must be a non-empty list"):
+        _module({**DMD, "dmd_weight": 1.0, "dmd_steps": []})

@@ -125,6 +125,9 @@ class DiT(nn.Module):
         flow_map: also embed the interval ``t_end - t`` of a flow-map jump (an
             :class:`~latent_flow.backbones.embeddings.IntervalEmbedder`, ``h_embedder``), so the
             network is ``u(x, t, t_end)``; ``t_end = t`` gives exactly the velocity network.
+        time_scale: factor on ``t`` (and on the interval) before the sinusoidal embeddings (1000: DiT / ADM;
+            a flow map's JVP differentiates through it, so smaller values give a smoother function of time,
+            the sCM finding; ``+backbone.time_scale=...``).
 
     ``forward(x, t, y=None, t_end=None)``: ``t`` ``(B,)`` in ``[0, 1]`` with t = 0 noise and t = 1 data;
     ``y`` ``(B,)`` long in ``[0, num_classes]`` or ``None`` (all null).
@@ -144,6 +147,7 @@ class DiT(nn.Module):
         class_dropout_prob: float = 0.1,
         grad_checkpointing: bool = False,
         flow_map: bool = False,
+        time_scale: float = 1000.0,
     ) -> None:
         super().__init__()
         if patch_size < 1 or input_size < 1:
@@ -170,12 +174,15 @@ class DiT(nn.Module):
         self.class_dropout_prob = class_dropout_prob
         self.grad_checkpointing = grad_checkpointing
         self.flow_map = bool(flow_map)
+        if not time_scale > 0:
+            raise ValueError(f"time_scale must be positive, got {time_scale}")
+        self.time_scale = float(time_scale)
         self.grid_size = input_size // patch_size
         self.num_patches = self.grid_size**2
 
         self.x_embedder = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
-        self.t_embedder = TimestepEmbedder(hidden_size)
-        self.h_embedder = IntervalEmbedder(hidden_size) if self.flow_map else None
+        self.t_embedder = TimestepEmbedder(hidden_size, time_scale=time_scale)
+        self.h_embedder = IntervalEmbedder(hidden_size, time_scale=time_scale) if self.flow_map else None
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob) if num_classes > 0 else None
         self.register_buffer(
             "pos_embed", sincos_pos_embed_2d(hidden_size, self.grid_size).unsqueeze(0), persistent=False

@@ -150,6 +150,9 @@ class UNet(nn.Module):
             16x16 latent costs what 1 costs on an 8x8 one.
         flow_map: also embed the interval ``t_end - t`` of a flow-map jump (``h_embedder``), so the
             network is ``u(x, t, t_end)``; ``t_end = t`` gives exactly the velocity network.
+        time_scale: factor on ``t`` (and on the interval) before the sinusoidal embeddings (1000: DiT / ADM;
+            a flow map's JVP differentiates through it, so smaller values give a smoother function of time,
+            the sCM finding; ``+backbone.time_scale=...``).
 
     ``forward(x, t, y=None, t_end=None)``: ``t`` ``(B,)`` in ``[0, 1]``, t = 0 noise, t = 1 data.
     """
@@ -171,6 +174,7 @@ class UNet(nn.Module):
         grad_checkpointing: bool = False,
         patch_size: int = 1,
         flow_map: bool = False,
+        time_scale: float = 1000.0,
     ) -> None:
         super().__init__()
         patch_size = int(patch_size)
@@ -211,10 +215,17 @@ class UNet(nn.Module):
         self.grad_checkpointing = grad_checkpointing
         self.patch_size = patch_size
         self.flow_map = bool(flow_map)
+        if not time_scale > 0:
+            raise ValueError(f"time_scale must be positive, got {time_scale}")
+        self.time_scale = float(time_scale)
 
         emb_dim = 4 * model_channels
-        self.t_embedder = TimestepEmbedder(emb_dim, frequency_embedding_size=model_channels)
-        self.h_embedder = IntervalEmbedder(emb_dim, frequency_embedding_size=model_channels) if self.flow_map else None
+        self.t_embedder = TimestepEmbedder(emb_dim, frequency_embedding_size=model_channels, time_scale=time_scale)
+        self.h_embedder = (
+            IntervalEmbedder(emb_dim, frequency_embedding_size=model_channels, time_scale=time_scale)
+            if self.flow_map
+            else None
+        )
         self.y_embedder = LabelEmbedder(num_classes, emb_dim, class_dropout_prob) if num_classes > 0 else None
 
         self.input_conv = nn.Conv2d(in_channels * patch_size**2, model_channels, 3, padding=1)

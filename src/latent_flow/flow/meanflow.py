@@ -321,6 +321,11 @@ class MeanFlowObjective:
             the pair, :meth:`ode_target`; needs ``velocity="teacher"``).
         teacher_steps: Heun steps of the teacher over a whole [0, 1] interval with ``target="ode"``.
         grid_fraction, grid_steps: the share of pairs that are sampling-grid jumps (:class:`TimePairSampler`).
+        dmd_weight: weight of distribution matching (:mod:`latent_flow.flow.distribution_matching`) on the
+            student's few-step samples, added to the regression (0: off; needs ``velocity="teacher"``).
+        dmd_times: ``[t_min, t_max]``, the range of the uniform noise levels of distribution matching.
+        dmd_steps: the step counts of the student's samples that distribution matching sees (one drawn per batch;
+            the jumps before the last are taken without gradient, DMD2's backward simulation).
     """
 
     VELOCITIES = ("path", "teacher")
@@ -341,6 +346,9 @@ class MeanFlowObjective:
         teacher_steps: int = 10,
         grid_fraction: float = 0.0,
         grid_steps: Sequence[int] = (1, 2, 4),
+        dmd_weight: float = 0.0,
+        dmd_times: Sequence[float] = (0.02, 0.98),
+        dmd_steps: Sequence[int] = (1,),
     ) -> None:
         if velocity not in self.VELOCITIES:
             raise ValueError(f"objective.velocity must be one of {list(self.VELOCITIES)}, got {velocity!r}")
@@ -358,6 +366,21 @@ class MeanFlowObjective:
                 "objective.velocity=teacher guides with the teacher's velocities (cfg_scale); cfg_kappa mixes the "
                 f"student's own and is not defined with a teacher: set cfg_kappa=0 (got {cfg_kappa})"
             )
+        if not float(dmd_weight) >= 0.0:
+            raise ValueError(f"objective.dmd_weight must be >= 0, got {dmd_weight!r}")
+        if float(dmd_weight) > 0.0 and velocity != "teacher":
+            raise ValueError(
+                "objective.dmd_weight > 0 matches the student's samples to a teacher flow's distribution: set "
+                "objective.velocity=teacher (with init_from=<flow .ckpt>)"
+            )
+        times = [float(v) for v in dmd_times]
+        if len(times) != 2 or not 0.0 < times[0] < times[1] < 1.0:
+            raise ValueError(
+                f"objective.dmd_times must be [t_min, t_max] with 0 < t_min < t_max < 1, got {dmd_times!r}"
+            )
+        dsteps = list(dmd_steps)
+        if not dsteps or any(isinstance(n, bool) or int(n) != n or int(n) < 1 for n in dsteps):
+            raise ValueError(f"objective.dmd_steps must be a non-empty list of positive integers, got {dmd_steps!r}")
         if not isinstance(path, AffinePath):
             raise TypeError(f"path must be an AffinePath, got {type(path).__name__}")
         if not isinstance(path.scheduler, CondOTScheduler):
@@ -378,11 +401,19 @@ class MeanFlowObjective:
         self.velocity = velocity
         self.target_kind = target
         self.teacher_steps = int(teacher_steps)
+        self.dmd_weight = float(dmd_weight)
+        self.dmd_times = (times[0], times[1])
+        self.dmd_steps = [int(n) for n in dsteps]
 
     @property
     def distils(self) -> bool:
         """Whether the target's velocity is a teacher flow's (``velocity="teacher"``)."""
         return self.velocity == "teacher"
+
+    @property
+    def matches_distribution(self) -> bool:
+        """Whether distribution matching is on (``dmd_weight > 0``): the module then trains a fake flow too."""
+        return self.dmd_weight > 0.0
 
     @property
     def guides(self) -> bool:
@@ -437,5 +468,6 @@ class MeanFlowObjective:
         return (
             f"MeanFlowObjective({self.path!r}, {self.pairs!r}, weight_power={self.weight_power}, "
             f"weight_eps={self.weight_eps}, cfg_scale={self.cfg_scale}, cfg_kappa={self.cfg_kappa}, "
-            f"velocity={self.velocity!r}, target={self.target_kind!r}, teacher_steps={self.teacher_steps})"
+            f"velocity={self.velocity!r}, target={self.target_kind!r}, teacher_steps={self.teacher_steps}, "
+            f"dmd_weight={self.dmd_weight}, dmd_times={list(self.dmd_times)}, dmd_steps={self.dmd_steps})"
         )

@@ -18,7 +18,9 @@ the backbone also takes the landing time ``t_end`` and learns the average veloci
 its instantaneous velocity (``t_end = t``). :meth:`LatentFlowModule.initialise_from` converts a
 trained flow checkpoint into a flow-map model (``python -m latent_flow.train init_from=...``); with
 ``objective.velocity=teacher`` that flow, frozen, is distilled (its velocity in MeanFlow's target, or with
-``objective.target=ode`` its guided ODE integrated over each pair as the regression target).
+``objective.target=ode`` its guided ODE integrated over each pair as the regression target); with
+``objective.dmd_weight > 0`` the student's few-step samples are also matched to the teacher's distribution (DMD,
+:mod:`latent_flow.flow.distribution_matching`) through a "fake" flow trained on them in the same step.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from latent_flow.autoencoders import load_autoencoder
 from latent_flow.backbones import build_backbone
 from latent_flow.conditioning import build_condition
 from latent_flow.flow.coupling import check_coupling, couple
+from latent_flow.flow.distribution_matching import distribution_matching_loss
 from latent_flow.flow.meanflow import MeanFlowObjective
 from latent_flow.flow.path import AffinePath
 from latent_flow.flow.schedulers import build_scheduler
@@ -68,6 +71,9 @@ _MEANFLOW_OPTIONS = {
     "teacher_steps",
     "grid_fraction",
     "grid_steps",
+    "dmd_weight",
+    "dmd_times",
+    "dmd_steps",
 }
 
 
@@ -239,6 +245,12 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             self.teacher = make_backbone(0.0, False).requires_grad_(False)
             if has_cond_params:
                 self.teacher_condition = copy.deepcopy(self.condition).requires_grad_(False)
+        # distribution matching (objective.dmd_weight > 0): a flow network of the teacher's architecture, trained
+        # by flow matching on the student's own samples (DMD's "fake" score); it starts as the teacher
+        # (initialise_from) and is kept in the checkpoints, so a resumed run goes on with it
+        self.fake: torch.nn.Module | None = None
+        if self.objective is not None and self.objective.matches_distribution:
+            self.fake = make_backbone(0.0, False)
         self._last_mse: Tensor | None = None
 
         self._autoencoder = None  # not a submodule: never saved in flow checkpoints
@@ -289,6 +301,57 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             return classifier_free_guidance(self.teacher_velocity, rows_cond, rows_null, scale)(z, tau)
 
         return velocity
+
+    def _fake_velocity(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """``v_fake(x_t, t | cond)`` of distribution matching's fake flow (inputs through the teacher's condition)."""
+        condition = self.teacher_condition if self.teacher_condition is not None else self.condition
+        with torch.no_grad():
+            x_in, label = condition.network_inputs(x_t, cond)
+        return self.fake(x_in, t, label)
+
+    def student_samples(self, noise: Tensor, cond: dict[str, Tensor], steps: int) -> Tensor:
+        """The flow map's ``steps``-jump sample from ``noise`` on the uniform grid (online weights, what
+        ``sampler=flowmap`` does with the EMA ones): the jumps before the last without gradient (DMD2's backward
+        simulation), the last with it."""
+        x = noise
+        batch = noise.shape[0]
+        for k in range(steps):
+            start = torch.full((batch,), k / steps, device=noise.device)
+            end = torch.full((batch,), (k + 1) / steps, device=noise.device)
+            if k < steps - 1:
+                with torch.no_grad():
+                    x = x + self.flow_map(x, start, end, cond).to(x.dtype) / steps
+            else:
+                x = x + self.flow_map(x, start, end, cond).to(x.dtype) / steps
+        return x
+
+    def _distribution_matching_losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(dmd, fake)``: distribution matching of the student's samples against the teacher's guided velocity
+        (:func:`~latent_flow.flow.distribution_matching.distribution_matching_loss`; its gradient reaches the
+        student only) and the fake flow's flow-matching loss on the same samples, detached (it reaches the fake
+        only). The conditions are the batch's, without dropout; the step count is drawn from ``dmd_steps``."""
+        objective = self.objective
+        cond = self.condition.from_batch(batch)
+        x_data = batch["latent"]
+        batch_size = x_data.shape[0]
+        steps = objective.dmd_steps[int(torch.randint(len(objective.dmd_steps), ()))]
+        x = self.student_samples(torch.randn_like(x_data), cond, steps)
+        t_min, t_max = objective.dmd_times
+
+        def times() -> Tensor:
+            return t_min + (t_max - t_min) * torch.rand(batch_size, device=x.device)
+
+        t = times()
+        noised = self.path.sample(torch.randn_like(x), x.detach(), t)
+        v_real = classifier_free_guidance(self.teacher_velocity, cond, self.condition.null(cond), objective.cfg_scale)(
+            noised.x_t, t
+        )
+        with torch.no_grad():
+            v_fake = self._fake_velocity(noised.x_t, t, cond)
+        dmd = distribution_matching_loss(self.path, x, noised.x_t, t, v_real, v_fake)
+        fake_sample = self.path.sample(torch.randn_like(x), x.detach(), times())
+        fake = F.mse_loss(self._fake_velocity(fake_sample.x_t, fake_sample.t, cond).float(), fake_sample.target.float())
+        return dmd, fake
 
     def _network(self, use_ema: bool) -> torch.nn.Module:
         if use_ema and self.ema is not None:
@@ -461,11 +524,16 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._loss(batch, use_ema=False)
+        if self.objective is not None:  # the adaptive weighting makes the loss ~1: the unweighted error too
+            self.log("train/mse", self._last_mse, on_step=True, on_epoch=False)
+        if self.fake is not None:  # distribution matching: the student's and the fake flow's terms
+            dmd, fake = self._distribution_matching_losses(batch)
+            self.log("train/dmd", dmd.detach(), on_step=True, on_epoch=False)
+            self.log("train/fake", fake.detach(), on_step=True, on_epoch=False)
+            loss = loss + self.objective.dmd_weight * dmd + fake
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        if self.objective is not None:  # the adaptive weighting makes the loss ~1: the unweighted error too
-            self.log("train/mse", self._last_mse, on_step=True, on_epoch=False)
         opt = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
         if opt is not None:
             self.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False)
@@ -571,7 +639,10 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         model (``u(x, t, t_end) = v(x, t)`` for every ``t_end``) until training moves it. A checkpoint without
         EMA weights gives the EMA a copy of its backbone. Optimizer, step count and RNG states start fresh.
         With ``objective.velocity=teacher`` the checkpoint must be a flow (``objective=flow``): its EMA network
-        (else its backbone) and condition encoder become the frozen teacher.
+        (else its backbone) and condition encoder become the frozen teacher (and the starting point of distribution
+        matching's fake flow, ``objective.dmd_weight > 0``); or a flow map distilled earlier, which brings its
+        teacher (and its fake flow, if it has one) with it, so a distillation goes on with other options (e.g.
+        distribution matching switched on). A teacher the new run does not use is dropped.
         Returns ``{"initialised": [...], "missing": [...], "teacher": [...]}`` (parameter names).
         """
         saved = checkpoint.get("hyper_parameters") or {}
@@ -587,14 +658,20 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         own = self.state_dict()
         if self.ema is not None and not any(k.startswith("ema.") for k in state):  # no EMA saved: copy the weights
             state.update({f"ema.module.{k}": v for k, v in _prefixed(state, "backbone.").items()})
-        teacher_keys = {k for k in own if k.startswith(("teacher.", "teacher_condition."))}
-        if self.teacher is not None:
-            saved_objective = (to_plain(saved.get("objective")) or {"name": "flow"})["name"]
-            if saved_objective != "flow":
-                raise ValueError(
-                    f"init_from: objective.velocity=teacher distils a flow checkpoint (objective=flow); this one was "
-                    f"trained with objective={saved_objective}"
-                )
+        teacher_keys = {k for k in own if k.startswith(("teacher.", "teacher_condition.", "fake."))}
+        saved_objective = (to_plain(saved.get("objective")) or {"name": "flow"})["name"]
+        # a flow map distilled earlier (objective=meanflow with a teacher) brings its own teacher (and fake flow)
+        carries_teacher = saved_objective != "flow" and any(k.startswith("teacher.") for k in state)
+        if self.teacher is not None and saved_objective != "flow" and not carries_teacher:
+            raise ValueError(
+                f"init_from: objective.velocity=teacher distils a flow checkpoint (objective=flow) or goes on from a "
+                f"distilled flow map that keeps its teacher; this one was trained with objective={saved_objective} "
+                "without a teacher"
+            )
+        if self.teacher is None:  # a teacher this run does not use is not loaded
+            state = {k: v for k, v in state.items() if not k.startswith(("teacher.", "teacher_condition.", "fake."))}
+        elif self.fake is None:
+            state = {k: v for k, v in state.items() if not k.startswith("fake.")}
         unexpected = sorted(set(state) - set(own))
         missing = sorted(set(own) - set(state) - teacher_keys)
         allowed = [k for k in missing if ".h_embedder." in f".{k}" or k == "ema.num_updates"]
@@ -604,14 +681,20 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
                 f"{sorted(set(missing) - set(allowed))[:5]}); only a flow map's interval embedder may be new"
             )
         self.load_state_dict(state, strict=False)
-        if self.teacher is not None:  # the flow's EMA network (its sampling weights), else its raw backbone
-            net_prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else "backbone."
-            self.teacher.load_state_dict(_prefixed(state, net_prefix))
-            if self.teacher_condition is not None:
-                cond_prefix = (
-                    "condition_ema.module." if any(k.startswith("condition_ema.") for k in state) else "condition."
-                )
-                self.teacher_condition.load_state_dict(_prefixed(state, cond_prefix))
+        if self.teacher is not None:
+            if carries_teacher:  # the distilled flow map's teacher, loaded above with the rest
+                teacher_state = _prefixed(state, "teacher.")
+            else:  # the flow's EMA network (its sampling weights), else its raw backbone
+                net_prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else "backbone."
+                teacher_state = _prefixed(state, net_prefix)
+                self.teacher.load_state_dict(teacher_state)
+                if self.teacher_condition is not None:
+                    cond_prefix = (
+                        "condition_ema.module." if any(k.startswith("condition_ema.") for k in state) else "condition."
+                    )
+                    self.teacher_condition.load_state_dict(_prefixed(state, cond_prefix))
+            if self.fake is not None and not any(k.startswith("fake.") for k in state):
+                self.fake.load_state_dict(teacher_state)  # distribution matching's fake flow starts as the teacher
         if self.ema is not None:
             self.ema.num_updates.zero_()  # the new run's EMA warm-up starts over, from the loaded weights
         return {"initialised": sorted(set(state) & set(own)), "missing": missing, "teacher": sorted(teacher_keys)}
