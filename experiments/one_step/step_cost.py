@@ -3,9 +3,10 @@
     OMP_NUM_THREADS=1 .venv/bin/python experiments/one_step/step_cost.py [--rounds 5] [--steps 10] [overrides...]
 
 Builds the quick start's ``LatentFlowModule`` (``python -m latent_flow.train``'s default config, plus any
-Hydra ``overrides``) three times, with ``objective=flow``, ``objective=meanflow objective.cfg_scale=2.0`` (the
+Hydra ``overrides``) four times, with ``objective=flow``, ``objective=meanflow objective.cfg_scale=2.0`` (the
 run.sh setting: its JVP through the backbone is the extra cost) and the distillation along the teacher's ODE
-(``objective.target=ode``: the teacher's Heun steps are the extra cost), and times full steps (loss, backward, fused
+(``objective.target=ode``: the teacher's Heun steps are the extra cost), the latter with distribution matching
+(``objective.dmd_weight=1``), and times full steps (loss, backward, fused
 AdamW, EMA update) under the quick start's bf16 autocast on a batch of its size, alternating them for
 ``--rounds`` rounds and keeping each one's best, so machine load hits both alike. The ratio sets the
 from-scratch flow map's step count at the flow run's training compute (``run.sh``: ``STEPS``).
@@ -51,6 +52,18 @@ def main() -> None:
             "objective.time_sampler={name: uniform}",
             "objective.grid_fraction=0.25",
         ],
+        # run.sh (f): the same plus distribution matching (the student's 1-step samples, the teacher's guided
+        # velocity, the fake flow's velocity and its flow-matching step)
+        "ODE + distribution matching (dmd_weight=1)": [
+            "objective=meanflow",
+            "objective.cfg_scale=2.0",
+            "objective.velocity=teacher",
+            "objective.target=ode",
+            "objective.distinct_fraction=0.75",
+            "objective.time_sampler={name: uniform}",
+            "objective.grid_fraction=0.25",
+            "objective.dmd_weight=1.0",
+        ],
     }
     setups = {}
     for name, extra in variants.items():
@@ -65,7 +78,7 @@ def main() -> None:
                 if i == 2:
                     start = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    loss = module._loss(data, use_ema=False)
+                    loss, _ = module.training_loss(data)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -522,15 +522,23 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         self._last_mse = mse
         return loss
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(loss, parts)``: what one training step descends (the objective's loss, plus distribution matching's
+        two terms when it is on) and its detached parts for the logs (``train/mse``, ``train/dmd``, ``train/fake``)."""
         loss = self._loss(batch, use_ema=False)
+        parts: dict[str, Tensor] = {}
         if self.objective is not None:  # the adaptive weighting makes the loss ~1: the unweighted error too
-            self.log("train/mse", self._last_mse, on_step=True, on_epoch=False)
+            parts["train/mse"] = self._last_mse
         if self.fake is not None:  # distribution matching: the student's and the fake flow's terms
             dmd, fake = self._distribution_matching_losses(batch)
-            self.log("train/dmd", dmd.detach(), on_step=True, on_epoch=False)
-            self.log("train/fake", fake.detach(), on_step=True, on_epoch=False)
+            parts["train/dmd"], parts["train/fake"] = dmd.detach(), fake.detach()
             loss = loss + self.objective.dmd_weight * dmd + fake
+        return loss, parts
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, parts = self.training_loss(batch)
+        for name, value in parts.items():
+            self.log(name, value, on_step=True, on_epoch=False)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
