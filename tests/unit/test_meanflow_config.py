@@ -83,3 +83,33 @@ def test_distillation_without_a_teacher_is_refused_before_any_stage(compose_cfg,
     with pytest.raises(ValueError, match=r"objective.velocity=teacher .*init_from=<flow .ckpt>"):
         run_training(cfg)
     assert not any((tmp_path / "c").glob("*"))  # no autoencoder / cache stage ran
+
+
+@pytest.mark.parametrize("scale", [None, 1.0])
+def test_a_from_scratch_flow_map_with_the_default_time_scale_is_warned_about(scale, compose_cfg, monkeypatch, caplog):
+    import latent_flow.cli.train as train_cli
+
+    class Stop(Exception):
+        pass
+
+    def stop(cfg):
+        raise Stop
+
+    monkeypatch.setattr(train_cli, "Attempt", stop)  # the first thing after the checks: nothing runs
+    extra = [] if scale is None else [f"+backbone.time_scale={scale}"]
+    cfg = compose_cfg("train", ["objective=meanflow", *extra])
+    with caplog.at_level("WARNING", logger="latent_flow.cli.train"), pytest.raises(Stop):
+        train_cli.run_training(cfg)
+    warned = [r.getMessage() for r in caplog.records if "backbone.time_scale" in r.getMessage()]
+    if scale is None:
+        assert (
+            len(warned) == 1 and "backbone.time_scale=1000.0" in warned[0] and "+backbone.time_scale=1.0" in warned[0]
+        )
+    else:
+        assert not warned
+    # converting a flow checkpoint keeps the checkpoint's scale: no warning
+    caplog.clear()
+    cfg = compose_cfg("train", ["objective=meanflow", "init_from=/runs/flow.ckpt"])
+    with caplog.at_level("WARNING", logger="latent_flow.cli.train"), pytest.raises(Stop):
+        train_cli.run_training(cfg)
+    assert not [r for r in caplog.records if "backbone.time_scale" in r.getMessage()]
