@@ -447,3 +447,20 @@ def test_distribution_matching_goes_on_from_a_distilled_checkpoint(tmp_path):
         _module({**DMD, "dmd_weight": 1.0, "dmd_times": [0.5, 0.2]})
     with pytest.raises(ValueError, match="objective.dmd_steps must be a non-empty list"):
         _module({**DMD, "dmd_weight": 1.0, "dmd_steps": []})
+
+
+def test_the_fake_flow_gets_its_own_learning_rate(tmp_path):
+    import lightning as L
+
+    _, path = _flow_checkpoint(tmp_path)
+    mf = _dmd_module(path, dmd_fake_lr_scale=4.0)
+    mf.trainer = L.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_checkpointing=False)
+    optimizer = mf.configure_optimizers()["optimizer"]
+    student, fake = optimizer.param_groups
+    assert student["lr"] == pytest.approx(1e-3) and fake["lr"] == pytest.approx(4e-3)
+    assert {id(p) for p in fake["params"]} == {id(p) for p in mf.fake.parameters()}
+    trainable = {id(p) for p in mf.parameters() if p.requires_grad}
+    assert {id(p) for p in student["params"]} | {id(p) for p in fake["params"]} == trainable
+    assert not {id(p) for p in mf.teacher.parameters()} & trainable
+    with pytest.raises(ValueError, match="objective.dmd_fake_lr_scale must be > 0"):
+        _module({**DMD, "dmd_weight": 1.0, "dmd_fake_lr_scale": 0.0})

@@ -326,6 +326,8 @@ class MeanFlowObjective:
         dmd_times: ``[t_min, t_max]``, the range of the uniform noise levels of distribution matching.
         dmd_steps: the step counts of the student's samples that distribution matching sees (one drawn per batch;
             the jumps before the last are taken without gradient, DMD2's backward simulation).
+        dmd_fake_lr_scale: the fake flow's learning rate relative to the student's (> 1: it tracks the student's
+            samples faster, in the spirit of DMD2's several fake updates per student update).
     """
 
     VELOCITIES = ("path", "teacher")
@@ -349,6 +351,7 @@ class MeanFlowObjective:
         dmd_weight: float = 0.0,
         dmd_times: Sequence[float] = (0.02, 0.98),
         dmd_steps: Sequence[int] = (1,),
+        dmd_fake_lr_scale: float = 1.0,
     ) -> None:
         if velocity not in self.VELOCITIES:
             raise ValueError(f"objective.velocity must be one of {list(self.VELOCITIES)}, got {velocity!r}")
@@ -381,6 +384,8 @@ class MeanFlowObjective:
         dsteps = list(dmd_steps)
         if not dsteps or any(isinstance(n, bool) or int(n) != n or int(n) < 1 for n in dsteps):
             raise ValueError(f"objective.dmd_steps must be a non-empty list of positive integers, got {dmd_steps!r}")
+        if not float(dmd_fake_lr_scale) > 0.0:
+            raise ValueError(f"objective.dmd_fake_lr_scale must be > 0, got {dmd_fake_lr_scale!r}")
         if not isinstance(path, AffinePath):
             raise TypeError(f"path must be an AffinePath, got {type(path).__name__}")
         if not isinstance(path.scheduler, CondOTScheduler):
@@ -404,6 +409,7 @@ class MeanFlowObjective:
         self.dmd_weight = float(dmd_weight)
         self.dmd_times = (times[0], times[1])
         self.dmd_steps = [int(n) for n in dsteps]
+        self.dmd_fake_lr_scale = float(dmd_fake_lr_scale)
 
     @property
     def distils(self) -> bool:
@@ -469,5 +475,6 @@ class MeanFlowObjective:
             f"MeanFlowObjective({self.path!r}, {self.pairs!r}, weight_power={self.weight_power}, "
             f"weight_eps={self.weight_eps}, cfg_scale={self.cfg_scale}, cfg_kappa={self.cfg_kappa}, "
             f"velocity={self.velocity!r}, target={self.target_kind!r}, teacher_steps={self.teacher_steps}, "
-            f"dmd_weight={self.dmd_weight}, dmd_times={list(self.dmd_times)}, dmd_steps={self.dmd_steps})"
+            f"dmd_weight={self.dmd_weight}, dmd_times={list(self.dmd_times)}, dmd_steps={self.dmd_steps}, "
+            f"dmd_fake_lr_scale={self.dmd_fake_lr_scale})"
         )

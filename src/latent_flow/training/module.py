@@ -74,6 +74,7 @@ _MEANFLOW_OPTIONS = {
     "dmd_weight",
     "dmd_times",
     "dmd_steps",
+    "dmd_fake_lr_scale",
 }
 
 
@@ -570,7 +571,13 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
 
     def configure_optimizers(self):
         o = dict(self.hparams.optim)
-        params = [p for p in self.parameters() if p.requires_grad]
+        params: list = [p for p in self.parameters() if p.requires_grad]
+        if self.fake is not None:  # distribution matching's fake flow: its own learning rate (dmd_fake_lr_scale)
+            fake = {id(p) for p in self.fake.parameters()}
+            params = [
+                {"params": [p for p in params if id(p) not in fake]},
+                {"params": list(self.fake.parameters()), "lr": float(o["lr"]) * self.objective.dmd_fake_lr_scale},
+            ]
         fused = o.get("fused")
         kwargs = {}
         if fused is not None:
