@@ -38,32 +38,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    # run.sh (e): the teacher's guided ODE over wide pairs, a quarter grid jumps (the teacher's weights do not change
+    # the cost: a fresh one is timed)
+    ode = [
+        "objective=meanflow",
+        "objective.cfg_scale=2.0",
+        "objective.velocity=teacher",
+        "objective.target=ode",
+        "objective.distinct_fraction=0.75",
+        "objective.time_sampler={name: uniform}",
+        "objective.grid_fraction=0.25",
+    ]
     variants = {
         "flow": ["objective=flow"],
         "meanflow (CFG folded in)": ["objective=meanflow", "objective.cfg_scale=2.0"],
-        # run.sh (e): the teacher's guided ODE over wide pairs, a quarter grid jumps (the teacher's weights do not
-        # change the cost: a fresh one is timed)
-        "distilled along the ODE (target=ode)": [
-            "objective=meanflow",
-            "objective.cfg_scale=2.0",
-            "objective.velocity=teacher",
-            "objective.target=ode",
-            "objective.distinct_fraction=0.75",
-            "objective.time_sampler={name: uniform}",
-            "objective.grid_fraction=0.25",
-        ],
+        "distilled along the ODE (target=ode)": ode,
         # run.sh (f): the same plus distribution matching (the student's 1-step samples, the teacher's guided
         # velocity, the fake flow's velocity and its flow-matching step)
-        "ODE + distribution matching (dmd_weight=1)": [
-            "objective=meanflow",
-            "objective.cfg_scale=2.0",
-            "objective.velocity=teacher",
-            "objective.target=ode",
-            "objective.distinct_fraction=0.75",
-            "objective.time_sampler={name: uniform}",
-            "objective.grid_fraction=0.25",
-            "objective.dmd_weight=1.0",
-        ],
+        "ODE + distribution matching (dmd_weight=1)": [*ode, "objective.dmd_weight=1.0"],
     }
     setups = {}
     for name, extra in variants.items():
