@@ -37,6 +37,11 @@ train scratch_ts1 trainer.max_steps="$STEPS" +backbone.time_scale=1.0
 train scratch_ts0.1 trainer.max_steps="$STEPS" +backbone.time_scale=0.1
 train scratch_ts1_wide trainer.max_steps="$STEPS" +backbone.time_scale=1.0 objective.distinct_fraction=0.75 \
     "objective.time_sampler={name: uniform}"
+train scratch_ts1_seed1 trainer.max_steps="$STEPS" +backbone.time_scale=1.0 seed=1
+train scratch_ts0.1_seed1 trainer.max_steps="$STEPS" +backbone.time_scale=0.1 seed=1
+#     2x and 4x the flow's training compute
+train scratch_ts1_2x trainer.max_steps=$((2 * STEPS)) +backbone.time_scale=1.0
+train scratch_ts1_4x trainer.max_steps=$((4 * STEPS)) +backbone.time_scale=1.0
 # (b) converted: the flow checkpoint's backbone + EMA, fine-tuned with the flow-map objective (the paper's pairs:
 #     25% distinct, times from the path's logit-normal toward noise), 200 and 1,000 steps
 train converted "${CONVERT[@]}" trainer.max_steps=200 trainer.val_check_interval=100
@@ -72,6 +77,11 @@ FROM1000=(init_from="$OUT/ode1000_grid_mse/checkpoints/last.ckpt" optim.lr=3.0e-
     trainer.val_check_interval=250)
 train dmd1_from1000 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 objective.dmd_weight=1.0 \
     trainer.max_steps=500
+train dmd12_from1000 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 objective.dmd_weight=1.0 \
+    "objective.dmd_steps=[1,2]" trainer.max_steps=500
+#     the fake flow at 5x the learning rate (it follows the student's samples faster)
+train dmd12_fake5_from1000 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 \
+    objective.dmd_weight=1.0 "objective.dmd_steps=[1,2]" objective.dmd_fake_lr_scale=5.0 trainer.max_steps=500
 train ctrl_from1000 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 trainer.max_steps=500
 
 ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy from the packaged oracle
@@ -82,7 +92,8 @@ ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy f
 }
 for s in 2 5 10 25; do ev flow "heun${s}_cfg2" sampler=heun sampler.steps="$s" cfg_scale=2.0; done
 for s in 1 2 4 8; do ev flow "euler${s}_cfg2" sampler=euler sampler.steps="$s" cfg_scale=2.0; done
-for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide dmd1_from1000 ctrl_from1000 converted converted1000 converted1000_wide converted3000_wide distilled1000 ode1000_grid \
+for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide scratch_ts1_seed1 scratch_ts0.1_seed1 \
+    scratch_ts1_2x scratch_ts1_4x dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000 converted converted1000 converted1000_wide converted3000_wide distilled1000 ode1000_grid \
     ode1000_grid_mse ode500_grid75_mse ode500_grid_mse_teacher5 ode500_grid_mse_teacher20 ode500_nogrid_mse \
     ode2500_grid_mse; do
     for steps in 1 2 4; do
@@ -90,7 +101,15 @@ for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide dmd1_
     done
     ev "$run" heun25 sampler=heun sampler.steps=25 cfg_scale=1.0 # the same model as an ODE (t_end = t)
 done
-# the distillation's intermediate checkpoints (quality against conversion compute)
+# the distillation's intermediate checkpoints (quality against conversion compute), and those of the fine-tunes
+for run in dmd1_from1000 dmd12_from1000 ctrl_from1000; do
+    for steps in 1 2 4; do
+        dir="$OUT/${run}_step250/eval/flowmap$steps"
+        [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate ckpt_path="$OUT/$run/checkpoints/step_0000250.ckpt" \
+            num_samples=1000 seed=0 out_dir="$dir" hydra.run.dir="$dir/hydra" sampler=flowmap sampler.steps="$steps" \
+            cfg_scale=1.0
+    done
+done
 for step in 250 500; do
     for steps in 1 2 4; do
         dir="$OUT/ode1000_grid_mse_step$step/eval/flowmap$steps"
