@@ -102,7 +102,7 @@ for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide scrat
     ev "$run" heun25 sampler=heun sampler.steps=25 cfg_scale=1.0 # the same model as an ODE (t_end = t)
 done
 # the distillation's intermediate checkpoints (quality against conversion compute), and those of the fine-tunes
-for run in dmd1_from1000 dmd12_from1000 ctrl_from1000; do
+for run in dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000; do
     for steps in 1 2 4; do
         dir="$OUT/${run}_step250/eval/flowmap$steps"
         [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate ckpt_path="$OUT/$run/checkpoints/step_0000250.ckpt" \
