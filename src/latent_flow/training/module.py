@@ -572,11 +572,12 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
     def configure_optimizers(self):
         o = dict(self.hparams.optim)
         params: list = [p for p in self.parameters() if p.requires_grad]
-        if self.fake is not None:  # distribution matching's fake flow: its own learning rate (dmd_fake_lr_scale)
-            fake = {id(p) for p in self.fake.parameters()}
+        fake_flow = getattr(self, "fake", None)  # FlowTurbo's RefinerModule borrows this method and has none
+        if fake_flow is not None:  # distribution matching's fake flow: its own learning rate (dmd_fake_lr_scale)
+            fake = {id(p) for p in fake_flow.parameters()}
             params = [
                 {"params": [p for p in params if id(p) not in fake]},
-                {"params": list(self.fake.parameters()), "lr": float(o["lr"]) * self.objective.dmd_fake_lr_scale},
+                {"params": list(fake_flow.parameters()), "lr": float(o["lr"]) * self.objective.dmd_fake_lr_scale},
             ]
         fused = o.get("fused")
         kwargs = {}
