@@ -39,6 +39,9 @@ train scratch_ts1_wide trainer.max_steps="$STEPS" +backbone.time_scale=1.0 objec
     "objective.time_sampler={name: uniform}"
 train scratch_ts1_seed1 trainer.max_steps="$STEPS" +backbone.time_scale=1.0 seed=1
 train scratch_ts0.1_seed1 trainer.max_steps="$STEPS" +backbone.time_scale=0.1 seed=1
+#     with a quarter of the pairs the sampling grids' jumps (as in the distillation), two seeds
+train scratch_ts1_grid trainer.max_steps="$STEPS" +backbone.time_scale=1.0 objective.grid_fraction=0.25
+train scratch_ts1_grid_seed1 trainer.max_steps="$STEPS" +backbone.time_scale=1.0 objective.grid_fraction=0.25 seed=1
 #     2x and 4x the flow's training compute
 train scratch_ts1_2x trainer.max_steps=$((2 * STEPS)) +backbone.time_scale=1.0
 train scratch_ts1_4x trainer.max_steps=$((4 * STEPS)) +backbone.time_scale=1.0
@@ -93,7 +96,7 @@ ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy f
 for s in 2 5 10 25; do ev flow "heun${s}_cfg2" sampler=heun sampler.steps="$s" cfg_scale=2.0; done
 for s in 1 2 4 8; do ev flow "euler${s}_cfg2" sampler=euler sampler.steps="$s" cfg_scale=2.0; done
 for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide scratch_ts1_seed1 scratch_ts0.1_seed1 \
-    scratch_ts1_2x scratch_ts1_4x dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000 converted converted1000 converted1000_wide converted3000_wide distilled1000 ode1000_grid \
+    scratch_ts1_grid scratch_ts1_grid_seed1 scratch_ts1_2x scratch_ts1_4x dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000 converted converted1000 converted1000_wide converted3000_wide distilled1000 ode1000_grid \
     ode1000_grid_mse ode500_grid75_mse ode500_grid_mse_teacher5 ode500_grid_mse_teacher20 ode500_nogrid_mse \
     ode2500_grid_mse; do
     for steps in 1 2 4; do
