@@ -174,9 +174,7 @@ class DiT(nn.Module):
         self.class_dropout_prob = class_dropout_prob
         self.grad_checkpointing = grad_checkpointing
         self.flow_map = bool(flow_map)
-        if not time_scale > 0:
-            raise ValueError(f"time_scale must be positive, got {time_scale}")
-        self.time_scale = float(time_scale)
+        self.time_scale = float(time_scale)  # checked by the time embedders
         self.grid_size = input_size // patch_size
         self.num_patches = self.grid_size**2
 

@@ -110,6 +110,8 @@ class TimestepEmbedder(nn.Module):
         max_period: float = 10000.0,
     ) -> None:
         super().__init__()
+        if not time_scale > 0:
+            raise ValueError(f"time_scale must be positive, got {time_scale}")
         self.frequency_embedding_size = frequency_embedding_size
         self.time_scale = time_scale
         self.max_period = max_period

@@ -215,9 +215,7 @@ class UNet(nn.Module):
         self.grad_checkpointing = grad_checkpointing
         self.patch_size = patch_size
         self.flow_map = bool(flow_map)
-        if not time_scale > 0:
-            raise ValueError(f"time_scale must be positive, got {time_scale}")
-        self.time_scale = float(time_scale)
+        self.time_scale = float(time_scale)  # checked by the time embedders
 
         emb_dim = 4 * model_channels
         self.t_embedder = TimestepEmbedder(emb_dim, frequency_embedding_size=model_channels, time_scale=time_scale)

@@ -85,15 +85,15 @@ def run_training(cfg: DictConfig) -> dict:
             "objective.velocity=teacher distils a trained flow into a flow map: name the flow with "
             "init_from=<flow .ckpt> (or resume a distillation run with ckpt_path=<run>/checkpoints/last.ckpt)"
         )
-    backbone = to_plain(cfg.get("backbone")) or {}
+    time_scale = float((to_plain(cfg.get("backbone")) or {}).get("time_scale", 1000.0))  # the backbones' default
     if objective.get("name") == "meanflow" and not cfg.get("init_from") and not cfg.get("ckpt_path"):
-        if float(backbone.get("time_scale", 1000.0)) >= 100.0:
+        if time_scale >= 100.0:
             log.warning(
                 "objective=meanflow from scratch with the time embeddings' factor backbone.time_scale=%s: the "
                 "MeanFlow identity differentiates the network along time, and flow maps from scratch trained far "
                 "better with +backbone.time_scale=1.0 on the quick start (FD-shapes 409 vs 2,681 at one evaluation; "
                 "experiments/one_step/README.md)",
-                backbone.get("time_scale", 1000.0),
+                time_scale,
             )
     start = time.time()
     output_dir = Path(cfg.paths.output_dir)

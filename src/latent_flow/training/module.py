@@ -25,6 +25,7 @@ trained flow checkpoint into a flow-map model (``python -m latent_flow.train ini
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ from latent_flow.flow.meanflow import MeanFlowObjective
 from latent_flow.flow.path import AffinePath
 from latent_flow.flow.schedulers import build_scheduler
 from latent_flow.flow.time_sampling import build_time_sampler
-from latent_flow.sampling.flowmap import GuidedFlowMap
+from latent_flow.sampling.flowmap import FlowMapSolver, GuidedFlowMap
 from latent_flow.sampling.guidance import autoguidance, classifier_free_guidance
 from latent_flow.sampling.noise import noise_for_indices
 from latent_flow.sampling.solvers import Solver
@@ -314,16 +315,12 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         """The flow map's ``steps``-jump sample from ``noise`` on the uniform grid (online weights, what
         ``sampler=flowmap`` does with the EMA ones): the jumps before the last without gradient (DMD2's backward
         simulation), the last with it."""
+        solver = FlowMapSolver(steps)
+        grid = solver.grid().tolist()
         x = noise
-        batch = noise.shape[0]
         for k in range(steps):
-            start = torch.full((batch,), k / steps, device=noise.device)
-            end = torch.full((batch,), (k + 1) / steps, device=noise.device)
-            if k < steps - 1:
-                with torch.no_grad():
-                    x = x + self.flow_map(x, start, end, cond).to(x.dtype) / steps
-            else:
-                x = x + self.flow_map(x, start, end, cond).to(x.dtype) / steps
+            with torch.no_grad() if k < steps - 1 else contextlib.nullcontext():
+                x = solver.step(lambda z, t, t_end: self.flow_map(z, t, t_end, cond), x, grid[k], grid[k + 1])
         return x
 
     def _distribution_matching_losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -574,9 +571,9 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         params: list = [p for p in self.parameters() if p.requires_grad]
         fake_flow = getattr(self, "fake", None)  # FlowTurbo's RefinerModule borrows this method and has none
         if fake_flow is not None:  # distribution matching's fake flow: its own learning rate (dmd_fake_lr_scale)
-            fake = {id(p) for p in fake_flow.parameters()}
+            fake_ids = {id(p) for p in fake_flow.parameters()}
             params = [
-                {"params": [p for p in params if id(p) not in fake]},
+                {"params": [p for p in params if id(p) not in fake_ids]},
                 {"params": list(fake_flow.parameters()), "lr": float(o["lr"]) * self.objective.dmd_fake_lr_scale},
             ]
         fused = o.get("fused")
