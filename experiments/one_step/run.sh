@@ -45,6 +45,16 @@ train scratch_ts1_grid_seed1 trainer.max_steps="$STEPS" +backbone.time_scale=1.0
 #     2x and 4x the flow's training compute
 train scratch_ts1_2x trainer.max_steps=$((2 * STEPS)) +backbone.time_scale=1.0
 train scratch_ts1_4x trainer.max_steps=$((4 * STEPS)) +backbone.time_scale=1.0
+# (g) self-distillation by half jumps (objective.target=shortcut; shortcut models' dyadic grids), from scratch at the
+# flow's compute: a step costs 1.69x a flow step (step_cost.py, fifth session), so 2,200 / 1.69 = 1,300 steps.
+# sc_*: without the recursion's base case (objective.shortcut_velocity_below=0, the first version); sc_base_*: with it
+SHORTCUT=(objective.target=shortcut objective.weight_power=0.0 objective.distinct_fraction=0.0
+    objective.grid_fraction=0.25 "objective.grid_steps=[1,2,4,8,16,32,64,128]")
+NOBASE=(objective.shortcut_velocity_below=0.0)
+train scratch_sc "${SHORTCUT[@]}" "${NOBASE[@]}" trainer.max_steps=1300
+train scratch_sc_ts1 "${SHORTCUT[@]}" "${NOBASE[@]}" trainer.max_steps=1300 +backbone.time_scale=1.0
+train scratch_sc_base "${SHORTCUT[@]}" trainer.max_steps=1300
+train scratch_sc_base_2x "${SHORTCUT[@]}" trainer.max_steps=2600
 # (b) converted: the flow checkpoint's backbone + EMA, fine-tuned with the flow-map objective (the paper's pairs:
 #     25% distinct, times from the path's logit-normal toward noise), 200 and 1,000 steps
 train converted "${CONVERT[@]}" trainer.max_steps=200 trainer.val_check_interval=100
@@ -86,6 +96,19 @@ train dmd12_from1000 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_
 train dmd12_fake5_from1000 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 \
     objective.dmd_weight=1.0 "objective.dmd_steps=[1,2]" objective.dmd_fake_lr_scale=5.0 trainer.max_steps=500
 train ctrl_from1000 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 trainer.max_steps=500
+# (g) converted by self-distillation by half jumps: the s = t rows keep the path's velocity (sc_conv) or take the
+# teacher's (sc_distil, objective.velocity=teacher); first without the base case, at lr 1e-3 and 3e-4
+train sc_conv500 "${CONVERT[@]}" "${SHORTCUT[@]}" "${NOBASE[@]}" trainer.max_steps=500
+train sc_distil500 "${CONVERT[@]}" "${SHORTCUT[@]}" "${NOBASE[@]}" objective.velocity=teacher trainer.max_steps=500
+train sc_conv1500 "${CONVERT[@]}" "${SHORTCUT[@]}" "${NOBASE[@]}" trainer.max_steps=1500
+train sc_conv500_lr3e-4 "${CONVERT[@]}" "${SHORTCUT[@]}" "${NOBASE[@]}" optim.lr=3.0e-4 trainer.max_steps=500
+train sc_conv2000_lr3e-4 "${CONVERT[@]}" "${SHORTCUT[@]}" "${NOBASE[@]}" optim.lr=3.0e-4 trainer.max_steps=2000
+train sc_distil2000_lr3e-4 "${CONVERT[@]}" "${SHORTCUT[@]}" "${NOBASE[@]}" objective.velocity=teacher optim.lr=3.0e-4 \
+    trainer.max_steps=2000
+# with the base case (the default): both, 2,000 steps at lr 3e-4
+train sc_base_conv2000_lr3e-4 "${CONVERT[@]}" "${SHORTCUT[@]}" optim.lr=3.0e-4 trainer.max_steps=2000
+train sc_base_distil2000_lr3e-4 "${CONVERT[@]}" "${SHORTCUT[@]}" objective.velocity=teacher optim.lr=3.0e-4 \
+    trainer.max_steps=2000
 
 ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy from the packaged oracle
     local run=$1 name=$2
@@ -95,7 +118,9 @@ ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy f
 }
 for s in 2 5 10 25; do ev flow "heun${s}_cfg2" sampler=heun sampler.steps="$s" cfg_scale=2.0; done
 for s in 1 2 4 8; do ev flow "euler${s}_cfg2" sampler=euler sampler.steps="$s" cfg_scale=2.0; done
-for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide scratch_ts1_seed1 scratch_ts0.1_seed1 \
+for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide scratch_ts1_seed1 scratch_ts0.1_seed1 scratch_sc scratch_sc_ts1 scratch_sc_base \
+    scratch_sc_base_2x sc_conv500 sc_distil500 sc_conv1500 sc_conv500_lr3e-4 sc_conv2000_lr3e-4 sc_distil2000_lr3e-4 \
+    sc_base_conv2000_lr3e-4 sc_base_distil2000_lr3e-4 \
     scratch_ts1_grid scratch_ts1_grid_seed1 scratch_ts1_2x scratch_ts1_4x dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000 converted converted1000 converted1000_wide converted3000_wide distilled1000 ode1000_grid \
     ode1000_grid_mse ode500_grid75_mse ode500_grid_mse_teacher5 ode500_grid_mse_teacher20 ode500_nogrid_mse \
     ode2500_grid_mse; do
@@ -109,6 +134,14 @@ for run in dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000; do
     for steps in 1 2 4; do
         dir="$OUT/${run}_step250/eval/flowmap$steps"
         [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate ckpt_path="$OUT/$run/checkpoints/step_0000250.ckpt" \
+            num_samples=1000 seed=0 out_dir="$dir" hydra.run.dir="$dir/hydra" sampler=flowmap sampler.steps="$steps" \
+            cfg_scale=1.0
+    done
+done
+for run in sc_conv2000_lr3e-4 sc_base_conv2000_lr3e-4; do # the shortcut conversions halfway
+    for steps in 1 2 4; do
+        dir="$OUT/${run}_step1000/eval/flowmap$steps"
+        [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate ckpt_path="$OUT/$run/checkpoints/step_0001000.ckpt" \
             num_samples=1000 seed=0 out_dir="$dir" hydra.run.dir="$dir/hydra" sampler=flowmap sampler.steps="$steps" \
             cfg_scale=1.0
     done

@@ -3,8 +3,10 @@
     OMP_NUM_THREADS=1 .venv/bin/python experiments/one_step/step_cost.py [--rounds 5] [--steps 10] [overrides...]
 
 Builds the quick start's ``LatentFlowModule`` (``python -m latent_flow.train``'s default config, plus any
-Hydra ``overrides``) four times, with ``objective=flow``, ``objective=meanflow objective.cfg_scale=2.0`` (the
-run.sh setting: its JVP through the backbone is the extra cost) and the distillation along the teacher's ODE
+Hydra ``overrides``) five times, with ``objective=flow``, ``objective=meanflow objective.cfg_scale=2.0`` (the
+run.sh setting: its JVP through the backbone, on the pairs with s < t, is the extra cost), the self-distillation
+by half jumps (``objective.target=shortcut``: two forward passes without gradient on a quarter of the rows) and
+the distillation along the teacher's ODE
 (``objective.target=ode``: the teacher's Heun steps are the extra cost), the latter with distribution matching
 (``objective.dmd_weight=1``), and times full steps (loss, backward, fused
 AdamW, EMA update) under the quick start's bf16 autocast on a batch of its size, alternating them for
@@ -52,6 +54,16 @@ def main() -> None:
     variants = {
         "flow": ["objective=flow"],
         "meanflow (CFG folded in)": ["objective=meanflow", "objective.cfg_scale=2.0"],
+        # run.sh (g): self-distillation by half jumps on shortcut models' dyadic grids (no JVP, no teacher)
+        "shortcut (target=shortcut, dyadic)": [
+            "objective=meanflow",
+            "objective.cfg_scale=2.0",
+            "objective.target=shortcut",
+            "objective.weight_power=0.0",
+            "objective.distinct_fraction=0.0",
+            "objective.grid_fraction=0.25",
+            "objective.grid_steps=[1,2,4,8,16,32,64,128]",
+        ],
         "distilled along the ODE (target=ode)": ode,
         # run.sh (f): the same plus distribution matching (the student's 1-step samples, the teacher's guided
         # velocity, the fake flow's velocity and its flow-matching step)

@@ -22,6 +22,7 @@ from latent_flow.flow.meanflow import (
     adaptive_weight,
     flow_map_target,
     ode_average_velocity,
+    shortcut_average_velocity,
 )
 from latent_flow.flow.path import AffinePath
 from latent_flow.flow.schedulers import CondOTScheduler, VPScheduler
@@ -230,6 +231,60 @@ def test_the_ode_target_needs_a_teacher():
         MeanFlowObjective(
             AffinePath(CondOTScheduler()), UniformTimeSampler(), velocity="teacher", target="ode", teacher_steps=0
         )
+
+
+# ----------------------------------------------------------------------------- self-distillation by half jumps
+def test_the_exact_flow_map_is_the_fixed_point_of_the_half_jumps():
+    """``target=shortcut``: two exact half jumps are the exact jump (the semigroup property), at s = t the target is
+    the velocity; a flow map that is wrong by a term growing with the interval is corrected toward the exact one."""
+    z, s, t = _states(64, seed=7)
+    s[:3] = t[:3]
+    s[3], t[3] = 0.0, 1.0
+    calls = []
+
+    def exact(x, a, b):
+        calls.append((a.clone(), b.clone()))
+        return exact_average_velocity(x, a, b)
+
+    target = shortcut_average_velocity(exact, z, s, t)
+    assert torch.allclose(target, exact_average_velocity(z, s, t), rtol=0, atol=1e-12)
+    assert torch.allclose(target[:3], exact_velocity(z[:3], s[:3]), rtol=0, atol=1e-12)
+    (a1, b1), (a2, b2) = calls  # two evaluations: s -> m, then m -> t from the half jump's landing state
+    assert torch.allclose(b1, (s + t) / 2) and torch.equal(a1, s) and torch.equal(a2, b1) and torch.equal(b2, t)
+
+    # a map with an error (t - s)^2 c: its halves carry 2 (gap / 2)^2 c / 2 = gap^2 c / 4 less error than itself (up
+    # to the landing state's shift), so repeated regression on the halves contracts the error toward zero
+    c = torch.tensor([0.3, -0.2, 0.1, 0.4], dtype=DTYPE)
+
+    def wrong(x, a, b):
+        return exact_average_velocity(x, a, b) + _col(b - a, x) ** 2 * c
+
+    exact_u = exact_average_velocity(z, s, t)
+    err_map = (wrong(z, s, t) - exact_u)[3]
+    err_target = (shortcut_average_velocity(wrong, z, s, t) - exact_u)[3]
+    assert torch.allclose(err_map, c) and err_target.abs().max() < 0.5 * err_map.abs().max()
+    with pytest.raises(ValueError, match="s <= t"):
+        shortcut_average_velocity(exact, z, t, s)
+    # the base case: halves shorter than velocity_below are two Euler half steps of the velocity
+    gap = t - s
+    below = 0.25
+    short = (gap / 2 < below) & (gap > 0)
+    assert 0 < int(short.sum()) < 60
+    based = shortcut_average_velocity(exact_average_velocity, z, s, t, velocity_below=below)
+    h = _col(gap / 2, z)
+    v0 = exact_velocity(z, s)
+    euler = 0.5 * (v0 + exact_velocity(z + h * v0, (s + t) / 2))
+    assert torch.allclose(based[short], euler[short], rtol=0, atol=1e-12)
+    assert torch.allclose(based[~short], exact_average_velocity(z, s, t)[~short], rtol=0, atol=1e-12)
+    assert (based[short] - exact_average_velocity(z, s, t)[short]).abs().max() > 1e-4  # Euler's error, not exact
+    objective = MeanFlowObjective(AffinePath(CondOTScheduler()), UniformTimeSampler(), target="shortcut")
+    assert objective.target_kind == "shortcut" and objective.shortcut_velocity_below == 1 / 128
+    assert torch.equal(
+        objective.shortcut_target(exact_average_velocity, z, s, t),
+        shortcut_average_velocity(exact_average_velocity, z, s, t, velocity_below=1 / 128),
+    )
+    with pytest.raises(ValueError, match="shortcut_velocity_below"):
+        MeanFlowObjective(AffinePath(CondOTScheduler()), UniformTimeSampler(), shortcut_velocity_below=-0.1)
 
 
 def test_grid_pairs_are_the_jumps_of_the_flowmap_samplers_grids():

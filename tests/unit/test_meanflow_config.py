@@ -54,6 +54,7 @@ def test_meanflow_composes_and_builds_a_flow_map(overrides, compose_cfg):
         "dmd_times": [0.02, 0.98],
         "dmd_steps": [1],
         "dmd_fake_lr_scale": 1.0,
+        "shortcut_velocity_below": 1 / 128,
     }
     assert cfg.init_from == (overrides[-1].split("=", 1)[1] if "init_from" in overrides[-1] else None)
     module = _module(cfg)

@@ -86,11 +86,11 @@ def test_the_objective_drops_labels_and_guides_only_the_kept_rows(monkeypatch):
     """Label dropout happens in the objective (the backbone has none); the dropped rows get the unguided target."""
     mf = _module({"name": "meanflow", "cfg_scale": 3.0})
     mf.train()
-    seen = {}
+    seen = []  # one call for the s = t rows, one for the jumping rows (the JVP's tangent)
     original = mf.objective.guided_velocity
 
     def spy(v, *, v_uncond, v_cond=None, guided=None):
-        seen["guided"] = guided.clone()
+        seen.append(guided.clone())
         return original(v, v_uncond=v_uncond, v_cond=v_cond, guided=guided)
 
     labels_seen = []
@@ -106,12 +106,55 @@ def test_the_objective_drops_labels_and_guides_only_the_kept_rows(monkeypatch):
     torch.manual_seed(0)
     batch = _batch(64)
     mf._loss(batch, use_ema=False)
-    guided = seen["guided"]
+    guided = torch.cat(seen)
+    assert len(seen) == 2 and guided.shape == (64,)  # every row once
     assert 10 < (~guided).sum() < 54  # about half dropped
     assert (labels_seen[0] == 3).all()  # the unconditional pass sees the null label
     mf.eval()  # no dropout outside training: every row is guided
+    seen.clear()
     mf._loss(batch, use_ema=False, generator=torch.Generator().manual_seed(0))
-    assert seen["guided"].all()
+    assert torch.cat(seen).all()
+
+
+@pytest.mark.parametrize("target", ["jvp", "shortcut"])
+def test_the_split_loss_is_the_whole_batch_loss(target):
+    """The rows with s = t are flow matching (their target is the guided velocity, no JVP, no half jumps) and only
+    the jumping rows pay for their targets: the split loss equals the loss of the targets computed on the whole
+    batch at once (the JVP with tangent v~, or the half jumps, on every row)."""
+    from latent_flow.flow.meanflow import flow_map_target, shortcut_average_velocity
+
+    objective = {"name": "meanflow", "cfg_scale": 2.0, "distinct_fraction": 0.5, "target": target, "weight_power": 0.0}
+    mf = _module(objective, seed=2)  # (plain squared error: the adaptive weight makes every row's loss about 1)
+    _perturb(mf)
+    mf.eval()  # no label dropout: reproducible rows
+    batch = _batch(24, seed=3)
+    loss = mf._loss(batch, use_ema=False, generator=torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    x_noise = torch.randn(batch["latent"].shape, generator=gen)
+    s, t = mf.objective.pairs(24, "cpu", generator=gen)
+    assert 0 < int((s < t).sum()) < 24
+    sample = mf.path.sample(x_noise, batch["latent"], s)
+    cond = mf.condition.from_batch(batch)
+    null = {"label": torch.full_like(batch["label"], 3)}
+    with torch.no_grad():
+        v = 2.0 * sample.target - mf.velocity(sample.x_t, s, null)  # CFG 2 folded in, with the network's own v(null)
+
+    def u_fn(z, a, b):
+        return mf.flow_map(z, a, b, cond)
+
+    if target == "jvp":
+        out = flow_map_target(u_fn, sample.x_t, s, t, v)
+        u, tgt = out.u, out.target
+    else:
+        u = u_fn(sample.x_t, s, t)
+        tgt = torch.where((s < t)[:, None, None, None], shortcut_average_velocity(u_fn, sample.x_t, s, t), v)
+    reference, mse = mf.objective.loss(u, tgt)
+    assert torch.allclose(loss, reference, rtol=1e-5) and torch.allclose(mf._last_mse, mse, rtol=1e-5)
+    # and a wrong target is told apart: the velocity alone on the jumping rows
+    wrong, _ = mf.objective.loss(u, v)
+    assert not torch.allclose(loss, wrong, rtol=1e-3)
+    loss.backward()  # the gradient reaches the interval embedding through the jumping rows
+    assert mf.backbone.h_embedder.mlp[2].weight.grad.abs().sum() > 0
 
 
 def test_a_converted_flow_checkpoint_is_the_flow_model(tmp_path):
@@ -272,9 +315,17 @@ def test_distillation_guides_with_the_teachers_velocities(monkeypatch, tmp_path)
 
     monkeypatch.setattr(mf, "teacher_velocity", spy)
     monkeypatch.setattr(mf, "velocity", lambda *a, **k: pytest.fail("the student's own velocity is not used"))
-    batch = _batch(6)
-    mf._loss(batch, use_ema=False, generator=torch.Generator().manual_seed(0))
-    assert len(calls) == 2 and torch.equal(calls[0], batch["label"]) and (calls[1] == 3).all()
+    mf.objective.pairs.distinct_fraction = 0.5
+    batch = _batch(16)
+    gen = torch.Generator().manual_seed(0)
+    mf._loss(batch, use_ema=False, generator=gen)
+    gen = torch.Generator().manual_seed(0)
+    torch.randn(batch["latent"].shape, generator=gen)  # the loss draws the noise first, then the pairs
+    s, t = mf.objective.pairs(16, "cpu", generator=gen)
+    flow_rows, jump_rows = (s == t).nonzero().squeeze(1), (s < t).nonzero().squeeze(1)
+    assert 0 < len(jump_rows) < 16  # both kinds of rows: one conditional and one null call each
+    assert len(calls) == 4 and (calls[1] == 3).all() and (calls[3] == 3).all()
+    assert torch.equal(calls[0], batch["label"][flow_rows]) and torch.equal(calls[2], batch["label"][jump_rows])
 
 
 def test_distillation_refuses_kappa_and_a_flow_map_teacher(tmp_path):

@@ -110,6 +110,22 @@ the student's own pass is an ordinary forward (no JVP: the fused attention kerne
 the jumps a sampler takes are the ones that must be right (shortcut models, Frans et al. 2024, train on
 exactly their dyadic step sizes).
 
+Self-distillation by half jumps (``target="shortcut"``)
+------------------------------------------------------
+Without a teacher and without the JVP, the flow map's semigroup property gives a target too: for ``s < m < t``
+the jump ``s -> t`` is the jump ``s -> m`` followed by ``m -> t``, so with ``m = (s + t) / 2``
+
+    u(z_s, s, t) = (u(z_s, s, m) + u(z_m, m, t)) / 2,      z_m = z_s + (m - s) u(z_s, s, m),
+
+and the network's own two half jumps, without gradient, are the target of its long jump
+(:func:`shortcut_average_velocity`; shortcut models, Frans et al. 2024, on their dyadic step sizes; here any pair).
+The pairs with ``s = t`` keep the flow-matching target (the path's conditional velocity, guided), and half jumps
+shorter than ``shortcut_velocity_below`` are taken with that velocity (two Euler half steps), which anchors the
+recursion: short jumps learn the velocity, twice as long ones their composition, and so on up to the jump
+0 -> 1 (with ``grid_steps`` the dyadic grids ``[1, 2, 4, ..., 128]``, every grid jump's halves are grid jumps
+themselves). The exact flow map is a fixed point (tested on the Gaussian flow); the cost is two forward passes
+without gradient on the jumping rows, and the student's pass is an ordinary one (compiled, bf16 autocast).
+
 Paths: the identity holds for any affine path, but the flow map is implemented and tested for the
 CondOT path only; :class:`MeanFlowObjective` refuses other schedulers (the VP path's ``d_sigma`` grows
 without bound at the data end, where the pairs' landing times concentrate).
@@ -135,6 +151,7 @@ __all__ = [
     "adaptive_weight",
     "flow_map_target",
     "ode_average_velocity",
+    "shortcut_average_velocity",
 ]
 
 FlowMapFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -299,6 +316,37 @@ def ode_average_velocity(velocity_fn: RowVelocityFn, z: Tensor, s: Tensor, t: Te
         return torch.where(_batch_view(steps > 0, first).bool(), mean, first)
 
 
+def shortcut_average_velocity(u_fn: FlowMapFn, z: Tensor, s: Tensor, t: Tensor, velocity_below: float = 0.0) -> Tensor:
+    """The average velocity of the jump ``s -> t`` composed of the flow map's own two half jumps (module docstring,
+    ``target="shortcut"``): ``(u(z, s, m) + u(z_m, m, t)) / 2`` with ``m = (s + t) / 2`` and
+    ``z_m = z + (m - s) u(z, s, m)``. Exact for an exact flow map; runs without gradient, in ``z``'s dtype.
+
+    The recursion's base case: a half jump shorter than ``velocity_below`` is taken with the velocity (``u`` at
+    ``t_end`` = its start), i.e. two Euler half steps, as shortcut models do below their finest step size. Without
+    it the finest trained jumps would be built from jumps that are never trained themselves (a network whose
+    interval embedding turns fast, e.g. ``sin(1000 (t - s))``, does not interpolate them from the velocity).
+
+    Args:
+        u_fn: ``u_fn(z, s, t) -> (B, ...)`` (t = 0 noise, t = 1 data).
+        z: states at ``s``, ``(B, ...)``.
+        s, t: ``(B,)`` start and landing times, ``s <= t`` (``s = t`` gives ``u(z, s, s)``, the velocity).
+        velocity_below: half jumps with ``(t - s) / 2 < velocity_below`` use the velocity (0: never).
+    """
+    if s.shape != (z.shape[0],) or t.shape != s.shape:
+        raise ValueError(f"s {tuple(s.shape)} and t {tuple(t.shape)} must have shape ({z.shape[0]},)")
+    if bool((t < s).any()):
+        raise ValueError("shortcut_average_velocity needs s <= t in every row")
+    if not float(velocity_below) >= 0.0:
+        raise ValueError(f"velocity_below must be >= 0, got {velocity_below!r}")
+    with torch.no_grad():
+        m = 0.5 * (s + t)
+        base = (m - s) < float(velocity_below)
+        first = u_fn(z, s, torch.where(base, s, m)).to(z.dtype)
+        z_mid = z + _batch_view(m - s, first) * first
+        second = u_fn(z_mid, m, torch.where(base, m, t)).to(z.dtype)
+        return 0.5 * (first + second)
+
+
 def adaptive_weight(squared_error: Tensor, power: float = 1.0, eps: float = 1e-3) -> Tensor:
     """``sg(1 / (squared_error + eps)^power)`` per sample (MeanFlow's adaptive loss weighting)."""
     return (squared_error.detach() + eps).pow(-float(power))
@@ -317,8 +365,9 @@ class MeanFlowObjective:
         velocity: ``"path"`` (the path's conditional velocity, MeanFlow) or ``"teacher"`` (a trained flow's
             velocity, distillation: the caller passes it, guided, to :meth:`target`); ``cfg_kappa`` mixes the
             student's own velocity and is refused with a teacher.
-        target: ``"jvp"`` (MeanFlow's identity, :meth:`target`) or ``"ode"`` (the teacher's ODE integrated over
-            the pair, :meth:`ode_target`; needs ``velocity="teacher"``).
+        target: ``"jvp"`` (MeanFlow's identity, :meth:`target`), ``"ode"`` (the teacher's ODE integrated over
+            the pair, :meth:`ode_target`; needs ``velocity="teacher"``) or ``"shortcut"`` (the model's own two half
+            jumps, :meth:`shortcut_target`; ``velocity`` is then the target of the ``s = t`` pairs only).
         teacher_steps: Heun steps of the teacher over a whole [0, 1] interval with ``target="ode"``.
         grid_fraction, grid_steps: the share of pairs that are sampling-grid jumps (:class:`TimePairSampler`).
         dmd_weight: weight of distribution matching (:mod:`latent_flow.flow.distribution_matching`) on the
@@ -328,10 +377,12 @@ class MeanFlowObjective:
             the jumps before the last are taken without gradient, DMD2's backward simulation).
         dmd_fake_lr_scale: the fake flow's learning rate relative to the student's (> 1: it tracks the student's
             samples faster, in the spirit of DMD2's several fake updates per student update).
+        shortcut_velocity_below: ``target="shortcut"``: half jumps shorter than this are taken with the velocity
+            (the recursion's base case; 1/128: the halves of the finest of shortcut models' 128-step grid).
     """
 
     VELOCITIES = ("path", "teacher")
-    TARGETS = ("jvp", "ode")
+    TARGETS = ("jvp", "ode", "shortcut")
 
     def __init__(
         self,
@@ -352,6 +403,7 @@ class MeanFlowObjective:
         dmd_times: Sequence[float] = (0.02, 0.98),
         dmd_steps: Sequence[int] = (1,),
         dmd_fake_lr_scale: float = 1.0,
+        shortcut_velocity_below: float = 1.0 / 128,
     ) -> None:
         if velocity not in self.VELOCITIES:
             raise ValueError(f"objective.velocity must be one of {list(self.VELOCITIES)}, got {velocity!r}")
@@ -384,6 +436,8 @@ class MeanFlowObjective:
         dsteps = list(dmd_steps)
         if not dsteps or any(isinstance(n, bool) or int(n) != n or int(n) < 1 for n in dsteps):
             raise ValueError(f"objective.dmd_steps must be a non-empty list of positive integers, got {dmd_steps!r}")
+        if not 0.0 <= float(shortcut_velocity_below) < 1.0:
+            raise ValueError(f"objective.shortcut_velocity_below must be in [0, 1), got {shortcut_velocity_below!r}")
         if not float(dmd_fake_lr_scale) > 0.0:
             raise ValueError(f"objective.dmd_fake_lr_scale must be > 0, got {dmd_fake_lr_scale!r}")
         if not isinstance(path, AffinePath):
@@ -410,6 +464,7 @@ class MeanFlowObjective:
         self.dmd_times = (times[0], times[1])
         self.dmd_steps = [int(n) for n in dsteps]
         self.dmd_fake_lr_scale = float(dmd_fake_lr_scale)
+        self.shortcut_velocity_below = float(shortcut_velocity_below)
 
     @property
     def distils(self) -> bool:
@@ -462,6 +517,10 @@ class MeanFlowObjective:
         velocity, guided when :attr:`guides`)."""
         return ode_average_velocity(velocity_fn, z, s, t, self.teacher_steps)
 
+    def shortcut_target(self, u_fn: FlowMapFn, z: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """:func:`shortcut_average_velocity` (``target="shortcut"``; ``u_fn``: the network being trained)."""
+        return shortcut_average_velocity(u_fn, z, s, t, self.shortcut_velocity_below)
+
     def loss(self, u: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """``(weighted loss, mse)``: ``mean(w ||u - target||^2)`` with the adaptive weight, and the
         unweighted mean squared error per element (comparable with the flow objective's loss)."""
@@ -476,5 +535,5 @@ class MeanFlowObjective:
             f"weight_eps={self.weight_eps}, cfg_scale={self.cfg_scale}, cfg_kappa={self.cfg_kappa}, "
             f"velocity={self.velocity!r}, target={self.target_kind!r}, teacher_steps={self.teacher_steps}, "
             f"dmd_weight={self.dmd_weight}, dmd_times={list(self.dmd_times)}, dmd_steps={self.dmd_steps}, "
-            f"dmd_fake_lr_scale={self.dmd_fake_lr_scale})"
+            f"dmd_fake_lr_scale={self.dmd_fake_lr_scale}, shortcut_velocity_below={self.shortcut_velocity_below})"
         )

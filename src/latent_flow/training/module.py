@@ -76,6 +76,7 @@ _MEANFLOW_OPTIONS = {
     "dmd_times",
     "dmd_steps",
     "dmd_fake_lr_scale",
+    "shortcut_velocity_below",
 }
 
 
@@ -463,9 +464,11 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         Times ``(s, t)`` from the objective's pair sampler, ``z_s`` and the conditional velocity from the
         path at ``s``, condition dropout (labels here for ``condition=label``; spatial conditions drop
         theirs in ``train_dropout``), guidance folded into the velocity for the rows whose condition is
-        not entirely null, then one ``torch.func.jvp`` of the (uncompiled) network for ``u`` and its target.
-        With ``objective.target=ode`` the target is the teacher's guided ODE integrated over each pair instead
-        (:func:`latent_flow.flow.meanflow.ode_average_velocity`) and ``u`` one ordinary forward pass.
+        not entirely null, then, for the rows with ``s < t`` only (:meth:`_split_flow_map_loss`), one
+        ``torch.func.jvp`` of the (uncompiled) network for ``u`` and its target, or with ``objective.target=shortcut``
+        the network's own two half jumps. With ``objective.target=ode`` the target is the teacher's guided ODE
+        integrated over each pair instead (:func:`latent_flow.flow.meanflow.ode_average_velocity`) and ``u`` one
+        ordinary forward pass.
         """
         objective = self.objective
         x_data = batch["latent"]
@@ -491,32 +494,97 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             loss, mse = objective.loss(u, target)
             self._last_mse = mse
             return loss
-        velocity = sample.target
+        jump = t > s  # the rows whose target needs the jump's own target; the others' is the velocity (s = t)
+        return self._split_flow_map_loss(sample.x_t, s, t, jump, sample.target, cond, use_ema=use_ema)
+
+    def _target_velocity(self, z: Tensor, s: Tensor, v: Tensor, cond: dict[str, Tensor], *, use_ema: bool) -> Tensor:
+        """The velocity of the flow-map targets at ``(z, s)``: the path's conditional ``v`` or, distilling, the
+        teacher's; guidance folded in (:meth:`MeanFlowObjective.guided_velocity`) on the rows whose condition is not
+        entirely null, with the teacher's or the network's own unconditional velocity (stop-gradient)."""
+        objective = self.objective
+        velocity = v
         if objective.distils:  # the teacher's velocity at z_s replaces the conditional one (module docstring)
-            velocity = self.teacher_velocity(sample.x_t, s, cond).to(sample.target.dtype)
-        if objective.guides:
-            null = self.condition.null(cond)
-            kept = torch.ones(batch_size, dtype=torch.bool, device=x_data.device)  # rows not entirely null
-            same = torch.ones_like(kept)
-            for key, value in cond.items():
-                same &= (value == null[key].to(value.device)).reshape(batch_size, -1).all(dim=1).to(kept.device)
-            kept &= ~same
-            with torch.no_grad():  # stop-gradient
-                if objective.distils:  # the teacher's own CFG: omega v_T(c) + (1 - omega) v_T(null)
-                    v_uncond = self.teacher_velocity(sample.x_t, s, null)
-                else:  # the network's own instantaneous velocities (u at t_end = s)
-                    v_uncond = self.velocity(sample.x_t, s, null, use_ema=use_ema)
-                v_cond = self.velocity(sample.x_t, s, cond, use_ema=use_ema) if objective.cfg_kappa else None
-            velocity = objective.guided_velocity(velocity, v_uncond=v_uncond, v_cond=v_cond, guided=kept)
-        condition = self.condition_ema.module if (use_ema and self.condition_ema is not None) else self.condition
-        net = self._network(use_ema)  # forward-mode AD does not run through torch.compile: the plain module
+            velocity = self.teacher_velocity(z, s, cond).to(v.dtype)
+        if not objective.guides:
+            return velocity
+        rows = z.shape[0]
+        null = self.condition.null(cond)
+        kept = torch.ones(rows, dtype=torch.bool, device=z.device)  # rows not entirely null
+        same = torch.ones_like(kept)
+        for key, value in cond.items():
+            same &= (value == null[key].to(value.device)).reshape(rows, -1).all(dim=1).to(kept.device)
+        kept &= ~same
+        with torch.no_grad():  # stop-gradient
+            if objective.distils:  # the teacher's own CFG: omega v_T(c) + (1 - omega) v_T(null)
+                v_uncond = self.teacher_velocity(z, s, null)
+            else:  # the network's own instantaneous velocities (u at t_end = s)
+                v_uncond = self.velocity(z, s, null, use_ema=use_ema)
+            v_cond = self.velocity(z, s, cond, use_ema=use_ema) if objective.cfg_kappa else None
+        return objective.guided_velocity(velocity, v_uncond=v_uncond, v_cond=v_cond, guided=kept)
 
-        def u_fn(z: Tensor, start: Tensor, end: Tensor) -> Tensor:
-            x_in, label = condition.network_inputs(z, cond)
-            return net(x_in, start, label, t_end=end)
+    def _split_flow_map_loss(
+        self,
+        z: Tensor,
+        s: Tensor,
+        t: Tensor,
+        jump: Tensor,
+        v: Tensor,
+        cond: dict[str, Tensor],
+        *,
+        use_ema: bool,
+    ) -> Tensor:
+        """The loss of ``objective.target=jvp`` or ``shortcut`` with the batch split by ``jump`` (``s < t``).
 
-        out = objective.target(u_fn, sample.x_t, s, t, velocity)
-        loss, mse = objective.loss(out.u, out.target)
+        The rows with ``s = t`` are flow matching whatever the target (the identity's JVP term has the factor
+        ``t - s = 0``; a jump of length zero has no halves): their target is the (guided) velocity, computed for them
+        only. Only the jumping rows pay for their target: the forward-mode pass of
+        :func:`~latent_flow.flow.meanflow.flow_map_target` (float32, uncompiled; the other rows' ``u`` is one
+        ordinary pass, compiled, under the ambient autocast) or the two half jumps of
+        :func:`~latent_flow.flow.meanflow.shortcut_average_velocity` (no gradient; the student's ``u`` is then one
+        ordinary pass over the whole batch). The adaptive weighting is per row, so the split loss is the unsplit one
+        (``tests/unit/test_meanflow_module.py``)."""
+        objective = self.objective
+        every = torch.arange(z.shape[0], device=z.device)
+        rows_j, rows_f = every[jump], every[~jump]
+
+        def pick(rows: Tensor) -> dict[str, Tensor]:
+            return {key: value[rows] for key, value in cond.items()}
+
+        shortcut = objective.target_kind == "shortcut"
+        us: list[Tensor] = []
+        targets: list[Tensor] = []
+        if rows_f.numel():
+            cond_f = pick(rows_f)
+            s_f = s[rows_f]
+            targets.append(self._target_velocity(z[rows_f], s_f, v[rows_f], cond_f, use_ema=use_ema).float())
+            if not shortcut:
+                us.append(self.flow_map(z[rows_f], s_f, s_f, cond_f, use_ema=use_ema))
+        if rows_j.numel():
+            cond_j, z_j, s_j, t_j = pick(rows_j), z[rows_j], s[rows_j], t[rows_j]
+            if shortcut:
+                own = lambda x, a, b: self.flow_map(x, a, b, cond_j, use_ema=use_ema)  # noqa: E731
+                targets.append(objective.shortcut_target(own, z_j, s_j, t_j).float())
+            else:  # the identity's target: the velocity is the JVP's tangent too
+                velocity = self._target_velocity(z_j, s_j, v[rows_j], cond_j, use_ema=use_ema)
+                condition = (
+                    self.condition_ema.module if (use_ema and self.condition_ema is not None) else self.condition
+                )
+                net = self._network(use_ema)  # forward-mode AD does not run through torch.compile: the plain module
+
+                def u_fn(x: Tensor, start: Tensor, end: Tensor) -> Tensor:
+                    x_in, label = condition.network_inputs(x, cond_j)
+                    return net(x_in, start, label, t_end=end)
+
+                out = objective.target(u_fn, z_j, s_j, t_j, velocity)
+                targets.append(out.target.float())
+                us.append(out.u)
+        order = torch.argsort(torch.cat([rows_f, rows_j]))  # back to the batch's order (the loss is a mean)
+        target = torch.cat(targets)[order]
+        if shortcut:  # the student's pass is an ordinary one on every row (t_end = s on the flow-matching rows)
+            u = self.flow_map(z, s, t, cond, use_ema=use_ema)
+        else:
+            u = torch.cat([x.float() for x in us])[order]
+        loss, mse = objective.loss(u, target)
         self._last_mse = mse
         return loss
 
