@@ -55,6 +55,7 @@ train scratch_sc "${SHORTCUT[@]}" "${NOBASE[@]}" trainer.max_steps=1300
 train scratch_sc_ts1 "${SHORTCUT[@]}" "${NOBASE[@]}" trainer.max_steps=1300 +backbone.time_scale=1.0
 train scratch_sc_base "${SHORTCUT[@]}" trainer.max_steps=1300
 train scratch_sc_base_2x "${SHORTCUT[@]}" trainer.max_steps=2600
+train scratch_sc_base_4x "${SHORTCUT[@]}" trainer.max_steps=5200
 # (b) converted: the flow checkpoint's backbone + EMA, fine-tuned with the flow-map objective (the paper's pairs:
 #     25% distinct, times from the path's logit-normal toward noise), 200 and 1,000 steps
 train converted "${CONVERT[@]}" trainer.max_steps=200 trainer.val_check_interval=100
@@ -109,6 +110,13 @@ train sc_distil2000_lr3e-4 "${CONVERT[@]}" "${SHORTCUT[@]}" "${NOBASE[@]}" objec
 train sc_base_conv2000_lr3e-4 "${CONVERT[@]}" "${SHORTCUT[@]}" optim.lr=3.0e-4 trainer.max_steps=2000
 train sc_base_distil2000_lr3e-4 "${CONVERT[@]}" "${SHORTCUT[@]}" objective.velocity=teacher optim.lr=3.0e-4 \
     trainer.max_steps=2000
+#     the conversion continued to 4,000 steps (ckpt_path: exact resume, the cosine schedule stretched: a warm restart)
+train sc_base_conv4000_lr3e-4 "${CONVERT[@]}" "${SHORTCUT[@]}" optim.lr=3.0e-4 trainer.max_steps=4000 \
+    ckpt_path="$OUT/sc_base_conv2000_lr3e-4/checkpoints/last.ckpt"
+#     distribution matching on 1-step samples on top of the distilled one (it carries its teacher), 500 steps
+train sc_dmd1_from2000 init_from="$OUT/sc_base_distil2000_lr3e-4/checkpoints/last.ckpt" optim.lr=3.0e-4 \
+    optim.warmup_steps=20 trainer.val_check_interval=250 "${SHORTCUT[@]}" objective.velocity=teacher \
+    objective.dmd_weight=1.0 trainer.max_steps=500
 
 ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy from the packaged oracle
     local run=$1 name=$2
@@ -120,7 +128,7 @@ for s in 2 5 10 25; do ev flow "heun${s}_cfg2" sampler=heun sampler.steps="$s" c
 for s in 1 2 4 8; do ev flow "euler${s}_cfg2" sampler=euler sampler.steps="$s" cfg_scale=2.0; done
 for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide scratch_ts1_seed1 scratch_ts0.1_seed1 scratch_sc scratch_sc_ts1 scratch_sc_base \
     scratch_sc_base_2x sc_conv500 sc_distil500 sc_conv1500 sc_conv500_lr3e-4 sc_conv2000_lr3e-4 sc_distil2000_lr3e-4 \
-    sc_base_conv2000_lr3e-4 sc_base_distil2000_lr3e-4 \
+    sc_base_conv2000_lr3e-4 sc_base_distil2000_lr3e-4 scratch_sc_base_4x sc_base_conv4000_lr3e-4 sc_dmd1_from2000 \
     scratch_ts1_grid scratch_ts1_grid_seed1 scratch_ts1_2x scratch_ts1_4x dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000 converted converted1000 converted1000_wide converted3000_wide distilled1000 ode1000_grid \
     ode1000_grid_mse ode500_grid75_mse ode500_grid_mse_teacher5 ode500_grid_mse_teacher20 ode500_nogrid_mse \
     ode2500_grid_mse; do
@@ -129,29 +137,17 @@ for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide scrat
     done
     ev "$run" heun25 sampler=heun sampler.steps=25 cfg_scale=1.0 # the same model as an ODE (t_end = t)
 done
-# the distillation's intermediate checkpoints (quality against conversion compute), and those of the fine-tunes
-for run in dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000; do
+# the intermediate checkpoints (quality against training compute), scored as RUN_stepSTEP
+ev_step() { # ev_step RUN STEP: flowmap 1 / 2 / 4 of RUN's checkpoint at STEP
+    local run=$1 step=$2 steps dir ckpt
+    ckpt=$(printf "%s/%s/checkpoints/step_%07d.ckpt" "$OUT" "$run" "$step")
     for steps in 1 2 4; do
-        dir="$OUT/${run}_step250/eval/flowmap$steps"
-        [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate ckpt_path="$OUT/$run/checkpoints/step_0000250.ckpt" \
-            num_samples=1000 seed=0 out_dir="$dir" hydra.run.dir="$dir/hydra" sampler=flowmap sampler.steps="$steps" \
-            cfg_scale=1.0
+        dir="$OUT/${run}_step$step/eval/flowmap$steps"
+        [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate ckpt_path="$ckpt" num_samples=1000 seed=0 \
+            out_dir="$dir" hydra.run.dir="$dir/hydra" sampler=flowmap sampler.steps="$steps" cfg_scale=1.0
     done
-done
-for run in sc_conv2000_lr3e-4 sc_base_conv2000_lr3e-4; do # the shortcut conversions halfway
-    for steps in 1 2 4; do
-        dir="$OUT/${run}_step1000/eval/flowmap$steps"
-        [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate ckpt_path="$OUT/$run/checkpoints/step_0001000.ckpt" \
-            num_samples=1000 seed=0 out_dir="$dir" hydra.run.dir="$dir/hydra" sampler=flowmap sampler.steps="$steps" \
-            cfg_scale=1.0
-    done
-done
-for step in 250 500; do
-    for steps in 1 2 4; do
-        dir="$OUT/ode1000_grid_mse_step$step/eval/flowmap$steps"
-        [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate \
-            ckpt_path="$OUT/ode1000_grid_mse/checkpoints/step_0000$step.ckpt" num_samples=1000 seed=0 out_dir="$dir" \
-            hydra.run.dir="$dir/hydra" sampler=flowmap sampler.steps="$steps" cfg_scale=1.0
-    done
-done
+}
+for run in dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000 sc_dmd1_from2000; do ev_step "$run" 250; done
+for run in sc_conv2000_lr3e-4 sc_base_conv2000_lr3e-4; do ev_step "$run" 1000; done # the shortcut conversions halfway
+for step in 250 500; do ev_step ode1000_grid_mse "$step"; done
 $PY experiments/one_step/table.py "$OUT"
