@@ -56,6 +56,9 @@ train scratch_sc_ts1 "${SHORTCUT[@]}" "${NOBASE[@]}" trainer.max_steps=1300 +bac
 train scratch_sc_base "${SHORTCUT[@]}" trainer.max_steps=1300
 train scratch_sc_base_2x "${SHORTCUT[@]}" trainer.max_steps=2600
 train scratch_sc_base_4x "${SHORTCUT[@]}" trainer.max_steps=5200
+train scratch_sc_base_seed1 "${SHORTCUT[@]}" trainer.max_steps=1300 seed=1
+# MeanFlow's identity at the flow's compute under its step cost after the split loss (2.48x: 890 steps)
+train scratch_ts1_890 trainer.max_steps=890 +backbone.time_scale=1.0
 # (b) converted: the flow checkpoint's backbone + EMA, fine-tuned with the flow-map objective (the paper's pairs:
 #     25% distinct, times from the path's logit-normal toward noise), 200 and 1,000 steps
 train converted "${CONVERT[@]}" trainer.max_steps=200 trainer.val_check_interval=100
@@ -129,6 +132,7 @@ for s in 1 2 4 8; do ev flow "euler${s}_cfg2" sampler=euler sampler.steps="$s" c
 for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide scratch_ts1_seed1 scratch_ts0.1_seed1 scratch_sc scratch_sc_ts1 scratch_sc_base \
     scratch_sc_base_2x sc_conv500 sc_distil500 sc_conv1500 sc_conv500_lr3e-4 sc_conv2000_lr3e-4 sc_distil2000_lr3e-4 \
     sc_base_conv2000_lr3e-4 sc_base_distil2000_lr3e-4 scratch_sc_base_4x sc_base_conv4000_lr3e-4 sc_dmd1_from2000 \
+    scratch_sc_base_seed1 scratch_ts1_890 \
     scratch_ts1_grid scratch_ts1_grid_seed1 scratch_ts1_2x scratch_ts1_4x dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000 converted converted1000 converted1000_wide converted3000_wide distilled1000 ode1000_grid \
     ode1000_grid_mse ode500_grid75_mse ode500_grid_mse_teacher5 ode500_grid_mse_teacher20 ode500_nogrid_mse \
     ode2500_grid_mse; do
