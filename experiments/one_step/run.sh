@@ -12,7 +12,8 @@ PY=${PY:-.venv/bin/python}
 FLOW=$OUT/flow/checkpoints/last.ckpt
 # equal training compute: a flow-map step (its JVP through the backbone) costs 3.35x a flow step of the quick
 # start (experiments/one_step/step_cost.py, 2026-12-07, bf16, batch 128, one thread), so the from-scratch run gets
-# 2,200 / 3.35 = 660 steps
+# 2,200 / 3.35 = 660 steps (since the fifth session the loss computes the JVP for the pairs with s < t only: 2.48x,
+# so 660 steps are 0.74x and the flow's compute is 890 steps, the row scratch_ts1_890)
 STEPS=${STEPS:-660}
 
 # (0) the flow baseline: the quick start (make train), if not there yet
