@@ -214,21 +214,27 @@ def test_flowmap_sampling_counts_its_evaluations():
         flow.sample_latents(build_solver("flowmap", steps=1), indices=[0], labels=labels[:1])
 
 
-def test_flowmap_sampling_with_an_inpainting_condition():
+@pytest.mark.parametrize("target", ["jvp", "shortcut"])
+def test_flowmap_sampling_with_an_inpainting_condition(target):
     condition = {"name": "inpaint", "resolution": 16, "label_dropout": 0.1, "cond_dropout": 0.1}
-    mf = _module({"name": "meanflow", "cfg_scale": 2.0}, condition=condition, backbone="UNet-T", num_classes=0)
+    objective = {"name": "meanflow", "cfg_scale": 2.0, "distinct_fraction": 0.5, "target": target}
+    mf = _module(objective, condition=condition, backbone="UNet-T", num_classes=0)
     _perturb(mf)
     assert mf.backbone.in_channels == 2 * LATENT[0] + 1
     mf.train()
-    loss = mf._loss(
-        {
-            "latent": torch.randn(4, *LATENT),
-            "masked_latent": torch.randn(4, *LATENT),
-            "mask": (torch.rand(4, 1, 16, 16) > 0.5).float(),
-        },
-        use_ema=False,
-    )
+    batch = {
+        "latent": torch.randn(8, *LATENT),
+        "masked_latent": torch.randn(8, *LATENT),
+        "mask": (torch.rand(8, 1, 16, 16) > 0.5).float(),
+    }
+    loss = mf._loss(batch, use_ema=False, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    torch.randn(batch["latent"].shape, generator=gen)
+    s, t = mf.objective.pairs(8, "cpu", generator=gen)
+    assert 0 < int((s < t).sum()) < 8  # both kinds of rows, each with its own spatial condition rows
     assert torch.isfinite(loss)
+    loss.backward()
+    assert mf.backbone.h_embedder.mlp[2].weight.grad.abs().sum() > 0
     spatial = mf.condition.encode(torch.randn(2, *LATENT), torch.ones(2, 1, 16, 16))
     result = mf.sample_latents(build_solver("flowmap", steps=2), indices=[0, 1], spatial_cond=spatial, cfg_scale=1.5)
     assert result.nfe == 2 and result.model_rows == 8 and torch.isfinite(result.x).all()
