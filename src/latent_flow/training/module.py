@@ -352,6 +352,9 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         fake = F.mse_loss(self._fake_velocity(fake_sample.x_t, fake_sample.t, cond).float(), fake_sample.target.float())
         return dmd, fake
 
+    def _condition(self, use_ema: bool) -> torch.nn.Module:
+        return self.condition_ema.module if (use_ema and self.condition_ema is not None) else self.condition
+
     def _network(self, use_ema: bool) -> torch.nn.Module:
         if use_ema and self.ema is not None:
             return self.ema.module
@@ -368,8 +371,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
 
     def velocity(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor], *, use_ema: bool = False) -> Tensor:
         """``v(x_t, t | cond)``: the one network call that training, guidance and solvers share."""
-        condition = self.condition_ema.module if (use_ema and self.condition_ema is not None) else self.condition
-        x_in, label = condition.network_inputs(x_t, cond)
+        x_in, label = self._condition(use_ema).network_inputs(x_t, cond)
         return self._callable(use_ema)(x_in, t, label)
 
     def flow_map(
@@ -379,8 +381,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         ``t_end = t`` is :meth:`velocity`)."""
         if not self.is_flow_map:
             raise ValueError("this model was trained with objective=flow: it has a velocity, not a flow map")
-        condition = self.condition_ema.module if (use_ema and self.condition_ema is not None) else self.condition
-        x_in, label = condition.network_inputs(x, cond)
+        x_in, label = self._condition(use_ema).network_inputs(x, cond)
         return self._callable(use_ema)(x_in, t, label, t_end=t_end)
 
     def flow_map_fn(self, cond: dict[str, Tensor], *, cfg_scale: float = 1.0, use_ema: bool = True, cfg_interval=None):
@@ -494,8 +495,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             loss, mse = objective.loss(u, target)
             self._last_mse = mse
             return loss
-        jump = t > s  # the rows whose target needs the jump's own target; the others' is the velocity (s = t)
-        return self._split_flow_map_loss(sample.x_t, s, t, jump, sample.target, cond, use_ema=use_ema)
+        return self._split_flow_map_loss(sample.x_t, s, t, sample.target, cond, use_ema=use_ema)
 
     def _target_velocity(self, z: Tensor, s: Tensor, v: Tensor, cond: dict[str, Tensor], *, use_ema: bool) -> Tensor:
         """The velocity of the flow-map targets at ``(z, s)``: the path's conditional ``v`` or, distilling, the
@@ -523,17 +523,10 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         return objective.guided_velocity(velocity, v_uncond=v_uncond, v_cond=v_cond, guided=kept)
 
     def _split_flow_map_loss(
-        self,
-        z: Tensor,
-        s: Tensor,
-        t: Tensor,
-        jump: Tensor,
-        v: Tensor,
-        cond: dict[str, Tensor],
-        *,
-        use_ema: bool,
+        self, z: Tensor, s: Tensor, t: Tensor, v: Tensor, cond: dict[str, Tensor], *, use_ema: bool
     ) -> Tensor:
-        """The loss of ``objective.target=jvp`` or ``shortcut`` with the batch split by ``jump`` (``s < t``).
+        """The loss of ``objective.target=jvp`` or ``shortcut`` with the batch split into the rows with ``s < t`` and
+        those with ``s = t``.
 
         The rows with ``s = t`` are flow matching whatever the target (the identity's JVP term has the factor
         ``t - s = 0``; a jump of length zero has no halves): their target is the (guided) velocity, computed for them
@@ -545,6 +538,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         (``tests/unit/test_meanflow_module.py``)."""
         objective = self.objective
         every = torch.arange(z.shape[0], device=z.device)
+        jump = t > s
         rows_j, rows_f = every[jump], every[~jump]
 
         def pick(rows: Tensor) -> dict[str, Tensor]:
@@ -566,9 +560,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
                 targets.append(objective.shortcut_target(own, z_j, s_j, t_j).float())
             else:  # the identity's target: the velocity is the JVP's tangent too
                 velocity = self._target_velocity(z_j, s_j, v[rows_j], cond_j, use_ema=use_ema)
-                condition = (
-                    self.condition_ema.module if (use_ema and self.condition_ema is not None) else self.condition
-                )
+                condition = self._condition(use_ema)
                 net = self._network(use_ema)  # forward-mode AD does not run through torch.compile: the plain module
 
                 def u_fn(x: Tensor, start: Tensor, end: Tensor) -> Tensor:
