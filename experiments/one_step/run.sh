@@ -121,6 +121,10 @@ train sc_base_conv4000_lr3e-4 "${CONVERT[@]}" "${SHORTCUT[@]}" optim.lr=3.0e-4 t
 train sc_dmd1_from2000 init_from="$OUT/sc_base_distil2000_lr3e-4/checkpoints/last.ckpt" optim.lr=3.0e-4 \
     optim.warmup_steps=20 trainer.val_check_interval=250 "${SHORTCUT[@]}" objective.velocity=teacher \
     objective.dmd_weight=1.0 trainer.max_steps=500
+# (h) the hybrid (sixth session): as sc_base_distil2000_lr3e-4, but the jumps of at least 1/2 (the 1- and 2-step grids')
+# regress on the teacher's guided ODE (10 Heun steps over [0, 1]) instead of the half jumps
+train sc_hybrid_distil2000_lr3e-4 "${CONVERT[@]}" "${SHORTCUT[@]}" objective.velocity=teacher \
+    objective.shortcut_ode_from=0.5 optim.lr=3.0e-4 trainer.max_steps=2000
 
 ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy from the packaged oracle
     local run=$1 name=$2
@@ -133,7 +137,7 @@ for s in 1 2 4 8; do ev flow "euler${s}_cfg2" sampler=euler sampler.steps="$s" c
 for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide scratch_ts1_seed1 scratch_ts0.1_seed1 scratch_sc scratch_sc_ts1 scratch_sc_base \
     scratch_sc_base_2x sc_conv500 sc_distil500 sc_conv1500 sc_conv500_lr3e-4 sc_conv2000_lr3e-4 sc_distil2000_lr3e-4 \
     sc_base_conv2000_lr3e-4 sc_base_distil2000_lr3e-4 scratch_sc_base_4x sc_base_conv4000_lr3e-4 sc_dmd1_from2000 \
-    scratch_sc_base_seed1 scratch_ts1_890 \
+    scratch_sc_base_seed1 scratch_ts1_890 sc_hybrid_distil2000_lr3e-4 \
     scratch_ts1_grid scratch_ts1_grid_seed1 scratch_ts1_2x scratch_ts1_4x dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000 converted converted1000 converted1000_wide converted3000_wide distilled1000 ode1000_grid \
     ode1000_grid_mse ode500_grid75_mse ode500_grid_mse_teacher5 ode500_grid_mse_teacher20 ode500_nogrid_mse \
     ode2500_grid_mse; do
@@ -155,4 +159,17 @@ ev_step() { # ev_step RUN STEP: flowmap 1 / 2 / 4 of RUN's checkpoint at STEP
 for run in dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000 sc_dmd1_from2000; do ev_step "$run" 250; done
 for run in sc_conv2000_lr3e-4 sc_base_conv2000_lr3e-4; do ev_step "$run" 1000; done # the shortcut conversions halfway
 for step in 250 500; do ev_step ode1000_grid_mse "$step"; done
+# the 2- and 4-jump grids shifted toward the noise (sampler.time_grid=shifted: t' = u / (u + S (1 - u)); S = 2 puts
+# the 2-step midpoint at 1/3), scored as sweepN_shiftS (not plotted)
+sweep() { # sweep RUN STEPS SHIFT...
+    local run=$1 steps=$2 S
+    shift 2
+    for S in "$@"; do
+        ev "$run" "sweep${steps}_shift$S" sampler=flowmap sampler.steps="$steps" sampler.time_grid=shifted \
+            sampler.shift="$S" cfg_scale=1.0
+    done
+}
+sweep ctrl_from1000 2 0.5 0.67 1.5 2.0 3.0 4.0
+for run in ode2500_grid_mse sc_base_conv4000_lr3e-4 sc_hybrid_distil2000_lr3e-4; do sweep "$run" 2 1.5 2.0 3.0; done
+for run in ctrl_from1000 sc_base_conv4000_lr3e-4; do sweep "$run" 4 1.5 2.0 3.0; done
 $PY experiments/one_step/table.py "$OUT"

@@ -3,9 +3,11 @@
     OMP_NUM_THREADS=1 .venv/bin/python experiments/one_step/step_cost.py [--rounds 5] [--steps 10] [overrides...]
 
 Builds the quick start's ``LatentFlowModule`` (``python -m latent_flow.train``'s default config, plus any
-Hydra ``overrides``) five times, with ``objective=flow``, ``objective=meanflow objective.cfg_scale=2.0`` (the
+Hydra ``overrides``) seven times, with ``objective=flow``, ``objective=meanflow objective.cfg_scale=2.0`` (the
 run.sh setting: its JVP through the backbone, on the pairs with s < t, is the extra cost), the self-distillation
-by half jumps (``objective.target=shortcut``: two forward passes without gradient on a quarter of the rows) and
+by half jumps (``objective.target=shortcut``: two forward passes without gradient on a quarter of the rows), the
+same with the teacher's velocity (``objective.velocity=teacher``) and with the teacher's ODE on the jumps of at
+least 1/2 too (``objective.shortcut_ode_from=0.5``), and
 the distillation along the teacher's ODE
 (``objective.target=ode``: the teacher's Heun steps are the extra cost), the latter with distribution matching
 (``objective.dmd_weight=1``), and times full steps (loss, backward, fused
@@ -51,18 +53,26 @@ def main() -> None:
         "objective.time_sampler={name: uniform}",
         "objective.grid_fraction=0.25",
     ]
+    shortcut = [
+        "objective=meanflow",
+        "objective.cfg_scale=2.0",
+        "objective.target=shortcut",
+        "objective.weight_power=0.0",
+        "objective.distinct_fraction=0.0",
+        "objective.grid_fraction=0.25",
+        "objective.grid_steps=[1,2,4,8,16,32,64,128]",
+    ]
     variants = {
         "flow": ["objective=flow"],
         "meanflow (CFG folded in)": ["objective=meanflow", "objective.cfg_scale=2.0"],
         # run.sh (g): self-distillation by half jumps on shortcut models' dyadic grids (no JVP, no teacher)
-        "shortcut (target=shortcut, dyadic)": [
-            "objective=meanflow",
-            "objective.cfg_scale=2.0",
-            "objective.target=shortcut",
-            "objective.weight_power=0.0",
-            "objective.distinct_fraction=0.0",
-            "objective.grid_fraction=0.25",
-            "objective.grid_steps=[1,2,4,8,16,32,64,128]",
+        "shortcut (target=shortcut, dyadic)": shortcut,
+        "shortcut, the teacher's velocity (velocity=teacher)": [*shortcut, "objective.velocity=teacher"],
+        # run.sh (h): and the teacher's guided ODE as the target of the jumps >= 1/2
+        "shortcut + teacher ODE on jumps >= 1/2": [
+            *shortcut,
+            "objective.velocity=teacher",
+            "objective.shortcut_ode_from=0.5",
         ],
         "distilled along the ODE (target=ode)": ode,
         # run.sh (f): the same plus distribution matching (the student's 1-step samples, the teacher's guided

@@ -27,7 +27,7 @@ from latent_flow.flow.meanflow import (
 from latent_flow.flow.path import AffinePath
 from latent_flow.flow.schedulers import CondOTScheduler, VPScheduler
 from latent_flow.flow.time_sampling import LogitNormalTimeSampler, UniformTimeSampler
-from latent_flow.sampling import FlowMapSolver, build_solver
+from latent_flow.sampling import FlowMapSolver, build_solver, time_grid
 
 DTYPE = torch.float64
 MU = torch.tensor([1.5, -2.0, 0.5, 3.0], dtype=DTYPE)
@@ -287,6 +287,24 @@ def test_the_exact_flow_map_is_the_fixed_point_of_the_half_jumps():
         MeanFlowObjective(AffinePath(CondOTScheduler()), UniformTimeSampler(), shortcut_velocity_below=-0.1)
 
 
+def test_the_ode_jumps_of_the_shortcut_target_are_the_long_ones():
+    """``shortcut_ode_from``: the jumps at least that long (the grid's 0.5 included despite float rounding) take
+    the teacher's ODE; without it none; it needs the half jumps and a teacher, and a length in (0, 1]."""
+    path, times = AffinePath(CondOTScheduler()), UniformTimeSampler()
+    hybrid = MeanFlowObjective(path, times, target="shortcut", velocity="teacher", shortcut_ode_from=0.5)
+    s = torch.tensor([0.0, 0.5, 0.25, 0.0, 0.3, 0.7])
+    t = torch.tensor([1.0, 1.0, 0.5, 0.25, 0.8 - 1e-8, 0.7])
+    assert hybrid.ode_jumps(s, t).tolist() == [True, True, False, False, True, False]
+    plain = MeanFlowObjective(path, times, target="shortcut", velocity="teacher")
+    assert not plain.ode_jumps(s, t).any()
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(ValueError, match="shortcut_ode_from must be null or in"):
+            MeanFlowObjective(path, times, target="shortcut", velocity="teacher", shortcut_ode_from=bad)
+    for target, velocity in (("shortcut", "path"), ("jvp", "teacher"), ("ode", "teacher")):
+        with pytest.raises(ValueError, match="set objective.target=shortcut and objective.velocity=teacher"):
+            MeanFlowObjective(path, times, target=target, velocity=velocity, shortcut_ode_from=0.5)
+
+
 def test_grid_pairs_are_the_jumps_of_the_flowmap_samplers_grids():
     pairs = TimePairSampler(UniformTimeSampler(), 0.75, grid_fraction=1.0, grid_steps=[1, 2, 4])
     s, t = pairs(6000, generator=torch.Generator().manual_seed(0))
@@ -305,6 +323,22 @@ def test_grid_pairs_are_the_jumps_of_the_flowmap_samplers_grids():
             TimePairSampler(UniformTimeSampler(), 0.5, grid_fraction=0.5, grid_steps=bad)
     with pytest.raises(ValueError, match="grid_fraction"):
         TimePairSampler(UniformTimeSampler(), 0.5, grid_fraction=-0.1)
+
+
+def test_shifted_grid_pairs_are_the_jumps_of_the_shifted_sampling_grids():
+    """``grid_shift``: the jumps of ``sampler.time_grid=shifted`` (``time_grid``, the samplers' own grids) and no
+    other; the 2-step midpoint moves to 1 / (1 + shift)."""
+    pairs = TimePairSampler(UniformTimeSampler(), 0.0, grid_fraction=1.0, grid_steps=[1, 2, 4], grid_shift=2.0)
+    s, t = pairs(6000, generator=torch.Generator().manual_seed(0))
+    jumps = {(a, b) for a, b in zip(s.tolist(), t.tolist())}
+    expected = set()
+    for n in (1, 2, 4):
+        grid = time_grid(n, "shifted", 2.0).float().tolist()
+        expected |= set(zip(grid[:-1], grid[1:]))
+    assert jumps == expected  # exactly, in float32
+    assert sorted(b for a, b in jumps if a == 0.0) == pytest.approx([1 / 7, 1 / 3, 1.0])  # n = 4, 2, 1
+    with pytest.raises(ValueError, match="grid_shift must be > 0"):
+        TimePairSampler(UniformTimeSampler(), 0.5, grid_fraction=0.5, grid_shift=0.0)
 
 
 # ----------------------------------------------------------------------------- time pairs, weighting, guidance

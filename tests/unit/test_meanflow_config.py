@@ -50,11 +50,13 @@ def test_meanflow_composes_and_builds_a_flow_map(overrides, compose_cfg):
         "teacher_steps": 10,
         "grid_fraction": 0.0,
         "grid_steps": [1, 2, 4],
+        "grid_shift": 1.0,
         "dmd_weight": 0.0,
         "dmd_times": [0.02, 0.98],
         "dmd_steps": [1],
         "dmd_fake_lr_scale": 1.0,
         "shortcut_velocity_below": 1 / 128,
+        "shortcut_ode_from": None,
     }
     assert cfg.init_from == (overrides[-1].split("=", 1)[1] if "init_from" in overrides[-1] else None)
     module = _module(cfg)

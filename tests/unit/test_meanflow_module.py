@@ -415,6 +415,47 @@ def test_the_ode_target_with_an_inpainting_condition(tmp_path):
         assert torch.allclose(target[i : i + 1], (x - z[i : i + 1]) / (t[i] - s[i]), atol=2e-5), i
 
 
+def test_the_hybrid_shortcut_target_takes_the_teachers_ode_on_the_long_jumps(tmp_path):
+    """``objective.shortcut_ode_from=0.5``: the jumps of at least 0.5 (here the 1- and 2-step grids') regress on the
+    teacher's guided ODE, the shorter ones on the half jumps, the s = t rows on the teacher's guided velocity; the
+    loss is that of those targets computed on the whole batch, and not the plain half jumps' loss."""
+    from latent_flow.flow.meanflow import shortcut_average_velocity
+
+    _, path = _flow_checkpoint(tmp_path)
+    objective = {
+        "name": "meanflow", "velocity": "teacher", "target": "shortcut", "cfg_scale": 2.0, "weight_power": 0.0,
+        "distinct_fraction": 0.0, "grid_fraction": 0.7, "grid_steps": [1, 2, 4, 8], "teacher_steps": 2,
+        "shortcut_ode_from": 0.5,
+    }  # fmt: skip
+    mf = _module(objective, seed=1)
+    mf.initialise_from(load_checkpoint(path))
+    _perturb(mf)  # the student is no longer the teacher (nor its own EMA's copy of it)
+    mf.eval()  # no label dropout: reproducible rows
+    batch = _batch(32, seed=4)
+    loss = mf._loss(batch, use_ema=False, generator=torch.Generator().manual_seed(6))
+    gen = torch.Generator().manual_seed(6)
+    x_noise = torch.randn(batch["latent"].shape, generator=gen)
+    s, t = mf.objective.pairs(32, "cpu", generator=gen)
+    long, short = t - s >= 0.5 - 1e-6, (t > s) & (t - s < 0.5 - 1e-6)
+    assert long.any() and short.any() and (s == t).any()
+    sample = mf.path.sample(x_noise, batch["latent"], s)
+    cond = mf.condition.from_batch(batch)
+    with torch.no_grad():
+        velocity = mf._target_velocity(sample.x_t, s, sample.target, cond, use_ema=False)
+        ode = mf.objective.ode_target(mf._teacher_row_velocity(cond), sample.x_t, s, t)
+        halves = shortcut_average_velocity(lambda z, a, b: mf.flow_map(z, a, b, cond), sample.x_t, s, t, 1 / 128)
+    u = mf.flow_map(sample.x_t, s, t, cond)
+
+    def rows(mask):
+        return mask[:, None, None, None]
+
+    target = torch.where(rows(long), ode, torch.where(rows(short), halves, velocity))
+    reference, mse = mf.objective.loss(u, target)
+    assert torch.allclose(loss, reference, rtol=1e-5) and torch.allclose(mf._last_mse, mse, rtol=1e-5)
+    plain, _ = mf.objective.loss(u, torch.where(rows(t > s), halves, velocity))
+    assert not torch.allclose(loss, plain, rtol=1e-3)  # the long rows' ODE targets are not their half jumps'
+
+
 # ------------------------------------------------------------------ distribution matching (objective.dmd_weight)
 DMD = {"name": "meanflow", "velocity": "teacher", "target": "ode", "cfg_scale": 2.0, "teacher_steps": 2}
 

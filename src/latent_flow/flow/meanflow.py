@@ -141,7 +141,7 @@ from torch import Tensor
 
 from latent_flow.flow.path import AffinePath
 from latent_flow.flow.schedulers import CondOTScheduler
-from latent_flow.flow.time_sampling import TimeSampler
+from latent_flow.flow.time_sampling import TimeSampler, shift_time
 
 __all__ = [
     "FlowMapFn",
@@ -173,15 +173,18 @@ class TimePairSampler:
     with probability ``1 - distinct_fraction``, the pair becomes a flow-matching pair ``t = s`` (the
     noisier of the two times is kept).
 
-    Finally, per sample with probability ``grid_fraction``, the pair is replaced by a jump of a uniform
-    sampling grid: ``n`` drawn uniformly from ``grid_steps``, ``k`` from ``0 .. n - 1``, ``(s, t) = (k / n,
-    (k + 1) / n)`` (the jumps of ``sampler=flowmap sampler.steps=n``).
+    Finally, per sample with probability ``grid_fraction``, the pair is replaced by a jump of a sampling grid:
+    ``n`` drawn uniformly from ``grid_steps``, ``k`` from ``0 .. n - 1``, ``(s, t) = (g(k / n), g((k + 1) / n))``
+    with ``g`` the timestep shift :func:`~latent_flow.flow.time_sampling.shift_time` by ``grid_shift`` (1: the
+    identity), i.e. the jumps of ``sampler=flowmap sampler.steps=n`` (with ``sampler.time_grid=shifted
+    sampler.shift=grid_shift`` when it is not 1).
 
     Args:
         time_sampler: the distribution of each draw (e.g. ``LogitNormalTimeSampler``).
         distinct_fraction: expected share of the drawn pairs with ``s < t``, in [0, 1].
         grid_fraction: expected share of grid jumps, in [0, 1] (0: none).
-        grid_steps: the step counts whose uniform grids give the jumps (positive integers).
+        grid_steps: the step counts whose grids give the jumps (positive integers).
+        grid_shift: the grids' timestep shift (> 0; 1: uniform grids; > 1: finer toward the noise).
     """
 
     def __init__(
@@ -190,6 +193,7 @@ class TimePairSampler:
         distinct_fraction: float = 0.25,
         grid_fraction: float = 0.0,
         grid_steps: Sequence[int] = (1, 2, 4),
+        grid_shift: float = 1.0,
     ) -> None:
         if not isinstance(time_sampler, TimeSampler):
             raise TypeError(f"time_sampler must be a TimeSampler, got {type(time_sampler).__name__}")
@@ -205,6 +209,9 @@ class TimePairSampler:
         self.distinct_fraction = distinct_fraction
         self.grid_fraction = grid_fraction
         self.grid_steps = [int(n) for n in steps]
+        if isinstance(grid_shift, bool) or not float(grid_shift) > 0.0:
+            raise ValueError(f"grid_shift must be > 0, got {grid_shift!r}")
+        self.grid_shift = float(grid_shift)
 
     def __call__(
         self, batch_size: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
@@ -222,12 +229,16 @@ class TimePairSampler:
         pick = torch.randint(len(self.grid_steps), (batch_size,), generator=generator, device=draw_device)
         n = torch.tensor(self.grid_steps, device=draw_device)[pick]
         k = (torch.rand(batch_size, generator=generator, device=draw_device) * n).floor().clamp(max=n - 1)
-        grid_s, grid_t = (k / n).to(s.dtype).to(s.device), ((k + 1) / n).to(s.dtype).to(s.device)
+        grid_s, grid_t = (shift_time((j / n).double(), self.grid_shift).to(s.dtype).to(s.device) for j in (k, k + 1))
         on_grid = on_grid.to(s.device)
         return torch.where(on_grid, grid_s, s), torch.where(on_grid, grid_t, t)
 
     def __repr__(self) -> str:
-        grid = f", grid_fraction={self.grid_fraction}, grid_steps={self.grid_steps}" if self.grid_fraction else ""
+        grid = (
+            f", grid_fraction={self.grid_fraction}, grid_steps={self.grid_steps}, grid_shift={self.grid_shift}"
+            if self.grid_fraction
+            else ""
+        )
         return f"TimePairSampler({self.time_sampler!r}, distinct_fraction={self.distinct_fraction}{grid})"
 
 
@@ -399,11 +410,13 @@ class MeanFlowObjective:
         teacher_steps: int = 10,
         grid_fraction: float = 0.0,
         grid_steps: Sequence[int] = (1, 2, 4),
+        grid_shift: float = 1.0,
         dmd_weight: float = 0.0,
         dmd_times: Sequence[float] = (0.02, 0.98),
         dmd_steps: Sequence[int] = (1,),
         dmd_fake_lr_scale: float = 1.0,
         shortcut_velocity_below: float = 1.0 / 128,
+        shortcut_ode_from: float | None = None,
     ) -> None:
         if velocity not in self.VELOCITIES:
             raise ValueError(f"objective.velocity must be one of {list(self.VELOCITIES)}, got {velocity!r}")
@@ -438,6 +451,15 @@ class MeanFlowObjective:
             raise ValueError(f"objective.dmd_steps must be a non-empty list of positive integers, got {dmd_steps!r}")
         if not 0.0 <= float(shortcut_velocity_below) < 1.0:
             raise ValueError(f"objective.shortcut_velocity_below must be in [0, 1), got {shortcut_velocity_below!r}")
+        if shortcut_ode_from is not None:
+            if isinstance(shortcut_ode_from, bool) or not 0.0 < float(shortcut_ode_from) <= 1.0:
+                raise ValueError(f"objective.shortcut_ode_from must be null or in (0, 1], got {shortcut_ode_from!r}")
+            if target != "shortcut" or velocity != "teacher":
+                raise ValueError(
+                    "objective.shortcut_ode_from gives the long jumps of target=shortcut the teacher's ODE as their "
+                    "target: set objective.target=shortcut and objective.velocity=teacher (with init_from=<flow "
+                    f".ckpt>), got target={target!r}, velocity={velocity!r}"
+                )
         if not float(dmd_fake_lr_scale) > 0.0:
             raise ValueError(f"objective.dmd_fake_lr_scale must be > 0, got {dmd_fake_lr_scale!r}")
         if not isinstance(path, AffinePath):
@@ -452,7 +474,7 @@ class MeanFlowObjective:
         if not 0.0 <= float(cfg_kappa) < 1.0:
             raise ValueError(f"cfg_kappa must be in [0, 1), got {cfg_kappa}")
         self.path = path
-        self.pairs = TimePairSampler(time_sampler, distinct_fraction, grid_fraction, grid_steps)
+        self.pairs = TimePairSampler(time_sampler, distinct_fraction, grid_fraction, grid_steps, grid_shift)
         self.weight_power = float(weight_power)
         self.weight_eps = float(weight_eps)
         self.cfg_scale = float(cfg_scale)
@@ -465,6 +487,7 @@ class MeanFlowObjective:
         self.dmd_steps = [int(n) for n in dsteps]
         self.dmd_fake_lr_scale = float(dmd_fake_lr_scale)
         self.shortcut_velocity_below = float(shortcut_velocity_below)
+        self.shortcut_ode_from = None if shortcut_ode_from is None else float(shortcut_ode_from)
 
     @property
     def distils(self) -> bool:
@@ -521,6 +544,15 @@ class MeanFlowObjective:
         """:func:`shortcut_average_velocity` (``target="shortcut"``; ``u_fn``: the network being trained)."""
         return shortcut_average_velocity(u_fn, z, s, t, self.shortcut_velocity_below)
 
+    def ode_jumps(self, s: Tensor, t: Tensor) -> Tensor:
+        """Which rows of ``target="shortcut"`` take :meth:`ode_target` instead of the half jumps: ``t - s`` at least
+        ``shortcut_ode_from`` (up to float rounding of the grid times); none when it is ``None``. The top levels of
+        the half-jump chain (the 1- and 2-step jumps at 0.5) then learn the teacher's ODE directly instead of the
+        composition of every level below them, which improves last."""
+        if self.shortcut_ode_from is None:
+            return torch.zeros_like(s, dtype=torch.bool)
+        return (t - s) >= self.shortcut_ode_from - 1e-6
+
     def loss(self, u: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """``(weighted loss, mse)``: ``mean(w ||u - target||^2)`` with the adaptive weight, and the
         unweighted mean squared error per element (comparable with the flow objective's loss)."""
@@ -535,5 +567,6 @@ class MeanFlowObjective:
             f"weight_eps={self.weight_eps}, cfg_scale={self.cfg_scale}, cfg_kappa={self.cfg_kappa}, "
             f"velocity={self.velocity!r}, target={self.target_kind!r}, teacher_steps={self.teacher_steps}, "
             f"dmd_weight={self.dmd_weight}, dmd_times={list(self.dmd_times)}, dmd_steps={self.dmd_steps}, "
-            f"dmd_fake_lr_scale={self.dmd_fake_lr_scale}, shortcut_velocity_below={self.shortcut_velocity_below})"
+            f"dmd_fake_lr_scale={self.dmd_fake_lr_scale}, shortcut_velocity_below={self.shortcut_velocity_below}, "
+            f"shortcut_ode_from={self.shortcut_ode_from})"
         )

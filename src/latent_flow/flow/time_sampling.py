@@ -9,6 +9,9 @@ Samplers return float32 tensors of shape ``(B,)`` on the requested device. A
 ``torch.Generator`` may be passed for reproducibility; when it lives on another
 device than the one requested, the draw is made on the generator's device and
 moved, so the same generator state gives the same times on every device.
+
+:func:`shift_time` is the SD3 timestep shift in this convention, the one definition behind the samplers'
+``time_grid=shifted`` (:mod:`latent_flow.sampling.time_grids`) and the flow-map trainer's shifted grid jumps.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ __all__ = [
     "LogitNormalTimeSampler",
     "TIME_SAMPLERS",
     "build_time_sampler",
+    "shift_time",
 ]
 
 
@@ -111,3 +115,14 @@ def build_time_sampler(name: str, **options: Any) -> TimeSampler:
     cls = TIME_SAMPLERS[key]
     check_options(cls, options, f"time sampler {key!r}")
     return cls(**options)
+
+
+def shift_time(u: Tensor, shift: float) -> Tensor:
+    """``u / (u + shift (1 - u))``: SD3 shift in our convention (t = 0 noise, t = 1 data).
+
+    ``shift > 1`` concentrates times near the noise end (t = 0).
+    """
+    shift = float(shift)
+    if not shift > 0.0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    return u / (u + shift * (1.0 - u))

@@ -18,20 +18,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from latent_flow.flow.time_sampling import shift_time  # the shift's one definition (flow-map training uses it too)
+
 __all__ = ["TIME_GRID_KINDS", "shift_time", "time_grid"]
 
 TIME_GRID_KINDS: tuple[str, ...] = ("uniform", "shifted")
-
-
-def shift_time(u: Tensor, shift: float) -> Tensor:
-    """``u / (u + shift (1 - u))``: SD3 shift in our convention (t = 0 noise, t = 1 data).
-
-    ``shift > 1`` concentrates times near the noise end (t = 0).
-    """
-    shift = float(shift)
-    if not shift > 0.0:
-        raise ValueError(f"shift must be > 0, got {shift}")
-    return u / (u + shift * (1.0 - u))
 
 
 def time_grid(
