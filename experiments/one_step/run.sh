@@ -125,6 +125,16 @@ train sc_dmd1_from2000 init_from="$OUT/sc_base_distil2000_lr3e-4/checkpoints/las
 # regress on the teacher's guided ODE (10 Heun steps over [0, 1]) instead of the half jumps
 train sc_hybrid_distil2000_lr3e-4 "${CONVERT[@]}" "${SHORTCUT[@]}" objective.velocity=teacher \
     objective.shortcut_ode_from=0.5 optim.lr=3.0e-4 trainer.max_steps=2000
+#     trained on the jumps of the shifted grids (objective.grid_shift=2: the 2-step midpoint at 1/3) that the sampler
+#     takes with sampler.time_grid=shifted sampler.shift=2: the ODE control continued from 1,000 steps (as
+#     ctrl_from1000), the half-jump conversion (as sc_base_conv2000_lr3e-4; the half jumps split at the finer shifted
+#     grid's point) and the half jumps from scratch (as scratch_sc_base). The README's sc_base_conv2000_shift2_arith
+#     ran the conversion at commit 93e536f, when the half jumps still split at (s + t) / 2 whatever the shift
+train ctrl_shift2_from1000 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 objective.grid_shift=2.0 \
+    trainer.max_steps=500
+train sc_base_conv2000_shift2m "${CONVERT[@]}" "${SHORTCUT[@]}" objective.grid_shift=2.0 optim.lr=3.0e-4 \
+    trainer.max_steps=2000
+train scratch_sc_base_shift2 "${SHORTCUT[@]}" objective.grid_shift=2.0 trainer.max_steps=1300
 
 ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy from the packaged oracle
     local run=$1 name=$2
@@ -137,7 +147,7 @@ for s in 1 2 4 8; do ev flow "euler${s}_cfg2" sampler=euler sampler.steps="$s" c
 for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide scratch_ts1_seed1 scratch_ts0.1_seed1 scratch_sc scratch_sc_ts1 scratch_sc_base \
     scratch_sc_base_2x sc_conv500 sc_distil500 sc_conv1500 sc_conv500_lr3e-4 sc_conv2000_lr3e-4 sc_distil2000_lr3e-4 \
     sc_base_conv2000_lr3e-4 sc_base_distil2000_lr3e-4 scratch_sc_base_4x sc_base_conv4000_lr3e-4 sc_dmd1_from2000 \
-    scratch_sc_base_seed1 scratch_ts1_890 sc_hybrid_distil2000_lr3e-4 \
+    scratch_sc_base_seed1 scratch_ts1_890 \
     scratch_ts1_grid scratch_ts1_grid_seed1 scratch_ts1_2x scratch_ts1_4x dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000 converted converted1000 converted1000_wide converted3000_wide distilled1000 ode1000_grid \
     ode1000_grid_mse ode500_grid75_mse ode500_grid_mse_teacher5 ode500_grid_mse_teacher20 ode500_nogrid_mse \
     ode2500_grid_mse; do
@@ -145,6 +155,9 @@ for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide scrat
         ev "$run" "flowmap${steps}" sampler=flowmap sampler.steps="$steps" cfg_scale=1.0
     done
     ev "$run" heun25 sampler=heun sampler.steps=25 cfg_scale=1.0 # the same model as an ODE (t_end = t)
+done
+for run in sc_hybrid_distil2000_lr3e-4 ctrl_shift2_from1000 sc_base_conv2000_shift2m scratch_sc_base_shift2; do # (h)
+    for steps in 1 2 4; do ev "$run" "flowmap${steps}" sampler=flowmap sampler.steps="$steps" cfg_scale=1.0; done
 done
 # the intermediate checkpoints (quality against training compute), scored as RUN_stepSTEP
 ev_step() { # ev_step RUN STEP: flowmap 1 / 2 / 4 of RUN's checkpoint at STEP
@@ -172,4 +185,20 @@ sweep() { # sweep RUN STEPS SHIFT...
 sweep ctrl_from1000 2 0.5 0.67 1.5 2.0 3.0 4.0
 for run in ode2500_grid_mse sc_base_conv4000_lr3e-4 sc_hybrid_distil2000_lr3e-4; do sweep "$run" 2 1.5 2.0 3.0; done
 for run in ctrl_from1000 sc_base_conv4000_lr3e-4; do sweep "$run" 4 1.5 2.0 3.0; done
+for steps in 2 4; do sweep ctrl_shift2_from1000 "$steps" 1.5 2.0 3.0; done
+for run in sc_base_conv2000_shift2m scratch_sc_base_shift2 sc_base_conv2000_lr3e-4; do
+    for steps in 2 4; do sweep "$run" "$steps" 2.0; done
+done
+# the from-scratch models at the flow's compute (half jumps; MeanFlow's identity)
+sweep scratch_sc_base 2 2.0 3.0
+sweep scratch_sc_base 4 1.5 2.0
+sweep scratch_ts1_890 2 1.5 2.0 3.0
+sweep scratch_ts1_890 4 1.5 2.0
+# the FD's sampling spread: the 2-step shift-2 rows again with sampling seed 1
+for run in ctrl_from1000 ctrl_shift2_from1000; do
+    dir="$OUT/$run/eval/sweep2_shift2.0_seed1"
+    [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate ckpt_path="$OUT/$run/checkpoints/last.ckpt" num_samples=1000 \
+        seed=1 out_dir="$dir" hydra.run.dir="$dir/hydra" sampler=flowmap sampler.steps=2 sampler.time_grid=shifted \
+        sampler.shift=2.0 cfg_scale=1.0
+done
 $PY experiments/one_step/table.py "$OUT"

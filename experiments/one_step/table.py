@@ -3,11 +3,14 @@ and the quality-vs-NFE plot.
 
 python experiments/one_step/table.py outputs/one_step [--keep experiments/one_step/results.json]
     [--plot experiments/one_step/quality_vs_nfe.png] [--extra-points FILE.json] [--plot-runs RUN ...]
+    [--shift-plot experiments/one_step/grid_shift.png]
 
 Prints the table and writes OUT/results.json. ``--keep`` adds the rows of an earlier results file whose run is
 not under OUT (runs measured in an earlier session: their output folders are gone, their numbers are kept).
 ``--extra-points`` adds rows measured elsewhere (e.g. FlowTurbo of the same model by benchmarks/flowturbo.py) in
 the same row format (run, sampler, nfe, fd_shapes, label_accuracy, ms_per_image); they go on the plot only.
+``--shift-plot`` draws the grid-shift sweeps (``sweepN_shiftS`` rows, with each run's ``flowmapN`` at shift 1):
+FD-shapes against the shift, one line per run and NFE.
 """
 
 from __future__ import annotations
@@ -97,6 +100,52 @@ def plot(table: list[dict], path: Path, extra: list[dict], runs: list[str] | Non
     fig.savefig(path, dpi=130)
 
 
+def shift_plot(table: list[dict], path: Path) -> None:
+    """FD-shapes against ``sampler.shift`` for the runs with ``sweepN_shiftS`` rows (``flowmapN`` is shift 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    swept = {(r["run"], r["nfe"]) for r in table if r["sampler"].startswith("sweep")}
+    lines: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for r in table:
+        key = (r["run"], r["nfe"])
+        if key not in swept or r.get("fd_shapes") is None:
+            continue
+        match = re.fullmatch(r"sweep\d+_shift([\d.]+)", r["sampler"])
+        if match:
+            lines.setdefault(key, []).append((float(match.group(1)), r["fd_shapes"]))
+        elif r["sampler"] == f"flowmap{r['nfe']}":
+            lines.setdefault(key, []).append((1.0, r["fd_shapes"]))
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    colours = plt.get_cmap("tab10").colors
+    runs = sorted({run for run, _ in lines})
+    for (run, nfe), pts in sorted(lines.items()):
+        pts.sort()
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            "o-" if nfe == 2 else "s--",
+            color=colours[runs.index(run) % len(colours)],
+            ms=4,
+            label=f"{run}, {nfe} NFE",
+        )
+    best = min((r["fd_shapes"] for r in table if r["run"] == "flow" and r["nfe"] >= 50), default=None)
+    if best is not None:
+        for factor, style in ((1.0, "-"), (1.2, "--")):
+            ax.axhline(best * factor, color="grey", lw=0.8, ls=style)
+            ax.text(0.5, best * factor, f"{factor}x flow 50 NFE", fontsize=7, va="bottom", color="grey")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sampler.shift (time_grid=shifted; 1 = uniform; the 2-step midpoint is 1 / (1 + shift))")
+    ax.set_ylabel("FD-shapes @1k (lower is better)")
+    ax.set_title("Flow maps at 2 and 4 NFE: the sampling grid's shift")
+    ax.grid(True, which="both", lw=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default="outputs/one_step", type=Path)
@@ -104,6 +153,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="write the quality-vs-NFE plot (PNG) here")
     parser.add_argument("--extra-points", type=Path, help="rows measured elsewhere, plotted only")
     parser.add_argument("--plot-runs", nargs="+", help="plot only these runs (and the flow)")
+    parser.add_argument("--shift-plot", type=Path, help="write the grid-shift sweep plot (PNG) here")
     args = parser.parse_args()
     table = rows(args.out)
     if args.keep is not None:
@@ -119,6 +169,9 @@ def main() -> None:
         extra = json.loads(args.extra_points.read_text()) if args.extra_points else []
         plot(table, args.plot, extra, args.plot_runs)
         print(f"plot -> {args.plot}")
+    if args.shift_plot is not None:
+        shift_plot(table, args.shift_plot)
+        print(f"shift plot -> {args.shift_plot}")
 
 
 if __name__ == "__main__":

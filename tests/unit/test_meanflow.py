@@ -287,6 +287,47 @@ def test_the_exact_flow_map_is_the_fixed_point_of_the_half_jumps():
         MeanFlowObjective(AffinePath(CondOTScheduler()), UniformTimeSampler(), shortcut_velocity_below=-0.1)
 
 
+def test_half_jumps_on_shifted_grids_split_at_the_finer_grids_point():
+    """``shift``: a jump of the shifted n-step grid splits at the shifted 2n-step grid's point between its ends (two
+    jumps the pair sampler trains with ``grid_shift``), the unequal halves weighted by their lengths: still the
+    exact jump for the exact flow map; each half shorter than ``velocity_below`` takes the velocity on its own."""
+    z, _, _ = _states(6, seed=3)
+    fine = time_grid(8, "shifted", 2.0)  # float64: the grids of 4 and 8 steps share every other point
+    s, t = fine[0:8:2].clone(), fine[2:9:2].clone()
+    s, t = torch.cat([s, torch.tensor([0.3], dtype=DTYPE)]), torch.cat([t, torch.tensor([0.3], dtype=DTYPE)])
+    s, t = torch.cat([s, torch.tensor([0.0], dtype=DTYPE)]), torch.cat([t, torch.tensor([1.0], dtype=DTYPE)])
+    calls = []
+
+    def exact(x, a, b):
+        calls.append((a.clone(), b.clone()))
+        return exact_average_velocity(x, a, b)
+
+    target = shortcut_average_velocity(exact, z, s, t, shift=2.0)
+    assert torch.allclose(target, exact_average_velocity(z, s, t), rtol=0, atol=1e-12)
+    (a1, b1), (a2, b2) = calls
+    assert torch.allclose(b1[:4], fine[1:8:2], rtol=0, atol=1e-12)  # the 8-step grid's odd points
+    assert b1[5].item() == pytest.approx(1 / 3) and torch.equal(a2, b1) and torch.equal(b2, t)
+    assert b1[4].item() == pytest.approx(0.3)  # s = t: the velocity
+    # the plain midpoint is not exact here... (unequal halves averaged 50 / 50 would be wrong for a curved map)
+    with torch.no_grad():
+        assert (b1[:4] - (s[:4] + t[:4]) / 2).abs().max() > 1e-2
+    # base case per half: with shift 4 the first half of [0, 1] (to 1/5) is shorter than 0.25, the second is not
+    calls.clear()
+    one = torch.zeros(1, dtype=DTYPE), torch.ones(1, dtype=DTYPE)
+    shortcut_average_velocity(exact, z[:1], *one, velocity_below=0.25, shift=4.0)
+    (a1, b1), (a2, b2) = calls
+    assert b1.item() == 0.0 and a2.item() == pytest.approx(0.2) and b2.item() == 1.0
+    with pytest.raises(ValueError, match="shift must be > 0"):
+        shortcut_average_velocity(exact, z[:1], *one, shift=0.0)
+    # the objective splits at its pair sampler's grid shift
+    objective = MeanFlowObjective(
+        AffinePath(CondOTScheduler()), UniformTimeSampler(), target="shortcut", grid_fraction=0.25, grid_shift=2.0
+    )
+    calls.clear()
+    objective.shortcut_target(exact, z[:1], *one)
+    assert calls[0][1].item() == pytest.approx(1 / 3)
+
+
 def test_the_ode_jumps_of_the_shortcut_target_are_the_long_ones():
     """``shortcut_ode_from``: the jumps at least that long (the grid's 0.5 included despite float rounding) take
     the teacher's ODE; without it none; it needs the half jumps and a teacher, and a length in (0, 1]."""

@@ -327,13 +327,16 @@ def ode_average_velocity(velocity_fn: RowVelocityFn, z: Tensor, s: Tensor, t: Te
         return torch.where(_batch_view(steps > 0, first).bool(), mean, first)
 
 
-def shortcut_average_velocity(u_fn: FlowMapFn, z: Tensor, s: Tensor, t: Tensor, velocity_below: float = 0.0) -> Tensor:
+def shortcut_average_velocity(
+    u_fn: FlowMapFn, z: Tensor, s: Tensor, t: Tensor, velocity_below: float = 0.0, shift: float = 1.0
+) -> Tensor:
     """The average velocity of the jump ``s -> t`` composed of the flow map's own two half jumps (module docstring,
-    ``target="shortcut"``): ``(u(z, s, m) + u(z_m, m, t)) / 2`` with ``m = (s + t) / 2`` and
-    ``z_m = z + (m - s) u(z, s, m)``. Exact for an exact flow map; runs without gradient, in ``z``'s dtype.
+    ``target="shortcut"``): ``((m - s) u(z, s, m) + (t - m) u(z_m, m, t)) / (t - s)`` with ``z_m = z + (m - s) u(z,
+    s, m)`` and ``m = (s + t) / 2`` (then the mean of the two) or, with ``shift``, the midpoint in the shifted time.
+    Exact for an exact flow map; runs without gradient, in ``z``'s dtype.
 
     The recursion's base case: a half jump shorter than ``velocity_below`` is taken with the velocity (``u`` at
-    ``t_end`` = its start), i.e. two Euler half steps, as shortcut models do below their finest step size. Without
+    ``t_end`` = its start), i.e. two Euler half steps (each half on its own with ``shift``), as shortcut models do below their finest step size. Without
     it the finest trained jumps would be built from jumps that are never trained themselves (a network whose
     interval embedding turns fast, e.g. ``sin(1000 (t - s))``, does not interpolate them from the velocity).
 
@@ -342,6 +345,10 @@ def shortcut_average_velocity(u_fn: FlowMapFn, z: Tensor, s: Tensor, t: Tensor, 
         z: states at ``s``, ``(B, ...)``.
         s, t: ``(B,)`` start and landing times, ``s <= t`` (``s = t`` gives ``u(z, s, s)``, the velocity).
         velocity_below: half jumps with ``(t - s) / 2 < velocity_below`` use the velocity (0: never).
+        shift: the midpoint in the shifted time of the grids of ``TimePairSampler(grid_shift=shift)``: ``m =
+            g((g^-1(s) + g^-1(t)) / 2)`` with ``g`` = :func:`~latent_flow.flow.time_sampling.shift_time` (its inverse
+            is the shift by ``1 / shift``), so a jump of the shifted n-step grid splits into two jumps of the
+            shifted 2n-step grid, as the uniform grids' jumps do at ``(s + t) / 2`` (shift 1).
     """
     if s.shape != (z.shape[0],) or t.shape != s.shape:
         raise ValueError(f"s {tuple(s.shape)} and t {tuple(t.shape)} must have shape ({z.shape[0]},)")
@@ -349,13 +356,25 @@ def shortcut_average_velocity(u_fn: FlowMapFn, z: Tensor, s: Tensor, t: Tensor, 
         raise ValueError("shortcut_average_velocity needs s <= t in every row")
     if not float(velocity_below) >= 0.0:
         raise ValueError(f"velocity_below must be >= 0, got {velocity_below!r}")
+    if not float(shift) > 0.0:
+        raise ValueError(f"shift must be > 0, got {shift!r}")
     with torch.no_grad():
-        m = 0.5 * (s + t)
-        base = (m - s) < float(velocity_below)
-        first = u_fn(z, s, torch.where(base, s, m)).to(z.dtype)
+        if float(shift) == 1.0:
+            m = 0.5 * (s + t)
+        else:  # in float64: the grid times of the two levels agree to float32 rounding
+            u_s, u_t = (shift_time(x.double(), 1.0 / float(shift)) for x in (s, t))
+            m = shift_time(0.5 * (u_s + u_t), float(shift)).to(s.dtype)
+            m = torch.where(t > s, torch.minimum(torch.maximum(m, s), t), s)  # in [s, t] despite the round trip
+        below = float(velocity_below)
+        first = u_fn(z, s, torch.where(m - s < below, s, m)).to(z.dtype)
         z_mid = z + _batch_view(m - s, first) * first
-        second = u_fn(z_mid, m, torch.where(base, m, t)).to(z.dtype)
-        return 0.5 * (first + second)
+        second = u_fn(z_mid, m, torch.where(t - m < below, m, t)).to(z.dtype)
+        if float(shift) == 1.0:
+            return 0.5 * (first + second)
+        # halves of unequal length: the jump's average velocity weighs each by its share of [s, t]
+        share = torch.where(t > s, (m - s) / (t - s).clamp_min(torch.finfo(s.dtype).tiny), torch.full_like(s, 0.5))
+        share = _batch_view(share, first).to(z.dtype)
+        return share * first + (1 - share) * second
 
 
 def adaptive_weight(squared_error: Tensor, power: float = 1.0, eps: float = 1e-3) -> Tensor:
@@ -541,8 +560,9 @@ class MeanFlowObjective:
         return ode_average_velocity(velocity_fn, z, s, t, self.teacher_steps)
 
     def shortcut_target(self, u_fn: FlowMapFn, z: Tensor, s: Tensor, t: Tensor) -> Tensor:
-        """:func:`shortcut_average_velocity` (``target="shortcut"``; ``u_fn``: the network being trained)."""
-        return shortcut_average_velocity(u_fn, z, s, t, self.shortcut_velocity_below)
+        """:func:`shortcut_average_velocity` (``target="shortcut"``; ``u_fn``: the network being trained), split at
+        the midpoint of the grids' shifted time (``grid_shift``)."""
+        return shortcut_average_velocity(u_fn, z, s, t, self.shortcut_velocity_below, self.pairs.grid_shift)
 
     def ode_jumps(self, s: Tensor, t: Tensor) -> Tensor:
         """Which rows of ``target="shortcut"`` take :meth:`ode_target` instead of the half jumps: ``t - s`` at least
