@@ -84,16 +84,25 @@ def plot(table: list[dict], path: Path, extra: list[dict], runs: list[str] | Non
             ms=4,
             color=colours[k % len(colours)],
         )
+    _flow_lines(ax, table, (1.0, 1.2, 1.5), x=1.02)
+    ax.set_yscale("log")
+    _finish(fig, ax, path, "network evaluations per image (NFE)", "Quick start (shapes): quality vs NFE")
+
+
+def _flow_lines(ax, table: list[dict], factors: tuple[float, ...], x: float) -> None:
+    """Horizontal lines at ``factors`` times the flow's best 50-NFE FD-shapes (the goals' references)."""
     best = min((r["fd_shapes"] for r in table if r["run"] == "flow" and r["nfe"] >= 50), default=None)
     if best is not None:
-        for factor, style in ((1.0, "-"), (1.2, "--"), (1.5, ":")):
+        for factor, style in zip(factors, ("-", "--", ":")):
             ax.axhline(best * factor, color="grey", lw=0.8, ls=style)
-            ax.text(1.02, best * factor, f"{factor}x flow 50 NFE", fontsize=7, va="bottom", color="grey")
+            ax.text(x, best * factor, f"{factor}x flow 50 NFE", fontsize=7, va="bottom", color="grey")
+
+
+def _finish(fig, ax, path: Path, xlabel: str, title: str) -> None:
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("network evaluations per image (NFE)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("FD-shapes @1k (lower is better)")
-    ax.set_title("Quick start (shapes): quality vs NFE")
+    ax.set_title(title)
     ax.grid(True, which="both", lw=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -131,19 +140,14 @@ def shift_plot(table: list[dict], path: Path) -> None:
             ms=4,
             label=f"{run}, {nfe} NFE",
         )
-    best = min((r["fd_shapes"] for r in table if r["run"] == "flow" and r["nfe"] >= 50), default=None)
-    if best is not None:
-        for factor, style in ((1.0, "-"), (1.2, "--")):
-            ax.axhline(best * factor, color="grey", lw=0.8, ls=style)
-            ax.text(0.5, best * factor, f"{factor}x flow 50 NFE", fontsize=7, va="bottom", color="grey")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("sampler.shift (time_grid=shifted; 1 = uniform; the 2-step midpoint is 1 / (1 + shift))")
-    ax.set_ylabel("FD-shapes @1k (lower is better)")
-    ax.set_title("Flow maps at 2 and 4 NFE: the sampling grid's shift")
-    ax.grid(True, which="both", lw=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    _flow_lines(ax, table, (1.0, 1.2), x=0.5)
+    _finish(
+        fig,
+        ax,
+        path,
+        "sampler.shift (time_grid=shifted; 1 = uniform; the 2-step midpoint is 1 / (1 + shift))",
+        "Flow maps at 2 and 4 NFE: the sampling grid's shift",
+    )
 
 
 def main() -> None:

@@ -33,6 +33,17 @@ def _batch(n=8, seed=0):
     return {"latent": torch.randn(n, *LATENT, generator=g), "label": torch.randint(0, 3, (n,), generator=g)}
 
 
+def _loss_and_its_rows(mf, batch, seed):
+    """The flow-map loss of ``batch`` drawn with ``seed``, and its rows drawn again the same way: ``(loss, s, t,
+    sample, cond)`` (the pairs, the path's sample at ``s``, the condition), for a reference computed apart."""
+    loss = mf._loss(batch, use_ema=False, generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    x_noise = torch.randn(batch["latent"].shape, generator=gen)
+    s, t = mf.objective.pairs(batch["latent"].shape[0], "cpu", generator=gen)
+    sample = mf.path.sample(x_noise, batch["latent"], s)
+    return loss, s, t, sample, mf.condition.from_batch(batch)
+
+
 def _perturb(module, scale=0.05):
     with torch.no_grad():
         for p in module.backbone.parameters():
@@ -128,13 +139,8 @@ def test_the_split_loss_is_the_whole_batch_loss(target):
     _perturb(mf)
     mf.eval()  # no label dropout: reproducible rows
     batch = _batch(24, seed=3)
-    loss = mf._loss(batch, use_ema=False, generator=torch.Generator().manual_seed(5))
-    gen = torch.Generator().manual_seed(5)
-    x_noise = torch.randn(batch["latent"].shape, generator=gen)
-    s, t = mf.objective.pairs(24, "cpu", generator=gen)
+    loss, s, t, sample, cond = _loss_and_its_rows(mf, batch, seed=5)
     assert 0 < int((s < t).sum()) < 24
-    sample = mf.path.sample(x_noise, batch["latent"], s)
-    cond = mf.condition.from_batch(batch)
     null = {"label": torch.full_like(batch["label"], 3)}
     with torch.no_grad():
         v = 2.0 * sample.target - mf.velocity(sample.x_t, s, null)  # CFG 2 folded in, with the network's own v(null)
@@ -431,15 +437,9 @@ def test_the_hybrid_shortcut_target_takes_the_teachers_ode_on_the_long_jumps(tmp
     mf.initialise_from(load_checkpoint(path))
     _perturb(mf)  # the student is no longer the teacher (nor its own EMA's copy of it)
     mf.eval()  # no label dropout: reproducible rows
-    batch = _batch(32, seed=4)
-    loss = mf._loss(batch, use_ema=False, generator=torch.Generator().manual_seed(6))
-    gen = torch.Generator().manual_seed(6)
-    x_noise = torch.randn(batch["latent"].shape, generator=gen)
-    s, t = mf.objective.pairs(32, "cpu", generator=gen)
+    loss, s, t, sample, cond = _loss_and_its_rows(mf, _batch(32, seed=4), seed=6)
     long, short = t - s >= 0.5 - 1e-6, (t > s) & (t - s < 0.5 - 1e-6)
     assert long.any() and short.any() and (s == t).any()
-    sample = mf.path.sample(x_noise, batch["latent"], s)
-    cond = mf.condition.from_batch(batch)
     with torch.no_grad():
         velocity = mf._target_velocity(sample.x_t, s, sample.target, cond, use_ema=False)
         ode = mf.objective.ode_target(mf._teacher_row_velocity(cond), sample.x_t, s, t)
