@@ -128,7 +128,7 @@ def shift_plot(table: list[dict], path: Path) -> None:
         elif r["sampler"] == f"flowmap{r['nfe']}":
             lines.setdefault(key, []).append((1.0, r["fd_shapes"]))
     fig, ax = plt.subplots(figsize=(8.5, 4.8))
-    colours = plt.get_cmap("tab10").colors
+    colours = plt.get_cmap("tab20").colors
     runs = sorted({run for run, _ in lines})
     for (run, nfe), pts in sorted(lines.items()):
         pts.sort()
@@ -141,6 +141,7 @@ def shift_plot(table: list[dict], path: Path) -> None:
             label=f"{run}, {nfe} NFE",
         )
     _flow_lines(ax, table, (1.0, 1.2), x=0.5)
+    ax.set_yscale("log")
     _finish(
         fig,
         ax,
