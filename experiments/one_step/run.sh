@@ -135,6 +135,8 @@ train ctrl_shift2_from1000 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.w
 train sc_base_conv2000_shift2m "${CONVERT[@]}" "${SHORTCUT[@]}" objective.grid_shift=2.0 optim.lr=3.0e-4 \
     trainer.max_steps=2000
 train scratch_sc_base_shift2 "${SHORTCUT[@]}" objective.grid_shift=2.0 trainer.max_steps=1300
+train sc_base_conv2000_shift2m_seed1 "${CONVERT[@]}" "${SHORTCUT[@]}" objective.grid_shift=2.0 optim.lr=3.0e-4 \
+    trainer.max_steps=2000 seed=1 # (the arithmetic-midpoint version's seed 1: README, section 1)
 #     without the 1-step grid (its jump is the top of the chain; does leaving it out help the 2-step jumps?)
 train sc_base_conv2000_shift2m_no1 "${CONVERT[@]}" "${SHORTCUT[@]}" "objective.grid_steps=[2,4,8,16,32,64,128]" \
     objective.grid_shift=2.0 optim.lr=3.0e-4 trainer.max_steps=2000
@@ -162,6 +164,7 @@ for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide scrat
     done
     ev "$run" heun25 sampler=heun sampler.steps=25 cfg_scale=1.0 # the same model as an ODE (t_end = t)
 done
+ev sc_base_conv2000_shift2m_seed1 flowmap1 sampler=flowmap sampler.steps=1 cfg_scale=1.0
 for run in sc_hybrid_distil2000_lr3e-4 ctrl_shift2_from1000 sc_base_conv2000_shift2m scratch_sc_base_shift2 \
     sc_base_conv4000_shift2m sc_base_conv2000_shift2m_no1; do # (h)
     for steps in 1 2 4; do ev "$run" "flowmap${steps}" sampler=flowmap sampler.steps="$steps" cfg_scale=1.0; done
@@ -194,7 +197,7 @@ for run in ode2500_grid_mse sc_base_conv4000_lr3e-4 sc_hybrid_distil2000_lr3e-4;
 for run in ctrl_from1000 sc_base_conv4000_lr3e-4; do sweep "$run" 4 1.5 2.0 3.0; done
 for steps in 2 4; do sweep ctrl_shift2_from1000 "$steps" 1.5 2.0 3.0; done
 for run in sc_base_conv2000_shift2m scratch_sc_base_shift2 sc_base_conv2000_lr3e-4 sc_base_conv4000_shift2m \
-    sc_base_conv2000_shift2m_no1; do
+    sc_base_conv2000_shift2m_no1 sc_base_conv2000_shift2m_seed1; do
     for steps in 2 4; do sweep "$run" "$steps" 2.0; done
 done
 # the from-scratch models at the flow's compute (half jumps; MeanFlow's identity)
