@@ -336,8 +336,8 @@ def shortcut_average_velocity(
     Exact for an exact flow map; runs without gradient, in ``z``'s dtype.
 
     The recursion's base case: a half jump shorter than ``velocity_below`` is taken with the velocity (``u`` at
-    ``t_end`` = its start), i.e. two Euler half steps (each half on its own with ``shift``), as shortcut models do below their finest step size. Without
-    it the finest trained jumps would be built from jumps that are never trained themselves (a network whose
+    ``t_end`` = its start), i.e. two Euler half steps (each half on its own with ``shift``), as shortcut models do
+    below their finest step size. Without it the finest trained jumps would be built from jumps that are never trained themselves (a network whose
     interval embedding turns fast, e.g. ``sin(1000 (t - s))``, does not interpolate them from the velocity).
 
     Args:
@@ -359,21 +359,19 @@ def shortcut_average_velocity(
     if not float(shift) > 0.0:
         raise ValueError(f"shift must be > 0, got {shift!r}")
     with torch.no_grad():
-        if float(shift) == 1.0:
-            m = 0.5 * (s + t)
+        if float(shift) == 1.0:  # equal halves: the jump's average velocity is the mean of the two
+            m, share = 0.5 * (s + t), 0.5
         else:  # in float64: the grid times of the two levels agree to float32 rounding
             u_s, u_t = (shift_time(x.double(), 1.0 / float(shift)) for x in (s, t))
             m = shift_time(0.5 * (u_s + u_t), float(shift)).to(s.dtype)
             m = torch.where(t > s, torch.minimum(torch.maximum(m, s), t), s)  # in [s, t] despite the round trip
+            # unequal halves: each weighs its share of [s, t]
+            gap = (t - s).clamp_min(torch.finfo(s.dtype).tiny)
+            share = _batch_view(torch.where(t > s, (m - s) / gap, torch.full_like(s, 0.5)), z).to(z.dtype)
         below = float(velocity_below)
         first = u_fn(z, s, torch.where(m - s < below, s, m)).to(z.dtype)
         z_mid = z + _batch_view(m - s, first) * first
         second = u_fn(z_mid, m, torch.where(t - m < below, m, t)).to(z.dtype)
-        if float(shift) == 1.0:
-            return 0.5 * (first + second)
-        # halves of unequal length: the jump's average velocity weighs each by its share of [s, t]
-        share = torch.where(t > s, (m - s) / (t - s).clamp_min(torch.finfo(s.dtype).tiny), torch.full_like(s, 0.5))
-        share = _batch_view(share, first).to(z.dtype)
         return share * first + (1 - share) * second
 
 

@@ -560,15 +560,16 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             if shortcut:  # the half jumps, or the teacher's ODE on the jumps of at least shortcut_ode_from
                 target_j = torch.empty(z_j.shape, dtype=torch.float32, device=z.device)
                 ode = objective.ode_jumps(s_j, t_j)
-                for part in (~ode, ode):
-                    if part.any():
-                        c, z_p, s_p, t_p = pick(rows_j[part]), z_j[part], s_j[part], t_j[part]
-                        if part is ode:
-                            target_p = objective.ode_target(self._teacher_row_velocity(c), z_p, s_p, t_p)
-                        else:
-                            own = lambda x, a, b, c=c: self.flow_map(x, a, b, c, use_ema=use_ema)  # noqa: E731
-                            target_p = objective.shortcut_target(own, z_p, s_p, t_p)
-                        target_j[part] = target_p.float()
+                for part, by_teacher in ((~ode, False), (ode, True)):
+                    if not part.any():
+                        continue
+                    c, z_p, s_p, t_p = pick(rows_j[part]), z_j[part], s_j[part], t_j[part]
+                    if by_teacher:
+                        target_p = objective.ode_target(self._teacher_row_velocity(c), z_p, s_p, t_p)
+                    else:
+                        own = lambda x, a, b, c=c: self.flow_map(x, a, b, c, use_ema=use_ema)  # noqa: E731
+                        target_p = objective.shortcut_target(own, z_p, s_p, t_p)
+                    target_j[part] = target_p.float()
                 targets.append(target_j)
             else:  # the identity's target: the velocity is the JVP's tangent too
                 velocity = self._target_velocity(z_j, s_j, v[rows_j], cond_j, use_ema=use_ema)
