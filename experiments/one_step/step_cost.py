@@ -1,16 +1,17 @@
 """Training-step cost of the flow-map objective against the flow objective on the quick start, side by side.
 
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/one_step/step_cost.py [--rounds 5] [--steps 10] [overrides...]
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/one_step/step_cost.py [--rounds 5] [--steps 10] [overrides...] [--only NAME...]
 
 Builds the quick start's ``LatentFlowModule`` (``python -m latent_flow.train``'s default config, plus any
-Hydra ``overrides``) seven times, with ``objective=flow``, ``objective=meanflow objective.cfg_scale=2.0`` (the
+Hydra ``overrides``) eight times, with ``objective=flow``, ``objective=meanflow objective.cfg_scale=2.0`` (the
 run.sh setting: its JVP through the backbone, on the pairs with s < t, is the extra cost), the self-distillation
 by half jumps (``objective.target=shortcut``: two forward passes without gradient on a quarter of the rows), the
 same with the teacher's velocity (``objective.velocity=teacher``) and with the teacher's ODE on the jumps of at
 least 1/2 too (``objective.shortcut_ode_from=0.5``), and
 the distillation along the teacher's ODE
 (``objective.target=ode``: the teacher's Heun steps are the extra cost), the latter with distribution matching
-(``objective.dmd_weight=1``), and times full steps (loss, backward, fused
+(``objective.dmd_weight=1``) and with DMD2's adversarial term as well (``objective.gan_weight=1``: a discriminator head
+on the fake flow's features, real latents against the student's samples), and times full steps (loss, backward, fused
 AdamW, EMA update) under the quick start's bf16 autocast on a batch of its size, alternating them for
 ``--rounds`` rounds and keeping each one's best, so machine load hits both alike. The ratio sets the
 from-scratch flow map's step count at the flow run's training compute (``run.sh``: ``STEPS``).
@@ -40,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--only", nargs="+", default=None, help="time the flow and the variants named by these")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     # run.sh (e): the teacher's guided ODE over wide pairs, a quarter grid jumps (the teacher's weights do not change
@@ -78,7 +80,12 @@ def main() -> None:
         # run.sh (f): the same plus distribution matching (the student's 1-step samples, the teacher's guided
         # velocity, the fake flow's velocity and its flow-matching step)
         "ODE + distribution matching (dmd_weight=1)": [*ode, "objective.dmd_weight=1.0"],
+        # and DMD2's adversarial term (one discriminator pass on the noised samples and real latents, one backward
+        # to the samples for the generator's gradient)
+        "ODE + DMD + adversarial (gan_weight=1)": [*ode, "objective.dmd_weight=1.0", "objective.gan_weight=1.0"],
     }
+    if args.only:  # the flow (the reference) and the variants whose names contain one of these
+        variants = {k: v for k, v in variants.items() if k == "flow" or any(o in k for o in args.only)}
     setups = {}
     for name, extra in variants.items():
         module, batch, precision = _module([*extra, *args.overrides])

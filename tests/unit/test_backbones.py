@@ -372,3 +372,32 @@ def test_unet_patch_size_validation() -> None:
     unet = unet_preset("UNet-T", input_size=16, patch_size=2)
     with pytest.raises(ValueError, match=r"10x10 .*divisible by 4"):
         unet(torch.randn(1, 4, 10, 10), torch.rand(1))
+
+
+# --------------------------------------------------------------------------- features (a discriminator's trunk)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_features_are_what_the_forward_pass_computes_at_the_bottleneck(name: str) -> None:
+    """``features`` is the middle block's output (UNet) or the last block's tokens as a map (DiT) of the very
+    forward pass that gives the velocity, and a discriminator head turns it into one logit per sample."""
+    from latent_flow.backbones.discriminator import FeatureDiscriminatorHead
+
+    model = _perturb(_build(name, num_classes=NUM_CLASSES)).eval()
+    x, t, y = _inputs()
+    seen = {}
+    inner = model.middle_block if isinstance(model, UNet) else model.blocks[-1]
+    inner.register_forward_hook(lambda _m, _i, out: seen.update(out=out))
+    model(x, t, y)
+    feats = model.features(x, t, y)
+    assert feats.shape[:2] == (6, model.feature_channels)
+    if isinstance(model, UNet):
+        torch.testing.assert_close(feats, seen["out"])
+    else:
+        torch.testing.assert_close(feats.flatten(2).transpose(1, 2), seen["out"])
+    head = FeatureDiscriminatorHead(model.feature_channels)
+    logits = head(feats)
+    assert logits.shape == (6,) and torch.isfinite(logits).all()
+    torch.testing.assert_close(head(feats[:2]), logits[:2])  # per sample
+    with pytest.raises(ValueError, match=r"expected features of shape \(B, "):
+        head(feats[:, :1])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -72,3 +74,24 @@ def test_descent_moves_a_shifted_generator_onto_the_teachers_gaussian(seed):
         distribution_matching_loss(PATH, x, noised.x_t, t, v_real, v_fake).backward()
         opt.step()
     torch.testing.assert_close(b.detach(), mu_real, atol=0.05, rtol=0.0)
+
+
+def test_the_adversarial_losses_are_the_logistic_ones():
+    """Closed forms: both logits 0 give log 2 (generator) and 2 log 2 (discriminator); the gradients are
+    -sigmoid(-l) / B for the generator and sigmoid(l_fake) / B, -sigmoid(-l_real) / B for the discriminator."""
+    from latent_flow.flow.distribution_matching import discriminator_loss, generator_loss
+
+    zeros = torch.zeros(4)
+    assert generator_loss(zeros).item() == pytest.approx(math.log(2.0))
+    assert discriminator_loss(zeros, zeros).item() == pytest.approx(2.0 * math.log(2.0))
+    fake = torch.tensor([-3.0, 0.5, 2.0], requires_grad=True)
+    real = torch.tensor([1.0, -0.5, 4.0], requires_grad=True)
+    generator_loss(fake).backward()
+    torch.testing.assert_close(fake.grad, -torch.sigmoid(-fake.detach()) / 3)
+    fake.grad = None
+    discriminator_loss(real, fake).backward()
+    torch.testing.assert_close(fake.grad, torch.sigmoid(fake.detach()) / 3)
+    torch.testing.assert_close(real.grad, -torch.sigmoid(-real.detach()) / 3)
+    # a confident, correct discriminator has a vanishing loss; the generator's is then large
+    assert discriminator_loss(torch.full((2,), 30.0), torch.full((2,), -30.0)).item() < 1e-10
+    assert generator_loss(torch.full((2,), -30.0)).item() == pytest.approx(30.0, rel=1e-6)

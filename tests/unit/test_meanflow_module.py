@@ -476,7 +476,9 @@ def test_distribution_matching_trains_the_student_and_the_fake_flow_apart(tmp_pa
         for p, q in zip(mf.fake.parameters(), mf.teacher.parameters(), strict=True):
             assert torch.equal(p, q) and p.requires_grad and not q.requires_grad
         torch.manual_seed(3)
-        dmd, fake = mf._distribution_matching_losses(_batch(6))
+        terms = mf._distribution_matching_losses(_batch(6))
+        assert set(terms) == {"dmd", "fake"}  # no adversarial terms unless objective.gan_weight > 0
+        dmd, fake = terms["dmd"], terms["fake"]
         (weight * dmd + fake).backward()
         assert dmd.item() > 0 and fake.item() > 0  # guidance makes the teacher's data prediction differ at once
         assert all(p.grad is None for p in mf.teacher.parameters())
@@ -511,6 +513,13 @@ def test_the_student_samples_are_the_flowmap_samplers(tmp_path):
         grads = [p.grad for p in mf.backbone.parameters() if p.grad is not None]
         assert grads and any(g.abs().sum() > 0 for g in grads)
         mf.zero_grad()
+    # a model trained on shifted grids (objective.grid_shift) is matched on the grid it is sampled with
+    mf.objective.pairs.grid_shift = 2.0
+    x = mf.student_samples(noise, {"label": labels}, 2)
+    shifted = build_solver("flowmap", steps=2, time_grid="shifted", shift=2.0)
+    torch.testing.assert_close(x.detach(), mf.sample_latents(shifted, indices=[0, 1, 2], labels=labels).x)
+    uniform = mf.sample_latents(build_solver("flowmap", steps=2), indices=[0, 1, 2], labels=labels).x
+    assert not torch.allclose(x.detach(), uniform)
 
 
 def test_distribution_matching_goes_on_from_a_distilled_checkpoint(tmp_path):
@@ -562,3 +571,107 @@ def test_the_fake_flow_gets_its_own_learning_rate(tmp_path):
     assert not {id(p) for p in mf.teacher.parameters()} & trainable
     with pytest.raises(ValueError, match="objective.dmd_fake_lr_scale must be > 0"):
         _module({**DMD, "dmd_weight": 1.0, "dmd_fake_lr_scale": 0.0})
+
+
+# ------------------------------------------------------------------ DMD2's adversarial term (objective.gan_weight)
+def _gan_module(path, **options):
+    return _dmd_module(path, **{"gan_weight": 1.0, **options})
+
+
+def test_the_adversarial_terms_reach_their_own_networks(tmp_path):
+    """``gan_g`` moves the student only, with exactly the generator loss's gradient in the samples; ``gan_d``
+    moves the discriminator (the fake flow's trunk and the head) only; the teacher gets nothing."""
+    from latent_flow.flow.distribution_matching import discriminator_loss, generator_loss
+
+    _, path = _flow_checkpoint(tmp_path)
+    mf = _gan_module(path)
+    batch = _batch(6)
+    cond = mf.condition.from_batch(batch)
+    x = torch.randn(6, *LATENT, requires_grad=True)
+
+    def times():
+        return 0.1 + 0.8 * torch.rand(6)
+
+    torch.manual_seed(5)
+    terms = mf._adversarial_losses(x, batch["latent"], cond, times)
+    assert set(terms) == {"gan_g", "gan_g_value", "gan_d"}
+    # the same draws again, the generator loss by hand, differentiated in x
+    torch.manual_seed(5)
+    x_ref = x.detach().clone().requires_grad_(True)
+    fake_noise, t_fake = torch.randn(6, *LATENT), times()
+    real_noise, t_real = torch.randn(6, *LATENT), times()
+    fake_t = mf.path.sample(fake_noise, x_ref, t_fake).x_t
+    real_t = mf.path.sample(real_noise, batch["latent"], t_real).x_t
+    both = {"label": torch.cat([cond["label"], cond["label"]])}
+    logits = mf.discriminator_logits(torch.cat([fake_t, real_t]), torch.cat([t_fake, t_real]), both)
+    generator_loss(logits[:6]).backward(retain_graph=True)
+    torch.testing.assert_close(terms["gan_g_value"], generator_loss(logits[:6]).detach())
+    torch.testing.assert_close(terms["gan_d"], discriminator_loss(logits[6:], logits[:6]))
+    mf.zero_grad()
+    terms["gan_g"].backward()
+    assert x_ref.grad.abs().sum() > 0
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    critic = list(mf.fake.parameters()) + list(mf.discriminator.parameters())
+    assert all(p.grad is None or not p.grad.any() for p in critic)  # the generator's term leaves the critic alone
+
+    # through the whole step: the generator term reaches the student, the discriminator's the critic
+    torch.manual_seed(3)
+    terms = mf._distribution_matching_losses(batch)
+    mf.zero_grad()
+    terms["gan_g"].backward(retain_graph=True)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in mf.backbone.parameters())
+    assert all(p.grad is None or not p.grad.any() for p in critic)
+    mf.zero_grad()
+    terms["gan_d"].backward()
+    assert all(p.grad is None or not p.grad.any() for p in mf.backbone.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in mf.fake.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mf.discriminator.parameters())
+    assert all(p.grad is None for p in mf.teacher.parameters())
+
+
+def test_the_adversarial_terms_join_the_training_loss_with_their_weights(tmp_path):
+    import lightning as L
+
+    _, path = _flow_checkpoint(tmp_path)
+    losses = {}
+    for weights in ((1.0, 0.01), (3.0, 0.01), (1.0, 0.5)):
+        mf = _gan_module(path, gan_weight=weights[0], gan_discriminator_weight=weights[1])
+        torch.manual_seed(11)
+        loss, parts = mf.training_loss(_batch(6))
+        assert {"train/gan_g", "train/gan_d", "train/dmd", "train/fake"} <= set(parts)
+        losses[weights] = (loss.item(), {k: v.item() for k, v in parts.items()})
+    # the same draws: the parts agree, and the totals differ by the weights' share of the terms
+    (l1, p1), (l3, p3), (ld, pd) = losses[(1.0, 0.01)], losses[(3.0, 0.01)], losses[(1.0, 0.5)]
+    assert p1 == pytest.approx(p3) and p1 == pytest.approx(pd)
+    assert ld - l1 == pytest.approx(0.49 * p1["train/gan_d"], rel=1e-4)
+    assert l3 != pytest.approx(l1)  # the surrogate's value is not the generator loss, but it is weighted
+    # the head trains with the fake flow's learning rate
+    mf.trainer = L.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_checkpointing=False)
+    student, critic = mf.configure_optimizers()["optimizer"].param_groups
+    assert {id(p) for p in critic["params"]} == {id(p) for p in [*mf.fake.parameters(), *mf.discriminator.parameters()]}
+    assert not {id(p) for p in student["params"]} & {id(p) for p in critic["params"]}
+
+
+def test_the_discriminator_is_kept_in_checkpoints_and_dropped_by_runs_without_it(tmp_path):
+    _, path = _flow_checkpoint(tmp_path)
+    first = _gan_module(path)
+    with torch.no_grad():
+        for p in first.discriminator.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    saved = tmp_path / "gan.ckpt"
+    save_checkpoint_file({"state_dict": first.state_dict(), "hyper_parameters": dict(first.hparams)}, saved)
+    again = _gan_module(saved)
+    for p, q in zip(again.discriminator.parameters(), first.discriminator.parameters(), strict=True):
+        assert torch.equal(p, q)
+    dmd_only = _dmd_module(saved)  # distribution matching without the adversarial term
+    assert dmd_only.discriminator is None
+    for p, q in zip(dmd_only.fake.parameters(), first.fake.parameters(), strict=True):
+        assert torch.equal(p, q)
+    fresh = _gan_module(path)  # from a flow: a new head, the fake flow the teacher
+    assert not torch.equal(fresh.discriminator.linear.weight, first.discriminator.linear.weight)
+    with pytest.raises(ValueError, match="objective.gan_weight > 0 puts its discriminator on distribution matching"):
+        _module({**DMD, "gan_weight": 1.0})
+    with pytest.raises(ValueError, match="objective.gan_weight must be >= 0"):
+        _module({**DMD, "dmd_weight": 1.0, "gan_weight": -1.0})
+    with pytest.raises(ValueError, match="this model has no discriminator"):
+        dmd_only.discriminator_logits(torch.zeros(1, *LATENT), torch.ones(1), {"label": torch.zeros(1).long()})

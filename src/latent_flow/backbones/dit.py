@@ -265,9 +265,8 @@ class DiT(nn.Module):
             return c
         return c + self.y_embedder(y, batch_size, device, train=self.training)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, t_end: Tensor | None = None) -> Tensor:
-        """Velocity at ``x`` ``(B, in_channels, H, W)``, time ``t`` ``(B,)`` (0 noise, 1 data), labels ``y``;
-        with ``t_end`` (``flow_map=True``) the average velocity over ``[t, t_end]``."""
+    def _tokens(self, x: Tensor, t: Tensor, y: Tensor | None, t_end: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The transformer's output tokens ``(B, N, hidden_size)`` and the conditioning vector."""
         self._check_input(x)
         c = self.condition(t, y, x.shape[0], x.device, t_end)
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
@@ -280,7 +279,24 @@ class DiT(nn.Module):
                 h = checkpoint(block, h, c, use_reentrant=False)
             else:
                 h = block(h, c)
+        return h, c
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, t_end: Tensor | None = None) -> Tensor:
+        """Velocity at ``x`` ``(B, in_channels, H, W)``, time ``t`` ``(B,)`` (0 noise, 1 data), labels ``y``;
+        with ``t_end`` (``flow_map=True``) the average velocity over ``[t, t_end]``."""
+        h, c = self._tokens(x, t, y, t_end)
         return self.unpatchify(self.final_layer(h, c))
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of :meth:`features`."""
+        return self.hidden_size
+
+    def features(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The last block's tokens as a map ``(B, hidden_size, H / p, W / p)`` at ``(x, t, y)``: what a
+        discriminator head reads (DMD2 puts its classifier on the score network's features)."""
+        h, _ = self._tokens(x, t, y, None)
+        return rearrange(h, "b (gh gw) d -> b d gh gw", gh=self.grid_size)
 
 
 # name -> (depth, hidden_size, num_heads)

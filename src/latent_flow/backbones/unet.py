@@ -305,9 +305,10 @@ class UNet(nn.Module):
             return checkpoint(block, h, emb, use_reentrant=False)
         return block(h, emb)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, t_end: Tensor | None = None) -> Tensor:
-        """Velocity at ``x`` ``(B, in_channels, H, W)``, time ``t`` ``(B,)`` (0 noise, 1 data), labels ``y``;
-        with ``t_end`` (``flow_map=True``) the average velocity over ``[t, t_end]``."""
+    def _encode(
+        self, x: Tensor, t: Tensor, y: Tensor | None, t_end: Tensor | None
+    ) -> tuple[Tensor, list[Tensor], Tensor, bool]:
+        """The encoder and the middle block: ``(h, skips, emb, use_ckpt)``."""
         self._check_input(x)
         emb = self.condition(t, y, x.shape[0], x.device, t_end)
         # checkpointing cannot recompute under forward-mode AD (a flow-map JVP): plain blocks there
@@ -320,11 +321,27 @@ class UNet(nn.Module):
         for block in self.down_blocks:
             h = self._run(block, h, emb, use_ckpt)
             skips.append(h)
-        h = self._run(self.middle_block, h, emb, use_ckpt)
+        return self._run(self.middle_block, h, emb, use_ckpt), skips, emb, use_ckpt
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, t_end: Tensor | None = None) -> Tensor:
+        """Velocity at ``x`` ``(B, in_channels, H, W)``, time ``t`` ``(B,)`` (0 noise, 1 data), labels ``y``;
+        with ``t_end`` (``flow_map=True``) the average velocity over ``[t, t_end]``."""
+        h, skips, emb, use_ckpt = self._encode(x, t, y, t_end)
         for block in self.up_blocks:
             h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, use_ckpt)
         out = self.out(h)
+        p = self.patch_size
         return F.pixel_shuffle(out, p) if p > 1 else out
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of :meth:`features`."""
+        return self.model_channels * self.channel_mult[-1]
+
+    def features(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The middle block's output ``(B, feature_channels, H / d, W / d)`` at ``(x, t, y)`` (d: the total
+        downsampling): the bottleneck a discriminator head reads (DMD2 puts its classifier there)."""
+        return self._encode(x, t, y, None)[0]
 
 
 UNET_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(

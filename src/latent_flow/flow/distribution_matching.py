@@ -13,16 +13,22 @@ the two velocities, so the update direction is the difference of the data predic
 sample by ``mean |x - x_real|`` (its ``w(t)``), which makes the step size independent of the noise level.
 :func:`distribution_matching_loss` turns that direction into a loss whose gradient in ``x`` is exactly it:
 ``1/2 ||x - sg(x - g)||^2`` summed over a sample's elements and averaged over the batch.
+
+DMD2 adds an adversarial term (section 4.3): a discriminator ``D(x_t, t)`` (a head on the fake network's features)
+tells noised real data from noised generator samples, trained with the logistic loss
+:func:`discriminator_loss`, while the generator descends the non-saturating :func:`generator_loss`; real data
+lets the student move past the teacher's own errors, which distribution matching alone copies.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from latent_flow.flow.path import AffinePath
 
-__all__ = ["distribution_matching_direction", "distribution_matching_loss"]
+__all__ = ["discriminator_loss", "distribution_matching_direction", "distribution_matching_loss", "generator_loss"]
 
 
 def distribution_matching_direction(
@@ -54,3 +60,14 @@ def distribution_matching_loss(
     direction = distribution_matching_direction(path, x, x_t, t, v_real, v_fake)
     goal = x.detach().to(direction.dtype) - direction
     return 0.5 * (x.to(direction.dtype) - goal).flatten(1).square().sum(dim=1).mean()
+
+
+def generator_loss(fake_logits: Tensor) -> Tensor:
+    """The non-saturating GAN loss of the generator, ``mean softplus(-D(fake))`` (= ``-log sigmoid D``)."""
+    return F.softplus(-fake_logits.float()).mean()
+
+
+def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """The discriminator's logistic loss, ``mean softplus(-D(real)) + mean softplus(D(fake))`` (the binary
+    cross-entropy of real = 1, fake = 0; ``2 log 2`` when both logits are 0)."""
+    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()

@@ -405,6 +405,11 @@ class MeanFlowObjective:
             the jumps before the last are taken without gradient, DMD2's backward simulation).
         dmd_fake_lr_scale: the fake flow's learning rate relative to the student's (> 1: it tracks the student's
             samples faster, in the spirit of DMD2's several fake updates per student update).
+        gan_weight: weight of DMD2's adversarial term on the student's samples (the non-saturating
+            :func:`~latent_flow.flow.distribution_matching.generator_loss` of a discriminator head on the fake flow's
+            features, trained on noised real latents against noised student samples; 0: off; needs ``dmd_weight > 0``).
+        gan_discriminator_weight: weight of the discriminator's logistic loss in the fake flow's and the head's
+            update (DMD2: 1e-2 beside the fake network's own denoising loss).
         shortcut_velocity_below: ``target="shortcut"``: half jumps shorter than this are taken with the velocity
             (the recursion's base case; 1/128: the halves of the finest of shortcut models' 128-step grid).
     """
@@ -432,6 +437,8 @@ class MeanFlowObjective:
         dmd_times: Sequence[float] = (0.02, 0.98),
         dmd_steps: Sequence[int] = (1,),
         dmd_fake_lr_scale: float = 1.0,
+        gan_weight: float = 0.0,
+        gan_discriminator_weight: float = 0.01,
         shortcut_velocity_below: float = 1.0 / 128,
         shortcut_ode_from: float | None = None,
     ) -> None:
@@ -479,6 +486,16 @@ class MeanFlowObjective:
                 )
         if not float(dmd_fake_lr_scale) > 0.0:
             raise ValueError(f"objective.dmd_fake_lr_scale must be > 0, got {dmd_fake_lr_scale!r}")
+        if not float(gan_weight) >= 0.0 or not float(gan_discriminator_weight) > 0.0:
+            raise ValueError(
+                f"objective.gan_weight must be >= 0 and objective.gan_discriminator_weight > 0, got {gan_weight!r}, "
+                f"{gan_discriminator_weight!r}"
+            )
+        if float(gan_weight) > 0.0 and not float(dmd_weight) > 0.0:
+            raise ValueError(
+                "objective.gan_weight > 0 puts its discriminator on distribution matching's fake flow: set "
+                f"objective.dmd_weight > 0 too (got dmd_weight={dmd_weight!r})"
+            )
         if not isinstance(path, AffinePath):
             raise TypeError(f"path must be an AffinePath, got {type(path).__name__}")
         if not isinstance(path.scheduler, CondOTScheduler):
@@ -503,6 +520,8 @@ class MeanFlowObjective:
         self.dmd_times = (times[0], times[1])
         self.dmd_steps = [int(n) for n in dsteps]
         self.dmd_fake_lr_scale = float(dmd_fake_lr_scale)
+        self.gan_weight = float(gan_weight)
+        self.gan_discriminator_weight = float(gan_discriminator_weight)
         self.shortcut_velocity_below = float(shortcut_velocity_below)
         self.shortcut_ode_from = None if shortcut_ode_from is None else float(shortcut_ode_from)
 
@@ -515,6 +534,12 @@ class MeanFlowObjective:
     def matches_distribution(self) -> bool:
         """Whether distribution matching is on (``dmd_weight > 0``): the module then trains a fake flow too."""
         return self.dmd_weight > 0.0
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether DMD2's adversarial term is on (``gan_weight > 0``): the module then trains a discriminator head
+        on the fake flow's features too."""
+        return self.gan_weight > 0.0
 
     @property
     def guides(self) -> bool:
@@ -585,6 +610,7 @@ class MeanFlowObjective:
             f"weight_eps={self.weight_eps}, cfg_scale={self.cfg_scale}, cfg_kappa={self.cfg_kappa}, "
             f"velocity={self.velocity!r}, target={self.target_kind!r}, teacher_steps={self.teacher_steps}, "
             f"dmd_weight={self.dmd_weight}, dmd_times={list(self.dmd_times)}, dmd_steps={self.dmd_steps}, "
-            f"dmd_fake_lr_scale={self.dmd_fake_lr_scale}, shortcut_velocity_below={self.shortcut_velocity_below}, "
+            f"dmd_fake_lr_scale={self.dmd_fake_lr_scale}, gan_weight={self.gan_weight}, "
+            f"gan_discriminator_weight={self.gan_discriminator_weight}, shortcut_velocity_below={self.shortcut_velocity_below}, "
             f"shortcut_ode_from={self.shortcut_ode_from})"
         )

@@ -20,7 +20,9 @@ trained flow checkpoint into a flow-map model (``python -m latent_flow.train ini
 ``objective.velocity=teacher`` that flow, frozen, is distilled (its velocity in MeanFlow's target, or with
 ``objective.target=ode`` its guided ODE integrated over each pair as the regression target); with
 ``objective.dmd_weight > 0`` the student's few-step samples are also matched to the teacher's distribution (DMD,
-:mod:`latent_flow.flow.distribution_matching`) through a "fake" flow trained on them in the same step.
+:mod:`latent_flow.flow.distribution_matching`) through a "fake" flow trained on them in the same step, and with
+``objective.gan_weight > 0`` told from the batch's real latents by a discriminator head on the fake flow's features
+(DMD2's adversarial term, :mod:`latent_flow.backbones.discriminator`).
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ from torch import Tensor
 
 from latent_flow.autoencoders import load_autoencoder
 from latent_flow.backbones import build_backbone
+from latent_flow.backbones.discriminator import FeatureDiscriminatorHead
 from latent_flow.conditioning import build_condition
 from latent_flow.flow.coupling import check_coupling, couple
-from latent_flow.flow.distribution_matching import distribution_matching_loss
+from latent_flow.flow.distribution_matching import discriminator_loss, distribution_matching_loss, generator_loss
 from latent_flow.flow.meanflow import MeanFlowObjective
 from latent_flow.flow.path import AffinePath
 from latent_flow.flow.schedulers import build_scheduler
@@ -77,6 +80,8 @@ _MEANFLOW_OPTIONS = {
     "dmd_times",
     "dmd_steps",
     "dmd_fake_lr_scale",
+    "gan_weight",
+    "gan_discriminator_weight",
     "shortcut_velocity_below",
     "shortcut_ode_from",
 }
@@ -256,6 +261,10 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         self.fake: torch.nn.Module | None = None
         if self.objective is not None and self.objective.matches_distribution:
             self.fake = make_backbone(0.0, False)
+        # DMD2's adversarial term (objective.gan_weight > 0): a discriminator head on the fake flow's features
+        self.discriminator: FeatureDiscriminatorHead | None = None
+        if self.fake is not None and self.objective.adversarial:
+            self.discriminator = FeatureDiscriminatorHead(self.fake.feature_channels)
         self._last_mse: Tensor | None = None
 
         self._autoencoder = None  # not a submodule: never saved in flow checkpoints
@@ -315,10 +324,12 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         return self.fake(x_in, t, label)
 
     def student_samples(self, noise: Tensor, cond: dict[str, Tensor], steps: int) -> Tensor:
-        """The flow map's ``steps``-jump sample from ``noise`` on the uniform grid (online weights, what
-        ``sampler=flowmap`` does with the EMA ones): the jumps before the last without gradient (DMD2's backward
-        simulation), the last with it."""
-        solver = FlowMapSolver(steps)
+        """The flow map's ``steps``-jump sample from ``noise`` on the grid it is trained for (uniform, or shifted by
+        ``objective.grid_shift``: what ``sampler=flowmap`` does with the EMA weights and the same
+        ``sampler.time_grid=shifted sampler.shift``), with the online weights: the jumps before the last without
+        gradient (DMD2's backward simulation), the last with it."""
+        shift = self.objective.pairs.grid_shift
+        solver = FlowMapSolver(steps, "shifted", shift) if shift != 1.0 else FlowMapSolver(steps)
         grid = solver.grid().tolist()
         x = noise
         for k in range(steps):
@@ -326,11 +337,12 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
                 x = solver.step(lambda z, t, t_end: self.flow_map(z, t, t_end, cond), x, grid[k], grid[k + 1])
         return x
 
-    def _distribution_matching_losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """``(dmd, fake)``: distribution matching of the student's samples against the teacher's guided velocity
-        (:func:`~latent_flow.flow.distribution_matching.distribution_matching_loss`; its gradient reaches the
-        student only) and the fake flow's flow-matching loss on the same samples, detached (it reaches the fake
-        only). The conditions are the batch's, without dropout; the step count is drawn from ``dmd_steps``."""
+    def _distribution_matching_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The terms of distribution matching: ``dmd`` (the student's samples against the teacher's guided velocity,
+        :func:`~latent_flow.flow.distribution_matching.distribution_matching_loss`; its gradient reaches the
+        student only) and ``fake`` (the fake flow's flow-matching loss on the same samples, detached: it reaches the
+        fake only); with ``objective.gan_weight > 0`` also ``gan_g`` and ``gan_d`` (:meth:`_adversarial_losses`).
+        The conditions are the batch's, without dropout; the step count is drawn from ``dmd_steps``."""
         objective = self.objective
         cond = self.condition.from_batch(batch)
         x_data = batch["latent"]
@@ -349,10 +361,49 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         )
         with torch.no_grad():
             v_fake = self._fake_velocity(noised.x_t, t, cond)
-        dmd = distribution_matching_loss(self.path, x, noised.x_t, t, v_real, v_fake)
+        terms = {"dmd": distribution_matching_loss(self.path, x, noised.x_t, t, v_real, v_fake)}
         fake_sample = self.path.sample(torch.randn_like(x), x.detach(), times())
-        fake = F.mse_loss(self._fake_velocity(fake_sample.x_t, fake_sample.t, cond).float(), fake_sample.target.float())
-        return dmd, fake
+        terms["fake"] = F.mse_loss(
+            self._fake_velocity(fake_sample.x_t, fake_sample.t, cond).float(), fake_sample.target.float()
+        )
+        if self.discriminator is not None:
+            terms.update(self._adversarial_losses(x, x_data, cond, times))
+        return terms
+
+    def discriminator_logits(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """``D(x_t, t | cond)``: the discriminator head (``objective.gan_weight > 0``) on the fake flow's features at
+        the noised latents ``x_t`` (inputs through the teacher's condition, as the fake flow's); differentiable in
+        ``x_t`` and in the fake flow's and the head's weights."""
+        if self.discriminator is None:
+            raise ValueError(
+                "this model has no discriminator: objective.gan_weight > 0 (with objective.dmd_weight > 0)"
+            )
+        condition = self.teacher_condition if self.teacher_condition is not None else self.condition
+        x_in, label = condition.network_inputs(x_t, cond)
+        return self.discriminator(self.fake.features(x_in, t, label))
+
+    def _adversarial_losses(self, x: Tensor, x_data: Tensor, cond: dict[str, Tensor], times) -> dict[str, Tensor]:
+        """DMD2's adversarial terms on the student's samples ``x`` and the batch's real latents ``x_data``, both
+        noised to independent times from ``times()``, in one discriminator pass: ``gan_d`` (the logistic loss; its
+        gradient reaches the fake flow and the head) and ``gan_g``, a surrogate whose gradient in ``x`` is exactly
+        that of the generator loss ``mean softplus(-D(x_t))`` and which reaches the student only (the discriminator's
+        weights get nothing from it); ``gan_g_value`` is the generator loss itself, for the logs."""
+        batch_size = x.shape[0]
+        x_free = x.detach().float().requires_grad_(True)
+        fake_noised = self.path.sample(torch.randn_like(x_free), x_free, times())
+        real_noised = self.path.sample(torch.randn_like(x_free), x_data.detach().float(), times())
+        both = {key: torch.cat([value, value]) for key, value in cond.items()}
+        logits = self.discriminator_logits(
+            torch.cat([fake_noised.x_t, real_noised.x_t]), torch.cat([fake_noised.t, real_noised.t]), both
+        )
+        fake_logits, real_logits = logits[:batch_size], logits[batch_size:]
+        gen = generator_loss(fake_logits)
+        (grad_x,) = torch.autograd.grad(gen, x_free, retain_graph=True)
+        return {
+            "gan_g": (x.float() * grad_x).sum(),
+            "gan_g_value": gen.detach(),
+            "gan_d": discriminator_loss(real_logits, fake_logits),
+        }
 
     def _condition(self, use_ema: bool) -> torch.nn.Module:
         return self.condition_ema.module if (use_ema and self.condition_ema is not None) else self.condition
@@ -601,9 +652,15 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         if self.objective is not None:  # the adaptive weighting makes the loss ~1: the unweighted error too
             parts["train/mse"] = self._last_mse
         if self.fake is not None:  # distribution matching: the student's and the fake flow's terms
-            dmd, fake = self._distribution_matching_losses(batch)
-            parts["train/dmd"], parts["train/fake"] = dmd.detach(), fake.detach()
-            loss = loss + self.objective.dmd_weight * dmd + fake
+            terms = self._distribution_matching_losses(batch)
+            parts["train/dmd"], parts["train/fake"] = terms["dmd"].detach(), terms["fake"].detach()
+            loss = loss + self.objective.dmd_weight * terms["dmd"] + terms["fake"]
+            if "gan_g" in terms:  # DMD2's adversarial terms: the student's and the discriminator's
+                parts["train/gan_g"], parts["train/gan_d"] = terms["gan_g_value"], terms["gan_d"].detach()
+                objective = self.objective
+                loss = (
+                    loss + objective.gan_weight * terms["gan_g"] + objective.gan_discriminator_weight * terms["gan_d"]
+                )
         return loss, parts
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -643,11 +700,14 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         o = dict(self.hparams.optim)
         params: list = [p for p in self.parameters() if p.requires_grad]
         fake_flow = getattr(self, "fake", None)  # FlowTurbo's RefinerModule borrows this method and has none
-        if fake_flow is not None:  # distribution matching's fake flow: its own learning rate (dmd_fake_lr_scale)
-            fake_ids = {id(p) for p in fake_flow.parameters()}
+        if fake_flow is not None:  # distribution matching's fake flow (and discriminator head): their own lr
+            fake_params = list(fake_flow.parameters())
+            if self.discriminator is not None:
+                fake_params += list(self.discriminator.parameters())
+            fake_ids = {id(p) for p in fake_params}
             params = [
                 {"params": [p for p in params if id(p) not in fake_ids]},
-                {"params": list(fake_flow.parameters()), "lr": float(o["lr"]) * self.objective.dmd_fake_lr_scale},
+                {"params": fake_params, "lr": float(o["lr"]) * self.objective.dmd_fake_lr_scale},
             ]
         fused = o.get("fused")
         kwargs = {}
@@ -744,7 +804,8 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         own = self.state_dict()
         if self.ema is not None and not any(k.startswith("ema.") for k in state):  # no EMA saved: copy the weights
             state.update({f"ema.module.{k}": v for k, v in _prefixed(state, "backbone.").items()})
-        teacher_keys = {k for k in own if k.startswith(("teacher.", "teacher_condition.", "fake."))}
+        aux = ("teacher.", "teacher_condition.", "fake.", "discriminator.")  # a distillation's own networks
+        teacher_keys = {k for k in own if k.startswith(aux)}
         saved_objective = (to_plain(saved.get("objective")) or {"name": "flow"})["name"]
         # a flow map distilled earlier (objective=meanflow with a teacher) brings its own teacher (and fake flow)
         carries_teacher = saved_objective != "flow" and any(k.startswith("teacher.") for k in state)
@@ -755,9 +816,12 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
                 "without a teacher"
             )
         if self.teacher is None:  # a teacher this run does not use is not loaded
-            state = {k: v for k, v in state.items() if not k.startswith(("teacher.", "teacher_condition.", "fake."))}
-        elif self.fake is None:
-            state = {k: v for k, v in state.items() if not k.startswith("fake.")}
+            state = {k: v for k, v in state.items() if not k.startswith(aux)}
+        else:
+            if self.fake is None:
+                state = {k: v for k, v in state.items() if not k.startswith("fake.")}
+            if self.discriminator is None:
+                state = {k: v for k, v in state.items() if not k.startswith("discriminator.")}
         unexpected = sorted(set(state) - set(own))
         missing = sorted(set(own) - set(state) - teacher_keys)
         allowed = [k for k in missing if ".h_embedder." in f".{k}" or k == "ema.num_updates"]
