@@ -5,8 +5,8 @@ python experiments/one_step/table.py outputs/one_step [--keep experiments/one_st
     [--plot experiments/one_step/quality_vs_nfe.png] [--extra-points FILE.json] [--plot-runs RUN ...]
     [--shift-plot experiments/one_step/grid_shift.png]
 
-Prints the table and writes OUT/results.json. ``--keep`` adds the rows of an earlier results file whose run is
-not under OUT (runs measured in an earlier session: their output folders are gone, their numbers are kept).
+Prints the table and writes OUT/results.json. ``--keep`` adds the rows of an earlier results file whose run and
+sampler are not under OUT (runs measured in an earlier session: their output folders are gone, their numbers are kept).
 ``--extra-points`` adds rows measured elsewhere (e.g. FlowTurbo of the same model by benchmarks/flowturbo.py) in
 the same row format (run, sampler, nfe, fd_shapes, label_accuracy, ms_per_image); they go on the plot only.
 ``--shift-plot`` draws the grid-shift sweeps (``sweepN_shiftS`` rows, with each run's ``flowmapN`` at shift 1):
@@ -42,9 +42,10 @@ def rows(out: Path) -> list[dict]:
 
 
 def merge(new: list[dict], kept: list[dict]) -> list[dict]:
-    """``new`` plus the rows of ``kept`` whose run does not appear in ``new``."""
-    runs = {r["run"] for r in new}
-    return new + [r for r in kept if r["run"] not in runs]
+    """``new`` plus the rows of ``kept`` whose (run, sampler) does not appear in ``new`` (a run trained again and
+    scored on some samplers keeps its other samplers' earlier rows)."""
+    seen = {(r["run"], r["sampler"]) for r in new}
+    return new + [r for r in kept if (r["run"], r["sampler"]) not in seen]
 
 
 def family(row: dict) -> str:

@@ -386,8 +386,8 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         """DMD2's adversarial terms on the student's samples ``x`` and the batch's real latents ``x_data``, both
         noised to independent times from ``times()``, in one discriminator pass: ``gan_d`` (the logistic loss; its
         gradient reaches the fake flow and the head) and ``gan_g``, a surrogate whose gradient in ``x`` is exactly
-        that of the generator loss ``mean softplus(-D(x_t))`` and which reaches the student only (the discriminator's
-        weights get nothing from it); ``gan_g_value`` is the generator loss itself, for the logs."""
+        that of the generator loss ``mean softplus(-D(x_t))``, whose value is that loss, and which reaches the student
+        only (the discriminator's weights get nothing from it)."""
         batch_size = x.shape[0]
         x_free = x.detach().float().requires_grad_(True)
         fake_noised = self.path.sample(torch.randn_like(x_free), x_free, times())
@@ -399,11 +399,9 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         fake_logits, real_logits = logits[:batch_size], logits[batch_size:]
         gen = generator_loss(fake_logits)
         (grad_x,) = torch.autograd.grad(gen, x_free, retain_graph=True)
-        return {
-            "gan_g": (x.float() * grad_x).sum(),
-            "gan_g_value": gen.detach(),
-            "gan_d": discriminator_loss(real_logits, fake_logits),
-        }
+        # the value of the generator loss, the gradient of the generator loss through the samples only
+        surrogate = gen.detach() + ((x.float() - x.detach().float()) * grad_x).sum()
+        return {"gan_g": surrogate, "gan_d": discriminator_loss(real_logits, fake_logits)}
 
     def _condition(self, use_ema: bool) -> torch.nn.Module:
         return self.condition_ema.module if (use_ema and self.condition_ema is not None) else self.condition
@@ -656,7 +654,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             parts["train/dmd"], parts["train/fake"] = terms["dmd"].detach(), terms["fake"].detach()
             loss = loss + self.objective.dmd_weight * terms["dmd"] + terms["fake"]
             if "gan_g" in terms:  # DMD2's adversarial terms: the student's and the discriminator's
-                parts["train/gan_g"], parts["train/gan_d"] = terms["gan_g_value"], terms["gan_d"].detach()
+                parts["train/gan_g"], parts["train/gan_d"] = terms["gan_g"].detach(), terms["gan_d"].detach()
                 objective = self.objective
                 loss = (
                     loss + objective.gan_weight * terms["gan_g"] + objective.gan_discriminator_weight * terms["gan_d"]
