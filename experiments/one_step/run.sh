@@ -144,15 +144,18 @@ train sc_base_conv2000_shift2m_no1 "${CONVERT[@]}" "${SHORTCUT[@]}" "objective.g
 train sc_base_conv4000_shift2m "${CONVERT[@]}" "${SHORTCUT[@]}" objective.grid_shift=2.0 optim.lr=3.0e-4 \
     trainer.max_steps=4000 ckpt_path="$OUT/sc_base_conv2000_shift2m/checkpoints/last.ckpt"
 # (i) DMD2's adversarial term (seventh session): distribution matching as dmd1_from1000, plus a discriminator head on the
-#     fake flow's features telling noised real latents from noised student samples (objective.gan_weight); the
-#     1-step samples, and the 1- and 2-step ones on the shifted grids (objective.grid_shift=2: the ODE pairs and the
-#     2-step samples on the grid sampler.time_grid=shifted sampler.shift=2 takes); and the half-jump distillation on
-#     shifted grids (as sc_base_conv2000_shift2m with the teacher's velocity: a base that carries its teacher)
-train gan1_w3_from1000 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 objective.dmd_weight=1.0 \
-    objective.gan_weight=3.0 trainer.max_steps=500
-train gan12_shift2_w3_from1000 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 \
-    objective.dmd_weight=1.0 "objective.dmd_steps=[1,2]" objective.grid_shift=2.0 objective.gan_weight=3.0 \
+#     fake flow's features telling noised real latents from noised student samples (objective.gan_weight=3; the
+#     discriminator's loss at weight 1 in the fake flow's update, its noise levels in [0.5, 0.98], where it learns
+#     within a hundred steps); the 1-step samples, and the 1- and 2-step ones on the shifted grids
+#     (objective.grid_shift=2: the ODE pairs and the 2-step samples on the grid sampler.time_grid=shifted
+#     sampler.shift=2 takes); and the half-jump distillation on shifted grids (as sc_base_conv2000_shift2m with the
+#     teacher's velocity: a base that carries its teacher)
+GAN=(objective.dmd_weight=1.0 objective.gan_weight=3.0 objective.gan_discriminator_weight=1.0
+    "objective.gan_times=[0.5,0.98]")
+train gan1_w3_from1000 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 "${GAN[@]}" \
     trainer.max_steps=500
+train gan12_shift2_w3_from1000 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 "${GAN[@]}" \
+    "objective.dmd_steps=[1,2]" objective.grid_shift=2.0 trainer.max_steps=500
 train sc_base_distil2000_shift2m "${CONVERT[@]}" "${SHORTCUT[@]}" objective.velocity=teacher objective.grid_shift=2.0 \
     optim.lr=3.0e-4 trainer.max_steps=2000
 

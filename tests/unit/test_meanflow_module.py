@@ -645,6 +645,13 @@ def test_the_adversarial_terms_join_the_training_loss_with_their_weights(tmp_pat
     assert p1 == pytest.approx(p3) and p1 == pytest.approx(pd)
     assert ld - l1 == pytest.approx(0.49 * p1["train/gan_d"], rel=1e-4)
     assert l3 - l1 == pytest.approx(2.0 * p1["train/gan_g"], rel=1e-4)
+    # the discriminator sees noise levels in gan_times
+    mf = _gan_module(path, gan_times=[0.6, 0.9])
+    seen = []
+    logits = mf.discriminator_logits
+    mf.discriminator_logits = lambda x_t, t, cond: seen.append(t) or logits(x_t, t, cond)
+    mf._distribution_matching_losses(_batch(6))
+    assert len(seen) == 1 and seen[0].shape == (12,) and bool(((seen[0] >= 0.6) & (seen[0] <= 0.9)).all())
     # the head trains with the fake flow's learning rate
     mf.trainer = L.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_checkpointing=False)
     student, critic = mf.configure_optimizers()["optimizer"].param_groups
@@ -671,6 +678,8 @@ def test_the_discriminator_is_kept_in_checkpoints_and_dropped_by_runs_without_it
     assert not torch.equal(fresh.discriminator.linear.weight, first.discriminator.linear.weight)
     with pytest.raises(ValueError, match="objective.gan_weight > 0 puts its discriminator on distribution matching"):
         _module({**DMD, "gan_weight": 1.0})
+    with pytest.raises(ValueError, match=r"objective.gan_times must be \[t_min, t_max\]"):
+        _module({**DMD, "dmd_weight": 1.0, "gan_weight": 1.0, "gan_times": [0.5, 1.0]})
     with pytest.raises(ValueError, match="objective.gan_weight must be >= 0"):
         _module({**DMD, "dmd_weight": 1.0, "gan_weight": -1.0})
     with pytest.raises(ValueError, match="this model has no discriminator"):

@@ -410,6 +410,8 @@ class MeanFlowObjective:
             features, trained on noised real latents against noised student samples; 0: off; needs ``dmd_weight > 0``).
         gan_discriminator_weight: weight of the discriminator's logistic loss in the fake flow's and the head's
             update (DMD2: 1e-2 beside the fake network's own denoising loss).
+        gan_times: ``[t_min, t_max]``, the range of the uniform noise levels the discriminator sees (closer to the
+            data, t -> 1, it tells real from generated far sooner).
         shortcut_velocity_below: ``target="shortcut"``: half jumps shorter than this are taken with the velocity
             (the recursion's base case; 1/128: the halves of the finest of shortcut models' 128-step grid).
     """
@@ -439,6 +441,7 @@ class MeanFlowObjective:
         dmd_fake_lr_scale: float = 1.0,
         gan_weight: float = 0.0,
         gan_discriminator_weight: float = 0.01,
+        gan_times: Sequence[float] = (0.02, 0.98),
         shortcut_velocity_below: float = 1.0 / 128,
         shortcut_ode_from: float | None = None,
     ) -> None:
@@ -469,6 +472,11 @@ class MeanFlowObjective:
         if len(times) != 2 or not 0.0 < times[0] < times[1] < 1.0:
             raise ValueError(
                 f"objective.dmd_times must be [t_min, t_max] with 0 < t_min < t_max < 1, got {dmd_times!r}"
+            )
+        adv_times = [float(v) for v in gan_times]
+        if len(adv_times) != 2 or not 0.0 < adv_times[0] < adv_times[1] < 1.0:
+            raise ValueError(
+                f"objective.gan_times must be [t_min, t_max] with 0 < t_min < t_max < 1, got {gan_times!r}"
             )
         dsteps = list(dmd_steps)
         if not dsteps or any(isinstance(n, bool) or int(n) != n or int(n) < 1 for n in dsteps):
@@ -522,6 +530,7 @@ class MeanFlowObjective:
         self.dmd_fake_lr_scale = float(dmd_fake_lr_scale)
         self.gan_weight = float(gan_weight)
         self.gan_discriminator_weight = float(gan_discriminator_weight)
+        self.gan_times = (adv_times[0], adv_times[1])
         self.shortcut_velocity_below = float(shortcut_velocity_below)
         self.shortcut_ode_from = None if shortcut_ode_from is None else float(shortcut_ode_from)
 
@@ -611,6 +620,7 @@ class MeanFlowObjective:
             f"velocity={self.velocity!r}, target={self.target_kind!r}, teacher_steps={self.teacher_steps}, "
             f"dmd_weight={self.dmd_weight}, dmd_times={list(self.dmd_times)}, dmd_steps={self.dmd_steps}, "
             f"dmd_fake_lr_scale={self.dmd_fake_lr_scale}, gan_weight={self.gan_weight}, "
-            f"gan_discriminator_weight={self.gan_discriminator_weight}, shortcut_velocity_below={self.shortcut_velocity_below}, "
+            f"gan_discriminator_weight={self.gan_discriminator_weight}, gan_times={list(self.gan_times)}, "
+            f"shortcut_velocity_below={self.shortcut_velocity_below}, "
             f"shortcut_ode_from={self.shortcut_ode_from})"
         )

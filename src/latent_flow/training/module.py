@@ -82,6 +82,7 @@ _MEANFLOW_OPTIONS = {
     "dmd_fake_lr_scale",
     "gan_weight",
     "gan_discriminator_weight",
+    "gan_times",
     "shortcut_velocity_below",
     "shortcut_ode_from",
 }
@@ -367,7 +368,12 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             self._fake_velocity(fake_sample.x_t, fake_sample.t, cond).float(), fake_sample.target.float()
         )
         if self.discriminator is not None:
-            terms.update(self._adversarial_losses(x, x_data, cond, times))
+            gan_min, gan_max = objective.gan_times
+
+            def gan_times() -> Tensor:
+                return gan_min + (gan_max - gan_min) * torch.rand(batch_size, device=x.device)
+
+            terms.update(self._adversarial_losses(x, x_data, cond, gan_times))
         return terms
 
     def discriminator_logits(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
