@@ -522,17 +522,23 @@ def test_the_student_samples_are_the_flowmap_samplers(tmp_path):
     assert not torch.allclose(x.detach(), uniform)
 
 
+def _save_perturbed(module, part, path, scale=0.05):
+    """``module`` saved to ``path`` as a checkpoint after moving the weights of its submodule ``part`` (so that a
+    reload shows whether they came along)."""
+    with torch.no_grad():
+        for p in part.parameters():
+            p.add_(scale * torch.randn_like(p))
+    save_checkpoint_file({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
 def test_distribution_matching_goes_on_from_a_distilled_checkpoint(tmp_path):
     """init_from a distilled flow map: its teacher comes along (and its fake flow, if it has one); a run without
     distribution matching drops the fake flow, a run without a teacher drops both; refusals."""
     flow, path = _flow_checkpoint(tmp_path)
     flow.eval()
     first = _dmd_module(path)
-    with torch.no_grad():
-        for p in first.fake.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    saved = tmp_path / "dmd.ckpt"
-    save_checkpoint_file({"state_dict": first.state_dict(), "hyper_parameters": dict(first.hparams)}, saved)
+    saved = _save_perturbed(first, first.fake, tmp_path / "dmd.ckpt")
     again = _dmd_module(saved)
     state = first.state_dict()
     for key, value in again.state_dict().items():
@@ -662,11 +668,7 @@ def test_the_adversarial_terms_join_the_training_loss_with_their_weights(tmp_pat
 def test_the_discriminator_is_kept_in_checkpoints_and_dropped_by_runs_without_it(tmp_path):
     _, path = _flow_checkpoint(tmp_path)
     first = _gan_module(path)
-    with torch.no_grad():
-        for p in first.discriminator.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    saved = tmp_path / "gan.ckpt"
-    save_checkpoint_file({"state_dict": first.state_dict(), "hyper_parameters": dict(first.hparams)}, saved)
+    saved = _save_perturbed(first, first.discriminator, tmp_path / "gan.ckpt", scale=0.1)
     again = _gan_module(saved)
     for p, q in zip(again.discriminator.parameters(), first.discriminator.parameters(), strict=True):
         assert torch.equal(p, q)
