@@ -158,6 +158,17 @@ train gan12_shift2_w3_from1000 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objecti
     "objective.dmd_steps=[1,2]" objective.grid_shift=2.0 trainer.max_steps=500
 train sc_base_distil2000_shift2m "${CONVERT[@]}" "${SHORTCUT[@]}" objective.velocity=teacher objective.grid_shift=2.0 \
     optim.lr=3.0e-4 trainer.max_steps=2000
+#     250-step runs (the 500-step ones were better at their step 250): the generator's term at weight 10; and the
+#     adversarial distribution matching of the 1- and 2-step samples on top of the shifted-grid half jumps
+train gan1_w10_from1000_250 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 "${GAN[@]}" \
+    objective.gan_weight=10.0 trainer.max_steps=250
+#     the adversarial term without distribution matching's push (dmd_weight 1e-3: the fake flow still learns, as the
+#     discriminator's trunk)
+train gan1_only_w3_from1000_250 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 "${GAN[@]}" \
+    objective.dmd_weight=0.001 trainer.max_steps=250
+train sc_gan12_shift2_w3_from2000_250 init_from="$OUT/sc_base_distil2000_shift2m/checkpoints/last.ckpt" optim.lr=3.0e-4 \
+    optim.warmup_steps=20 trainer.val_check_interval=250 "${SHORTCUT[@]}" objective.velocity=teacher \
+    objective.grid_shift=2.0 "${GAN[@]}" "objective.dmd_steps=[1,2]" trainer.max_steps=250
 
 ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy from the packaged oracle
     local run=$1 name=$2
@@ -173,7 +184,8 @@ for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide scrat
     scratch_sc_base_seed1 scratch_ts1_890 \
     scratch_ts1_grid scratch_ts1_grid_seed1 scratch_ts1_2x scratch_ts1_4x dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000 converted converted1000 converted1000_wide converted3000_wide distilled1000 ode1000_grid \
     ode1000_grid_mse ode500_grid75_mse ode500_grid_mse_teacher5 ode500_grid_mse_teacher20 ode500_nogrid_mse \
-    ode2500_grid_mse; do
+    ode2500_grid_mse gan1_w3_from1000 gan12_shift2_w3_from1000 gan1_w10_from1000_250 sc_base_distil2000_shift2m \
+    sc_gan12_shift2_w3_from2000_250 gan1_only_w3_from1000_250; do
     for steps in 1 2 4; do
         ev "$run" "flowmap${steps}" sampler=flowmap sampler.steps="$steps" cfg_scale=1.0
     done
@@ -194,7 +206,8 @@ ev_step() { # ev_step RUN STEP: flowmap 1 / 2 / 4 of RUN's checkpoint at STEP
             out_dir="$dir" hydra.run.dir="$dir/hydra" sampler=flowmap sampler.steps="$steps" cfg_scale=1.0
     done
 }
-for run in dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000 sc_dmd1_from2000; do ev_step "$run" 250; done
+for run in dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000 sc_dmd1_from2000 gan1_w3_from1000 \
+    gan12_shift2_w3_from1000; do ev_step "$run" 250; done
 for run in sc_conv2000_lr3e-4 sc_base_conv2000_lr3e-4; do ev_step "$run" 1000; done # the shortcut conversions halfway
 for step in 250 500; do ev_step ode1000_grid_mse "$step"; done
 # the 2- and 4-jump grids shifted toward the noise (sampler.time_grid=shifted: t' = u / (u + S (1 - u)); S = 2 puts
@@ -212,9 +225,29 @@ for run in ode2500_grid_mse sc_base_conv4000_lr3e-4 sc_hybrid_distil2000_lr3e-4;
 for run in ctrl_from1000 sc_base_conv4000_lr3e-4; do sweep "$run" 4 1.5 2.0 3.0; done
 for steps in 2 4; do sweep ctrl_shift2_from1000 "$steps" 1.5 2.0 3.0; done
 for run in sc_base_conv2000_shift2m scratch_sc_base_shift2 sc_base_conv2000_lr3e-4 sc_base_conv4000_shift2m \
-    sc_base_conv2000_shift2m_no1 sc_base_conv2000_shift2m_seed1; do
+    sc_base_conv2000_shift2m_no1 sc_base_conv2000_shift2m_seed1 sc_base_distil2000_shift2m gan12_shift2_w3_from1000 \
+    sc_gan12_shift2_w3_from2000_250 ode1000_grid_mse; do
     for steps in 2 4; do sweep "$run" "$steps" 2.0; done
 done
+# the shifted-grid adversarial run at its step 250, on its grid
+for steps in 2 4; do
+    dir="$OUT/gan12_shift2_w3_from1000_step250/eval/sweep${steps}_shift2.0"
+    [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate \
+        ckpt_path="$OUT/gan12_shift2_w3_from1000/checkpoints/step_0000250.ckpt" num_samples=1000 seed=0 out_dir="$dir" \
+        hydra.run.dir="$dir/hydra" sampler=flowmap sampler.steps="$steps" sampler.time_grid=shifted sampler.shift=2.0 \
+        cfg_scale=1.0
+done
+# seventh session: the 1-NFE rows at step 250 and the flow's Heun 25 again with sampling seed 1; the 2-NFE shift sweep
+# of ctrl_from1000 (sweep2_shift2.0_seed1 below)
+for run in gan1_w3_from1000 dmd1_from1000 ctrl_from1000; do
+    dir="$OUT/${run}_step250/eval/flowmap1_seed1"
+    [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate ckpt_path="$OUT/$run/checkpoints/step_0000250.ckpt" \
+        num_samples=1000 seed=1 out_dir="$dir" hydra.run.dir="$dir/hydra" sampler=flowmap sampler.steps=1 cfg_scale=1.0
+done
+dir="$OUT/flow/eval/heun25_cfg2_seed1"
+[ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate ckpt_path="$FLOW" num_samples=1000 seed=1 out_dir="$dir" \
+    hydra.run.dir="$dir/hydra" sampler=heun sampler.steps=25 cfg_scale=2.0
+sweep ctrl_from1000 2 2.5
 # the from-scratch models at the flow's compute (half jumps; MeanFlow's identity)
 sweep scratch_sc_base 2 2.0 3.0
 sweep scratch_sc_base 4 1.5 2.0

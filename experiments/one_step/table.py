@@ -68,7 +68,8 @@ def plot(table: list[dict], path: Path, extra: list[dict], runs: list[str] | Non
             continue
         if r["run"] != "flow" and (r["sampler"].startswith("heun") or (runs and r["run"] not in runs)):
             continue
-        if r["sampler"].startswith("sweep"):  # a sampler setting swept at one NFE (its own table): not a series
+        # a sampler setting swept at one NFE (its own table), or a second sampling seed: not a series
+        if r["sampler"].startswith("sweep") or "_seed" in r["sampler"]:
             continue
         series.setdefault(family(r), []).append(r)
     fig, ax = plt.subplots(figsize=(8.5, 5.2))

@@ -56,8 +56,8 @@ def test_meanflow_composes_and_builds_a_flow_map(overrides, compose_cfg):
         "dmd_steps": [1],
         "dmd_fake_lr_scale": 1.0,
         "gan_weight": 0.0,
-        "gan_discriminator_weight": 0.01,
-        "gan_times": [0.02, 0.98],
+        "gan_discriminator_weight": 1.0,
+        "gan_times": [0.5, 0.98],
         "shortcut_velocity_below": 1 / 128,
         "shortcut_ode_from": None,
     }

@@ -409,9 +409,10 @@ class MeanFlowObjective:
             :func:`~latent_flow.flow.distribution_matching.generator_loss` of a discriminator head on the fake flow's
             features, trained on noised real latents against noised student samples; 0: off; needs ``dmd_weight > 0``).
         gan_discriminator_weight: weight of the discriminator's logistic loss in the fake flow's and the head's
-            update (DMD2: 1e-2 beside the fake network's own denoising loss).
+            update (DMD2: 1e-2 beside the fake network's own denoising loss; on the quick start its loss then stays
+            at 2 log 2 for hundreds of steps: the head alone cannot tell, the trunk has to learn too).
         gan_times: ``[t_min, t_max]``, the range of the uniform noise levels the discriminator sees (closer to the
-            data, t -> 1, it tells real from generated far sooner).
+            data, t -> 1, it tells real from generated far sooner than over DMD's whole range).
         shortcut_velocity_below: ``target="shortcut"``: half jumps shorter than this are taken with the velocity
             (the recursion's base case; 1/128: the halves of the finest of shortcut models' 128-step grid).
     """
@@ -440,8 +441,8 @@ class MeanFlowObjective:
         dmd_steps: Sequence[int] = (1,),
         dmd_fake_lr_scale: float = 1.0,
         gan_weight: float = 0.0,
-        gan_discriminator_weight: float = 0.01,
-        gan_times: Sequence[float] = (0.02, 0.98),
+        gan_discriminator_weight: float = 1.0,
+        gan_times: Sequence[float] = (0.5, 0.98),
         shortcut_velocity_below: float = 1.0 / 128,
         shortcut_ode_from: float | None = None,
     ) -> None:
