@@ -172,6 +172,8 @@ train gan1_w3_ttur3_from1000_250 "${FROM1000[@]}" "${WIDE[@]}" "${ODE[@]}" objec
     objective.dmd_fake_lr_scale=3.0 trainer.max_steps=250
 train ctrl_from1500 init_from="$OUT/ctrl_from1000/checkpoints/last.ckpt" optim.lr=3.0e-4 optim.warmup_steps=20 \
     trainer.val_check_interval=250 "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 trainer.max_steps=500
+train ctrl_from2000 init_from="$OUT/ctrl_from1500/checkpoints/last.ckpt" optim.lr=3.0e-4 optim.warmup_steps=20 \
+    trainer.val_check_interval=250 "${WIDE[@]}" "${ODE[@]}" objective.weight_power=0.0 trainer.max_steps=500
 train sc_gan12_shift2_w3_from2000_250 init_from="$OUT/sc_base_distil2000_shift2m/checkpoints/last.ckpt" optim.lr=3.0e-4 \
     optim.warmup_steps=20 trainer.val_check_interval=250 "${SHORTCUT[@]}" objective.velocity=teacher \
     objective.grid_shift=2.0 "${GAN[@]}" "objective.dmd_steps=[1,2]" trainer.max_steps=250
@@ -191,7 +193,7 @@ for run in scratch scratch_ts10 scratch_ts1 scratch_ts0.1 scratch_ts1_wide scrat
     scratch_ts1_grid scratch_ts1_grid_seed1 scratch_ts1_2x scratch_ts1_4x dmd1_from1000 dmd12_from1000 dmd12_fake5_from1000 ctrl_from1000 converted converted1000 converted1000_wide converted3000_wide distilled1000 ode1000_grid \
     ode1000_grid_mse ode500_grid75_mse ode500_grid_mse_teacher5 ode500_grid_mse_teacher20 ode500_nogrid_mse \
     ode2500_grid_mse gan1_w3_from1000 gan12_shift2_w3_from1000 gan1_w10_from1000_250 sc_base_distil2000_shift2m \
-    sc_gan12_shift2_w3_from2000_250 gan1_only_w3_from1000_250 gan1_w3_ttur3_from1000_250 ctrl_from1500; do
+    sc_gan12_shift2_w3_from2000_250 gan1_only_w3_from1000_250 gan1_w3_ttur3_from1000_250 ctrl_from1500 ctrl_from2000; do
     for steps in 1 2 4; do
         ev "$run" "flowmap${steps}" sampler=flowmap sampler.steps="$steps" cfg_scale=1.0
     done
@@ -245,7 +247,7 @@ for steps in 2 4; do
 done
 # seventh session: the 1-NFE rows at step 250 and the flow's Heun 25 again with sampling seed 1; the 2-NFE shift sweep
 # of ctrl_from1000 (sweep2_shift2.0_seed1 below)
-for run in gan1_w3_from1000 dmd1_from1000 ctrl_from1000; do
+for run in gan1_w3_from1000 dmd1_from1000 ctrl_from1000; do # (step 250)
     dir="$OUT/${run}_step250/eval/flowmap1_seed1"
     [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate ckpt_path="$OUT/$run/checkpoints/step_0000250.ckpt" \
         num_samples=1000 seed=1 out_dir="$dir" hydra.run.dir="$dir/hydra" sampler=flowmap sampler.steps=1 cfg_scale=1.0
@@ -254,14 +256,14 @@ dir="$OUT/flow/eval/heun25_cfg2_seed1"
 [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate ckpt_path="$FLOW" num_samples=1000 seed=1 out_dir="$dir" \
     hydra.run.dir="$dir/hydra" sampler=heun sampler.steps=25 cfg_scale=2.0
 sweep ctrl_from1000 2 2.5
-for steps in 2 4; do sweep ctrl_from1500 "$steps" 2.0; done
+for run in ctrl_from1500 ctrl_from2000; do for steps in 2 4; do sweep "$run" "$steps" 2.0; done; done
 # the from-scratch models at the flow's compute (half jumps; MeanFlow's identity)
 sweep scratch_sc_base 2 2.0 3.0
 sweep scratch_sc_base 4 1.5 2.0
 sweep scratch_ts1_890 2 1.5 2.0 3.0
 sweep scratch_ts1_890 4 1.5 2.0
 # the FD's sampling spread: the 2-step shift-2 rows again with sampling seed 1
-for run in ctrl_from1000 ctrl_shift2_from1000; do
+for run in ctrl_from1000 ctrl_shift2_from1000 ctrl_from1500 ctrl_from2000; do
     dir="$OUT/$run/eval/sweep2_shift2.0_seed1"
     [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate ckpt_path="$OUT/$run/checkpoints/last.ckpt" num_samples=1000 \
         seed=1 out_dir="$dir" hydra.run.dir="$dir/hydra" sampler=flowmap sampler.steps=2 sampler.time_grid=shifted \
