@@ -337,8 +337,9 @@ def shortcut_average_velocity(
 
     The recursion's base case: a half jump shorter than ``velocity_below`` is taken with the velocity (``u`` at
     ``t_end`` = its start), i.e. two Euler half steps (each half on its own with ``shift``), as shortcut models do
-    below their finest step size. Without it the finest trained jumps would be built from jumps that are never trained themselves (a network whose
-    interval embedding turns fast, e.g. ``sin(1000 (t - s))``, does not interpolate them from the velocity).
+    below their finest step size. Without it the finest trained jumps would be built from jumps that are never
+    trained themselves (a network whose interval embedding turns fast, e.g. ``sin(1000 (t - s))``, does not
+    interpolate them from the velocity).
 
     Args:
         u_fn: ``u_fn(z, s, t) -> (B, ...)`` (t = 0 noise, t = 1 data).

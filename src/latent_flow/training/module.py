@@ -350,11 +350,12 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         batch_size = x_data.shape[0]
         steps = objective.dmd_steps[int(torch.randint(len(objective.dmd_steps), ()))]
         x = self.student_samples(torch.randn_like(x_data), cond, steps)
-        t_min, t_max = objective.dmd_times
 
-        def times() -> Tensor:
-            return t_min + (t_max - t_min) * torch.rand(batch_size, device=x.device)
+        def uniform(bounds: tuple[float, float]):  # a draw of (batch_size,) times uniform in [t_min, t_max]
+            t_min, t_max = bounds
+            return lambda: t_min + (t_max - t_min) * torch.rand(batch_size, device=x.device)
 
+        times = uniform(objective.dmd_times)
         t = times()
         noised = self.path.sample(torch.randn_like(x), x.detach(), t)
         v_real = classifier_free_guidance(self.teacher_velocity, cond, self.condition.null(cond), objective.cfg_scale)(
@@ -368,12 +369,7 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             self._fake_velocity(fake_sample.x_t, fake_sample.t, cond).float(), fake_sample.target.float()
         )
         if self.discriminator is not None:
-            gan_min, gan_max = objective.gan_times
-
-            def gan_times() -> Tensor:
-                return gan_min + (gan_max - gan_min) * torch.rand(batch_size, device=x.device)
-
-            terms.update(self._adversarial_losses(x, x_data, cond, gan_times))
+            terms.update(self._adversarial_losses(x, x_data, cond, uniform(objective.gan_times)))
         return terms
 
     def discriminator_logits(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
@@ -808,8 +804,13 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
         own = self.state_dict()
         if self.ema is not None and not any(k.startswith("ema.") for k in state):  # no EMA saved: copy the weights
             state.update({f"ema.module.{k}": v for k, v in _prefixed(state, "backbone.").items()})
-        aux = ("teacher.", "teacher_condition.", "fake.", "discriminator.")  # a distillation's own networks
-        teacher_keys = {k for k in own if k.startswith(aux)}
+        aux = {  # a distillation's own networks, by their state prefix
+            "teacher.": self.teacher,
+            "teacher_condition.": self.teacher_condition,
+            "fake.": self.fake,
+            "discriminator.": self.discriminator,
+        }
+        teacher_keys = {k for k in own if k.startswith(tuple(aux))}
         saved_objective = (to_plain(saved.get("objective")) or {"name": "flow"})["name"]
         # a flow map distilled earlier (objective=meanflow with a teacher) brings its own teacher (and fake flow)
         carries_teacher = saved_objective != "flow" and any(k.startswith("teacher.") for k in state)
@@ -819,13 +820,9 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
                 f"distilled flow map that keeps its teacher; this one was trained with objective={saved_objective} "
                 "without a teacher"
             )
-        if self.teacher is None:  # a teacher this run does not use is not loaded
-            state = {k: v for k, v in state.items() if not k.startswith(aux)}
-        else:
-            if self.fake is None:
-                state = {k: v for k, v in state.items() if not k.startswith("fake.")}
-            if self.discriminator is None:
-                state = {k: v for k, v in state.items() if not k.startswith("discriminator.")}
+        unused = tuple(prefix for prefix, network in aux.items() if network is None)
+        if unused:  # a teacher (fake flow, discriminator) this run does not use is not loaded
+            state = {k: v for k, v in state.items() if not k.startswith(unused)}
         unexpected = sorted(set(state) - set(own))
         missing = sorted(set(own) - set(state) - teacher_keys)
         allowed = [k for k in missing if ".h_embedder." in f".{k}" or k == "ema.num_updates"]
