@@ -177,6 +177,13 @@ train ctrl_from2000 init_from="$OUT/ctrl_from1500/checkpoints/last.ckpt" optim.l
 train sc_gan12_shift2_w3_from2000_250 init_from="$OUT/sc_base_distil2000_shift2m/checkpoints/last.ckpt" optim.lr=3.0e-4 \
     optim.warmup_steps=20 trainer.val_check_interval=250 "${SHORTCUT[@]}" objective.velocity=teacher \
     objective.grid_shift=2.0 "${GAN[@]}" "objective.dmd_steps=[1,2]" trainer.max_steps=250
+# (j) eighth session: the ODE distillation from the flow on the shifted grids (objective.grid_shift=2), its pairs starting
+#     from the path's states (as before) or on the teacher's guided trajectories from the noise (objective.ode_start=
+#     teacher: the states the sampler's second jump starts from)
+SHIFT2=(objective.weight_power=0.0 objective.grid_shift=2.0)
+train ode1000_shift2_mse "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" "${SHIFT2[@]}" trainer.max_steps=1000
+train ode1000_shift2_traj "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" "${SHIFT2[@]}" objective.ode_start=teacher \
+    trainer.max_steps=1000
 
 ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy from the packaged oracle
     local run=$1 name=$2

@@ -233,6 +233,35 @@ def test_the_ode_target_needs_a_teacher():
         )
 
 
+def test_the_trajectory_state_is_the_ode_solution_from_the_noise():
+    """``ode_start=teacher``: the state at ``s`` is the ODE's solution from the noise at 0, ``s mu + sig(s) eps`` on
+    the Gaussian flow, up to Heun's second-order error; at ``s = 0`` it is the noise itself, bit for bit."""
+    g = torch.Generator().manual_seed(11)
+    noise = torch.randn(32, MU.numel(), generator=g, dtype=DTYPE)
+    s = torch.rand(32, generator=g, dtype=DTYPE)
+    s[:3] = 0.0
+    s[3] = 1.0
+    exact = _col(s, noise) * MU + sig(_col(s, noise)) * noise
+    errors = []
+    for steps in (16, 32, 64):
+        objective = MeanFlowObjective(
+            AffinePath(CondOTScheduler()), UniformTimeSampler(), velocity="teacher", target="ode",
+            teacher_steps=steps, ode_start="teacher",
+        )  # fmt: skip
+        state = objective.trajectory_state(lambda x, tau, rows: exact_velocity(x, tau), noise, s)
+        assert torch.equal(state[:3], noise[:3])
+        errors.append((state - exact).abs().max().item())
+    assert errors[-1] < 1e-3
+    assert all(1.7 < math.log2(a / b) < 2.4 for a, b in zip(errors[:-1], errors[1:])), errors
+    with pytest.raises(ValueError, match="ode_start must be one of"):
+        MeanFlowObjective(AffinePath(CondOTScheduler()), UniformTimeSampler(), ode_start="data")
+    with pytest.raises(ValueError, match="ode_start=teacher .*target=ode"):
+        MeanFlowObjective(
+            AffinePath(CondOTScheduler()), UniformTimeSampler(), velocity="teacher", target="shortcut",
+            ode_start="teacher",
+        )  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- self-distillation by half jumps
 def test_the_exact_flow_map_is_the_fixed_point_of_the_half_jumps():
     """``target=shortcut``: two exact half jumps are the exact jump (the semigroup property), at s = t the target is

@@ -60,6 +60,7 @@ def test_meanflow_composes_and_builds_a_flow_map(overrides, compose_cfg):
         "gan_times": [0.5, 0.98],
         "shortcut_velocity_below": 1 / 128,
         "shortcut_ode_from": None,
+        "ode_start": "path",
     }
     assert cfg.init_from == (overrides[-1].split("=", 1)[1] if "init_from" in overrides[-1] else None)
     module = _module(cfg)

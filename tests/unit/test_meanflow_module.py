@@ -392,6 +392,38 @@ def test_the_ode_target_is_the_teachers_guided_heun_jump(monkeypatch, tmp_path):
     assert all(p.grad is None for p in mf.teacher.parameters())
 
 
+def test_ode_start_teacher_puts_the_pairs_on_the_teachers_trajectories(tmp_path):
+    """``objective.ode_start=teacher``: the student and the target start from the teacher's guided ODE state at ``s``
+    integrated from the batch's noise (the noise itself where ``s = 0``), not from the path's state; the loss is
+    the regression of the student's jump from there on the teacher's jump."""
+    _, path = _flow_checkpoint(tmp_path)
+    objective = {"name": "meanflow", "velocity": "teacher", "target": "ode", "teacher_steps": 4, "cfg_scale": 2.0,
+                 "weight_power": 0.0, "distinct_fraction": 0.75, "grid_fraction": 0.25}  # fmt: skip
+    mfs = {}
+    for start in ("teacher", "path"):
+        mfs[start] = _module({**objective, "ode_start": start}, seed=1)
+        mfs[start].initialise_from(load_checkpoint(path))
+        mfs[start].eval()  # no label dropout: reproducible rows
+    mf = mfs["teacher"]
+    batch = _batch(16, seed=4)
+    loss, s, t, sample, cond = _loss_and_its_rows(mf, batch, seed=9)
+    assert (s == 0).any() and (s > 0.2).any()
+    gen = torch.Generator().manual_seed(9)
+    x_noise = torch.randn(batch["latent"].shape, generator=gen)
+    teacher = mf._teacher_row_velocity(cond)
+    z = mf.objective.trajectory_state(teacher, x_noise, s)
+    assert torch.equal(z[s == 0], x_noise[s == 0])
+    assert not torch.allclose(z[s > 0.2], sample.x_t[s > 0.2], atol=1e-2)  # off the path's states
+    with torch.no_grad():
+        reference, _ = mf.objective.loss(mf.flow_map(z, s, t, cond), mf.objective.ode_target(teacher, z, s, t))
+        from_path, _ = mf.objective.loss(
+            mf.flow_map(sample.x_t, s, t, cond), mf.objective.ode_target(teacher, sample.x_t, s, t)
+        )
+    assert torch.allclose(loss, reference, rtol=1e-5)
+    path_loss = mfs["path"]._loss(batch, use_ema=False, generator=torch.Generator().manual_seed(9))
+    assert torch.allclose(path_loss, from_path, rtol=1e-5) and not torch.allclose(loss, path_loss, rtol=1e-3)
+
+
 def test_the_ode_target_with_an_inpainting_condition(tmp_path):
     """Spatial conditions travel row by row through the teacher's ODE: each row's jump is the flow's own guided
     Heun jump under that row's known region; a row whose condition is the null one follows the unguided teacher."""

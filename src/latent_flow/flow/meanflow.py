@@ -104,6 +104,15 @@ teacher's flow map up to the solver's error; the regression target is determinis
 ``2 n`` teacher evaluations per pair (twice the rows with folded guidance), no backward through the teacher, and
 the student's own pass is an ordinary forward (no JVP: the fused attention kernels and ``torch.compile`` apply).
 
+**Starts on the teacher's trajectories** (``ode_start="teacher"``): the pairs' states ``z_s`` come from the path,
+``(1 - s) x_0 + s x_1``, a sample of the *unguided* marginal at ``s``, while a few-step sampler's later jumps start
+where its earlier ones landed, near the *guided* ODE's marginal (classifier-free guidance moves the trajectories
+off the path's marginals). With ``ode_start="teacher"`` the state is the teacher's guided ODE integrated from the
+noise ``x_0`` to ``s`` (:meth:`MeanFlowObjective.trajectory_state`, ``ceil(teacher_steps s)`` Heun steps), so every
+jump is learnt where the sampler takes it (progressive distillation and consistency trajectory models train on the
+teacher's own trajectories likewise); the data batch then gives the conditions only. Cost: the teacher integrates
+``[0, t]`` instead of ``[s, t]``.
+
 **Grid pairs** (``grid_fraction``, :class:`TimePairSampler`): a share of the pairs is drawn from the jumps that
 ``sampler=flowmap sampler.steps=n`` makes on its uniform grid (``(k / n, (k + 1) / n)`` for ``n`` in
 ``grid_steps``): under two uniform draws an interval as long as the one-step jump 0 -> 1 has density zero, and
@@ -414,12 +423,15 @@ class MeanFlowObjective:
             at 2 log 2 for hundreds of steps: the head alone cannot tell, the trunk has to learn too).
         gan_times: ``[t_min, t_max]``, the range of the uniform noise levels the discriminator sees (closer to the
             data, t -> 1, it tells real from generated far sooner than over DMD's whole range).
+        ode_start: ``"path"`` (the pairs' states from the path at ``s``) or ``"teacher"`` (``target="ode"`` only: the
+            teacher's guided ODE integrated from the noise to ``s``, :meth:`trajectory_state`).
         shortcut_velocity_below: ``target="shortcut"``: half jumps shorter than this are taken with the velocity
             (the recursion's base case; 1/128: the halves of the finest of shortcut models' 128-step grid).
     """
 
     VELOCITIES = ("path", "teacher")
     TARGETS = ("jvp", "ode", "shortcut")
+    STARTS = ("path", "teacher")
 
     def __init__(
         self,
@@ -446,6 +458,7 @@ class MeanFlowObjective:
         gan_times: Sequence[float] = (0.5, 0.98),
         shortcut_velocity_below: float = 1.0 / 128,
         shortcut_ode_from: float | None = None,
+        ode_start: str = "path",
     ) -> None:
         if velocity not in self.VELOCITIES:
             raise ValueError(f"objective.velocity must be one of {list(self.VELOCITIES)}, got {velocity!r}")
@@ -455,6 +468,13 @@ class MeanFlowObjective:
             raise ValueError(
                 "objective.target=ode integrates a teacher flow's ODE over each pair: set objective.velocity=teacher "
                 "(with init_from=<flow .ckpt>)"
+            )
+        if ode_start not in self.STARTS:
+            raise ValueError(f"objective.ode_start must be one of {list(self.STARTS)}, got {ode_start!r}")
+        if ode_start == "teacher" and target != "ode":
+            raise ValueError(
+                "objective.ode_start=teacher starts the pairs on the teacher's trajectories for target=ode: set "
+                f"objective.target=ode (got {target!r})"
             )
         if isinstance(teacher_steps, bool) or int(teacher_steps) != teacher_steps or int(teacher_steps) < 1:
             raise ValueError(f"objective.teacher_steps must be a positive integer, got {teacher_steps!r}")
@@ -535,6 +555,7 @@ class MeanFlowObjective:
         self.gan_times = (adv_times[0], adv_times[1])
         self.shortcut_velocity_below = float(shortcut_velocity_below)
         self.shortcut_ode_from = None if shortcut_ode_from is None else float(shortcut_ode_from)
+        self.ode_start = ode_start
 
     @property
     def distils(self) -> bool:
@@ -593,6 +614,14 @@ class MeanFlowObjective:
         velocity, guided when :attr:`guides`)."""
         return ode_average_velocity(velocity_fn, z, s, t, self.teacher_steps)
 
+    def trajectory_state(self, velocity_fn: RowVelocityFn, noise: Tensor, s: Tensor) -> Tensor:
+        """The teacher's ODE state at ``s`` from ``noise`` at time 0 (``ode_start="teacher"``): ``noise + s u`` with
+        ``u`` :func:`ode_average_velocity` over ``[0, s]`` (``ceil(teacher_steps s)`` Heun steps; ``noise`` itself
+        where ``s = 0``), without gradient."""
+        zero = torch.zeros_like(s)
+        u = ode_average_velocity(velocity_fn, noise, zero, s, self.teacher_steps)
+        return torch.where(_batch_view(s > 0, noise).bool(), noise + _batch_view(s, u).to(noise.dtype) * u, noise)
+
     def shortcut_target(self, u_fn: FlowMapFn, z: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """:func:`shortcut_average_velocity` (``target="shortcut"``; ``u_fn``: the network being trained), split at
         the midpoint of the grids' shifted time (``grid_shift``)."""
@@ -624,5 +653,5 @@ class MeanFlowObjective:
             f"dmd_fake_lr_scale={self.dmd_fake_lr_scale}, gan_weight={self.gan_weight}, "
             f"gan_discriminator_weight={self.gan_discriminator_weight}, gan_times={list(self.gan_times)}, "
             f"shortcut_velocity_below={self.shortcut_velocity_below}, "
-            f"shortcut_ode_from={self.shortcut_ode_from})"
+            f"shortcut_ode_from={self.shortcut_ode_from}, ode_start={self.ode_start!r})"
         )

@@ -85,6 +85,7 @@ _MEANFLOW_OPTIONS = {
     "gan_times",
     "shortcut_velocity_below",
     "shortcut_ode_from",
+    "ode_start",
 }
 
 
@@ -543,8 +544,12 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             drop = torch.rand(label.shape[0], device=label.device) < self._objective_label_dropout
             cond = {**cond, "label": torch.where(drop, torch.full_like(label, self.num_classes), label)}
         if objective.target_kind == "ode":  # the teacher's ODE integrated over each pair: no JVP
-            target = objective.ode_target(self._teacher_row_velocity(cond), sample.x_t, s, t)
-            u = self.flow_map(sample.x_t, s, t, cond, use_ema=use_ema)
+            teacher = self._teacher_row_velocity(cond)
+            z = sample.x_t
+            if objective.ode_start == "teacher":  # on the teacher's guided trajectory from this noise instead
+                z = objective.trajectory_state(teacher, x_noise, s)
+            target = objective.ode_target(teacher, z, s, t)
+            u = self.flow_map(z, s, t, cond, use_ema=use_ema)
             loss, mse = objective.loss(u, target)
             self._last_mse = mse
             return loss
