@@ -235,7 +235,8 @@ def test_the_ode_target_needs_a_teacher():
 
 def test_the_trajectory_state_is_the_ode_solution_from_the_noise():
     """``ode_start=teacher``: the state at ``s`` is the ODE's solution from the noise at 0, ``s mu + sig(s) eps`` on
-    the Gaussian flow, up to Heun's second-order error; at ``s = 0`` it is the noise itself, bit for bit."""
+    the Gaussian flow, up to Heun's second-order error; at ``s = 0`` it is the noise itself, bit for bit.
+    ``ode_start=student``: the exact flow map's jump 0 -> s lands there exactly."""
     g = torch.Generator().manual_seed(11)
     noise = torch.randn(32, MU.numel(), generator=g, dtype=DTYPE)
     s = torch.rand(32, generator=g, dtype=DTYPE)
@@ -255,6 +256,10 @@ def test_the_trajectory_state_is_the_ode_solution_from_the_noise():
     assert all(1.7 < math.log2(a / b) < 2.4 for a, b in zip(errors[:-1], errors[1:])), errors
     with pytest.raises(ValueError, match="ode_start must be one of"):
         MeanFlowObjective(AffinePath(CondOTScheduler()), UniformTimeSampler(), ode_start="data")
+    # ode_start=student: one jump of the exact flow map from the noise lands on the same solution, exactly
+    jumped = objective.student_state(exact_average_velocity, noise, s)
+    assert torch.equal(jumped[:3], noise[:3])
+    assert torch.allclose(jumped, exact, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="ode_start=teacher .*target=ode"):
         MeanFlowObjective(
             AffinePath(CondOTScheduler()), UniformTimeSampler(), velocity="teacher", target="shortcut",

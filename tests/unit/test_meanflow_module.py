@@ -392,26 +392,33 @@ def test_the_ode_target_is_the_teachers_guided_heun_jump(monkeypatch, tmp_path):
     assert all(p.grad is None for p in mf.teacher.parameters())
 
 
-def test_ode_start_teacher_puts_the_pairs_on_the_teachers_trajectories(tmp_path):
+@pytest.mark.parametrize("start", ["teacher", "student"])
+def test_ode_start_puts_the_pairs_off_the_path(tmp_path, start):
     """``objective.ode_start=teacher``: the student and the target start from the teacher's guided ODE state at ``s``
-    integrated from the batch's noise (the noise itself where ``s = 0``), not from the path's state; the loss is
-    the regression of the student's jump from there on the teacher's jump."""
+    integrated from the batch's noise; ``student``: from the student's own jump to ``s`` from that noise (the noise
+    itself where ``s = 0``), not from the path's state; the loss is the regression of the student's jump from there
+    on the teacher's jump."""
     _, path = _flow_checkpoint(tmp_path)
     objective = {"name": "meanflow", "velocity": "teacher", "target": "ode", "teacher_steps": 4, "cfg_scale": 2.0,
                  "weight_power": 0.0, "distinct_fraction": 0.75, "grid_fraction": 0.25}  # fmt: skip
     mfs = {}
-    for start in ("teacher", "path"):
-        mfs[start] = _module({**objective, "ode_start": start}, seed=1)
-        mfs[start].initialise_from(load_checkpoint(path))
-        mfs[start].eval()  # no label dropout: reproducible rows
-    mf = mfs["teacher"]
+    for kind in (start, "path"):
+        mfs[kind] = _module({**objective, "ode_start": kind}, seed=1)
+        mfs[kind].initialise_from(load_checkpoint(path))
+        torch.manual_seed(3)
+        _perturb(mfs[kind])  # (the same draws in both: a student whose jumps differ from the teacher's)
+        mfs[kind].eval()  # no label dropout: reproducible rows
+    mf = mfs[start]
     batch = _batch(16, seed=4)
     loss, s, t, sample, cond = _loss_and_its_rows(mf, batch, seed=9)
     assert (s == 0).any() and (s > 0.2).any()
     gen = torch.Generator().manual_seed(9)
     x_noise = torch.randn(batch["latent"].shape, generator=gen)
     teacher = mf._teacher_row_velocity(cond)
-    z = mf.objective.trajectory_state(teacher, x_noise, s)
+    if start == "teacher":
+        z = mf.objective.trajectory_state(teacher, x_noise, s)
+    else:
+        z = mf.objective.student_state(lambda x, a, b: mf.flow_map(x, a, b, cond), x_noise, s)
     assert torch.equal(z[s == 0], x_noise[s == 0])
     assert not torch.allclose(z[s > 0.2], sample.x_t[s > 0.2], atol=1e-2)  # off the path's states
     with torch.no_grad():

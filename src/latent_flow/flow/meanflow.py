@@ -111,7 +111,10 @@ off the path's marginals). With ``ode_start="teacher"`` the state is the teacher
 noise ``x_0`` to ``s`` (:meth:`MeanFlowObjective.trajectory_state`, ``ceil(teacher_steps s)`` Heun steps), so every
 jump is learnt where the sampler takes it (progressive distillation and consistency trajectory models train on the
 teacher's own trajectories likewise); the data batch then gives the conditions only. Cost: the teacher integrates
-``[0, t]`` instead of ``[s, t]``.
+``[0, t]`` instead of ``[s, t]``. With ``ode_start="student"`` the state is the student's own jump from the noise,
+``x_0 + s u_theta(x_0, 0, s)`` without gradient (:meth:`MeanFlowObjective.student_state`): exactly where a 2-step
+sampler's second jump starts, its first jump's error included (DMD2's backward simulation, for the regression);
+the target is still the teacher's ODE from there. Cost: one forward pass of the student without gradient.
 
 **Grid pairs** (``grid_fraction``, :class:`TimePairSampler`): a share of the pairs is drawn from the jumps that
 ``sampler=flowmap sampler.steps=n`` makes on its uniform grid (``(k / n, (k + 1) / n)`` for ``n`` in
@@ -423,15 +426,16 @@ class MeanFlowObjective:
             at 2 log 2 for hundreds of steps: the head alone cannot tell, the trunk has to learn too).
         gan_times: ``[t_min, t_max]``, the range of the uniform noise levels the discriminator sees (closer to the
             data, t -> 1, it tells real from generated far sooner than over DMD's whole range).
-        ode_start: ``"path"`` (the pairs' states from the path at ``s``) or ``"teacher"`` (``target="ode"`` only: the
-            teacher's guided ODE integrated from the noise to ``s``, :meth:`trajectory_state`).
+        ode_start: ``"path"`` (the pairs' states from the path at ``s``), ``"teacher"`` (``target="ode"`` only: the
+            teacher's guided ODE integrated from the noise to ``s``, :meth:`trajectory_state`) or ``"student"``
+            (``target="ode"`` only: the student's own jump from the noise to ``s``, :meth:`student_state`).
         shortcut_velocity_below: ``target="shortcut"``: half jumps shorter than this are taken with the velocity
             (the recursion's base case; 1/128: the halves of the finest of shortcut models' 128-step grid).
     """
 
     VELOCITIES = ("path", "teacher")
     TARGETS = ("jvp", "ode", "shortcut")
-    STARTS = ("path", "teacher")
+    STARTS = ("path", "teacher", "student")
 
     def __init__(
         self,
@@ -471,10 +475,10 @@ class MeanFlowObjective:
             )
         if ode_start not in self.STARTS:
             raise ValueError(f"objective.ode_start must be one of {list(self.STARTS)}, got {ode_start!r}")
-        if ode_start == "teacher" and target != "ode":
+        if ode_start != "path" and target != "ode":
             raise ValueError(
-                "objective.ode_start=teacher starts the pairs on the teacher's trajectories for target=ode: set "
-                f"objective.target=ode (got {target!r})"
+                f"objective.ode_start={ode_start} starts the pairs off the path for target=ode: set objective.target=ode "
+                f"(got {target!r})"
             )
         if isinstance(teacher_steps, bool) or int(teacher_steps) != teacher_steps or int(teacher_steps) < 1:
             raise ValueError(f"objective.teacher_steps must be a positive integer, got {teacher_steps!r}")
@@ -621,6 +625,13 @@ class MeanFlowObjective:
         zero = torch.zeros_like(s)
         u = ode_average_velocity(velocity_fn, noise, zero, s, self.teacher_steps)
         return torch.where(_batch_view(s > 0, noise).bool(), noise + _batch_view(s, u).to(noise.dtype) * u, noise)
+
+    def student_state(self, u_fn: FlowMapFn, noise: Tensor, s: Tensor) -> Tensor:
+        """The student's own jump from ``noise`` at time 0 to ``s`` (``ode_start="student"``): ``noise + s u(noise,
+        0, s)`` (``noise`` itself where ``s = 0``), without gradient; ``u_fn``: the network being trained."""
+        with torch.no_grad():
+            u = u_fn(noise, torch.zeros_like(s), s)
+            return torch.where(_batch_view(s > 0, noise).bool(), noise + _batch_view(s, u).to(noise.dtype) * u, noise)
 
     def shortcut_target(self, u_fn: FlowMapFn, z: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """:func:`shortcut_average_velocity` (``target="shortcut"``; ``u_fn``: the network being trained), split at

@@ -548,6 +548,9 @@ class LatentFlowModule(ResumableRNG, L.LightningModule):
             z = sample.x_t
             if objective.ode_start == "teacher":  # on the teacher's guided trajectory from this noise instead
                 z = objective.trajectory_state(teacher, x_noise, s)
+            elif objective.ode_start == "student":  # where the student's own jump from this noise lands
+                own = lambda x, a, b: self.flow_map(x, a, b, cond, use_ema=use_ema)  # noqa: E731
+                z = objective.student_state(own, x_noise, s)
             target = objective.ode_target(teacher, z, s, t)
             u = self.flow_map(z, s, t, cond, use_ema=use_ema)
             loss, mse = objective.loss(u, target)
