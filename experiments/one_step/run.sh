@@ -184,6 +184,22 @@ SHIFT2=(objective.weight_power=0.0 objective.grid_shift=2.0)
 train ode1000_shift2_mse "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" "${SHIFT2[@]}" trainer.max_steps=1000
 train ode1000_shift2_traj "${CONVERT[@]}" "${WIDE[@]}" "${ODE[@]}" "${SHIFT2[@]}" objective.ode_start=teacher \
     trainer.max_steps=1000
+#     500 more steps from ode1000_shift2_mse with the pairs starting on the path (control), on the teacher's
+#     trajectories, or where the student's own jump from the noise lands (objective.ode_start=student); two training
+#     seeds of the control and the student starts; and the adversarial term on the shifted 2-step samples alone
+#     (distribution matching at 1e-3: the discriminator's trunk), 250 steps
+FROM1000S2=(init_from="$OUT/ode1000_shift2_mse/checkpoints/last.ckpt" optim.lr=3.0e-4 optim.warmup_steps=20)
+for seed in 0 1; do
+    sfx=$([ "$seed" = 0 ] || echo "_seed$seed")
+    train "ctrl_from1000s2$sfx" "${FROM1000S2[@]}" trainer.val_check_interval=250 "${WIDE[@]}" "${ODE[@]}" \
+        "${SHIFT2[@]}" trainer.max_steps=500 seed="$seed"
+    train "studc_from1000s2$sfx" "${FROM1000S2[@]}" trainer.val_check_interval=250 "${WIDE[@]}" "${ODE[@]}" \
+        "${SHIFT2[@]}" objective.ode_start=student trainer.max_steps=500 seed="$seed"
+done
+train trajc_from1000s2 "${FROM1000S2[@]}" trainer.val_check_interval=250 "${WIDE[@]}" "${ODE[@]}" "${SHIFT2[@]}" \
+    objective.ode_start=teacher trainer.max_steps=500
+train gan2only_from1000s2_250 "${FROM1000S2[@]}" trainer.val_check_interval=125 "${WIDE[@]}" "${ODE[@]}" "${SHIFT2[@]}" \
+    "${GAN[@]}" objective.dmd_weight=0.001 "objective.dmd_steps=[2]" trainer.max_steps=250
 
 ev() { # ev RUN NAME overrides...: 1,000 samples, FD-shapes and label accuracy from the packaged oracle
     local run=$1 name=$2
@@ -275,5 +291,19 @@ for run in ctrl_from1000 ctrl_shift2_from1000 ctrl_from1500 ctrl_from2000; do
     [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate ckpt_path="$OUT/$run/checkpoints/last.ckpt" num_samples=1000 \
         seed=1 out_dir="$dir" hydra.run.dir="$dir/hydra" sampler=flowmap sampler.steps=2 sampler.time_grid=shifted \
         sampler.shift=2.0 cfg_scale=1.0
+done
+# (j) at 1 NFE and on the shift-2 grids (2 NFE with sampling seeds 0 and 1); the control at its step 250
+for run in ode1000_shift2_mse ode1000_shift2_traj ctrl_from1000s2 ctrl_from1000s2_seed1 trajc_from1000s2 \
+    studc_from1000s2 studc_from1000s2_seed1 gan2only_from1000s2_250; do
+    ev "$run" flowmap1 sampler=flowmap sampler.steps=1 cfg_scale=1.0
+    for steps in 2 4; do sweep "$run" "$steps" 2.0; done
+    ev "$run" sweep2_shift2.0_seed1 sampler=flowmap sampler.steps=2 sampler.time_grid=shifted sampler.shift=2.0 \
+        cfg_scale=1.0 seed=1
+done
+for seed in 0 1; do
+    dir="$OUT/ctrl_from1000s2_step250/eval/sweep2_shift2.0$([ "$seed" = 0 ] || echo _seed1)"
+    [ -f "$dir/metrics.json" ] || $PY -m latent_flow.evaluate ckpt_path="$OUT/ctrl_from1000s2/checkpoints/step_0000250.ckpt" \
+        num_samples=1000 seed="$seed" out_dir="$dir" hydra.run.dir="$dir/hydra" sampler=flowmap sampler.steps=2 \
+        sampler.time_grid=shifted sampler.shift=2.0 cfg_scale=1.0
 done
 $PY experiments/one_step/table.py "$OUT"
