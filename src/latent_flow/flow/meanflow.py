@@ -622,16 +622,15 @@ class MeanFlowObjective:
         """The teacher's ODE state at ``s`` from ``noise`` at time 0 (``ode_start="teacher"``): ``noise + s u`` with
         ``u`` :func:`ode_average_velocity` over ``[0, s]`` (``ceil(teacher_steps s)`` Heun steps; ``noise`` itself
         where ``s = 0``), without gradient."""
-        zero = torch.zeros_like(s)
-        u = ode_average_velocity(velocity_fn, noise, zero, s, self.teacher_steps)
-        return torch.where(_batch_view(s > 0, noise).bool(), noise + _batch_view(s, u).to(noise.dtype) * u, noise)
+        u = ode_average_velocity(velocity_fn, noise, torch.zeros_like(s), s, self.teacher_steps)
+        return noise + _batch_view(s, noise) * u.to(noise.dtype)
 
     def student_state(self, u_fn: FlowMapFn, noise: Tensor, s: Tensor) -> Tensor:
         """The student's own jump from ``noise`` at time 0 to ``s`` (``ode_start="student"``): ``noise + s u(noise,
         0, s)`` (``noise`` itself where ``s = 0``), without gradient; ``u_fn``: the network being trained."""
         with torch.no_grad():
             u = u_fn(noise, torch.zeros_like(s), s)
-            return torch.where(_batch_view(s > 0, noise).bool(), noise + _batch_view(s, u).to(noise.dtype) * u, noise)
+        return noise + _batch_view(s, noise) * u.to(noise.dtype)
 
     def shortcut_target(self, u_fn: FlowMapFn, z: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """:func:`shortcut_average_velocity` (``target="shortcut"``; ``u_fn``: the network being trained), split at
